@@ -42,6 +42,7 @@ type Authenticator struct {
 	cfg     Config
 	log     *slog.Logger
 	pin     *pinuv.State
+	cm      credMgmtState // enumeration state of credentialManagement (credmgmt.go)
 	mu      sync.Mutex
 	started time.Time
 }
@@ -54,6 +55,9 @@ func (a *Authenticator) HandleRequest(ctx context.Context, req []byte) ([]byte, 
 	defer a.mu.Unlock()
 	if len(req) == 0 {
 		return []byte{byte(ctap.StatusInvalidLength)}, nil
+	}
+	if req[0] != cmdCredentialManagement && req[0] != cmdCredentialMgmtPreview {
+		a.cm = credMgmtState{} // any other command ends an enumeration (§6.8)
 	}
 	var (
 		resp []byte

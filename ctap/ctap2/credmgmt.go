@@ -11,3 +11,7 @@ import (
 func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte) ([]byte, error) {
 	return nil, ctap.StatusInvalidCommand
 }
+
+// credMgmtState is what enumerateRPsGetNextRP and
+// enumerateCredentialsGetNextCredential continue from.
+type credMgmtState struct{}
