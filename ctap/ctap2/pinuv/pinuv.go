@@ -3,13 +3,27 @@
 // derivation, encrypt/decrypt/authenticate, and the token's permissions,
 // relying-party binding and lifetime.
 //
-// CONTRACT (agreed between the ctap2 handlers and this package; the
-// implementation replaces the placeholders below, keeping the API):
+// Token lifetime (CTAP 2.1 §6.5.2.1 leaves the figures to the
+// authenticator; these are ours): a fresh token must be used for the
+// first time within InitialUsageLimit (30 s) of being issued, or it
+// expires unused; once used it stays valid until MaxUsagePeriod
+// (10 minutes) after issue. Issuing a new token, Regenerate and ResetToken
+// end the old one at once.
 package pinuv
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdh"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
+	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
@@ -26,6 +40,23 @@ const (
 	PermBioEnrollment        Permission = 0x08
 	PermLargeBlobWrite       Permission = 0x10
 	PermAuthenticatorConfig  Permission = 0x20
+)
+
+// Token lifetime limits (see the package comment).
+const (
+	InitialUsageLimit = 30 * time.Second
+	MaxUsagePeriod    = 10 * time.Minute
+)
+
+// TokenSize is the length of a pinUvAuthToken in bytes.
+const TokenSize = 32
+
+// COSE constants of the key-agreement key.
+const (
+	coseKtyEC2       = 2
+	coseAlgECDHHKDF  = -25
+	coseCrvP256      = 1
+	coordinateLength = 32
 )
 
 // COSEKey is a P-256 ECDH public key in COSE_Key form as CTAP uses it for
@@ -51,53 +82,405 @@ type Protocol interface {
 	Verify(key, message, signature []byte) bool
 }
 
-// ErrPlaceholder marks code not written yet.
+// ErrPlaceholder marks code not written yet. Nothing in this package
+// returns it any more; it is kept so the agreed API stays intact.
 var ErrPlaceholder = errors.New("pinuv: not implemented")
+
+// ErrMalformed is wrapped (with ctap.StatusInvalidParameter) by Decrypt
+// and Encrypt when a key or ciphertext has the wrong length, and by
+// SharedSecret for a platform key that is not a valid P-256 point.
+var ErrMalformed = errors.New("pinuv: malformed input")
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: %w: %s", ctap.StatusInvalidParameter, ErrMalformed, fmt.Sprintf(format, args...))
+}
 
 // State is the authenticator's PIN/UV state: one key-agreement key pair
 // (shared by both protocols) and the current pinUvAuthToken. Safe for
 // concurrent use.
-type State struct{}
+type State struct {
+	mu   sync.Mutex
+	rand io.Reader
+	now  func() time.Time
+
+	key *ecdh.PrivateKey
+
+	token       []byte // nil when no token is in use
+	perms       Permission
+	rpID        string // "" while unbound
+	issued      time.Time
+	used        bool // the token has been used at least once
+	powerCycled bool // PIN auth blocked until the daemon restarts
+}
 
 // NewState generates the key-agreement key and an initial token.
-func NewState(rand io.Reader, now func() time.Time) (*State, error) {
-	return &State{}, nil
+// rand defaults to crypto/rand.Reader and now to time.Now.
+func NewState(rnd io.Reader, now func() time.Time) (*State, error) {
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	if now == nil {
+		now = time.Now
+	}
+	s := &State{rand: rnd, now: now}
+	if err := s.Regenerate(); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Protocol returns protocol 1 or 2; any other version is
 // ctap.StatusInvalidParameter.
 func (s *State) Protocol(version uint64) (Protocol, error) {
+	switch version {
+	case 1:
+		return protocolOne{s}, nil
+	case 2:
+		return protocolTwo{s}, nil
+	}
 	return nil, ctap.StatusInvalidParameter
 }
 
 // KeyAgreement returns the authenticator's public key-agreement key.
 func (s *State) KeyAgreement(version uint64) (COSEKey, error) {
-	return COSEKey{}, ctap.StatusInvalidParameter
+	if _, err := s.Protocol(version); err != nil {
+		return COSEKey{}, err
+	}
+	s.mu.Lock()
+	pub := s.key.PublicKey().Bytes() // 0x04 ‖ X ‖ Y
+	s.mu.Unlock()
+	return COSEKey{
+		Kty: coseKtyEC2,
+		Alg: coseAlgECDHHKDF,
+		Crv: coseCrvP256,
+		X:   pub[1 : 1+coordinateLength],
+		Y:   pub[1+coordinateLength:],
+	}, nil
 }
 
 // Regenerate makes a new key-agreement key and invalidates the token
 // (power-up, authenticatorReset, and after a PIN is set or changed).
-func (s *State) Regenerate() error { return ErrPlaceholder }
+func (s *State) Regenerate() error {
+	k, err := ecdh.P256().GenerateKey(s.rand)
+	if err != nil {
+		return fmt.Errorf("pinuv: generating key-agreement key: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.key = k
+	s.stopLocked()
+	return nil
+}
+
+// ResetToken ends the current token without touching the key-agreement
+// key (changePIN, §6.5.5.6).
+func (s *State) ResetToken() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopLocked()
+}
+
+func (s *State) stopLocked() {
+	clear(s.token)
+	s.token = nil
+	s.perms = 0
+	s.rpID = ""
+	s.used = false
+}
 
 // IssueToken resets the token to a fresh random value, grants perms bound
 // to rpID (may be empty: bound at first use) and starts its lifetime.
 // It returns the token, which the caller encrypts for the platform.
-func (s *State) IssueToken(perms Permission, rpID string) []byte { return nil }
+// It returns nil, with no token in use, only if the random source fails.
+func (s *State) IssueToken(perms Permission, rpID string) []byte {
+	tok := make([]byte, TokenSize)
+	_, err := io.ReadFull(s.rand, tok)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopLocked()
+	if err != nil {
+		return nil
+	}
+	s.token = tok
+	s.perms = perms
+	s.rpID = rpID
+	s.issued = s.now()
+	return append([]byte(nil), tok...)
+}
+
+// liveLocked reports whether a token is in use and not expired, ending
+// an expired one.
+func (s *State) liveLocked() bool {
+	if s.token == nil {
+		return false
+	}
+	age := s.now().Sub(s.issued)
+	if age < 0 || age > MaxUsagePeriod || (!s.used && age > InitialUsageLimit) {
+		s.stopLocked()
+		return false
+	}
+	return true
+}
 
 // VerifyParam checks pinUvAuthParam = authenticate(token, message) under
 // the given protocol, with the token in use and not expired. Failure is
-// ctap.StatusPINAuthInvalid.
+// ctap.StatusPINAuthInvalid. A successful check counts as the token's use.
 func (s *State) VerifyParam(version uint64, message, param []byte) error {
-	return ctap.StatusPINAuthInvalid
+	p, err := s.Protocol(version)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.liveLocked() {
+		return ctap.StatusPINAuthInvalid
+	}
+	if !p.Verify(s.token, message, param) {
+		return ctap.StatusPINAuthInvalid
+	}
+	s.used = true
+	return nil
 }
 
 // Authorize checks that the current token has perm and, when rpID is
 // non-empty, is bound to rpID (binding it if it was unbound). Failure is
 // ctap.StatusPINAuthInvalid.
 func (s *State) Authorize(perm Permission, rpID string) error {
-	return ctap.StatusPINAuthInvalid
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.liveLocked() || s.perms&perm != perm || perm == 0 {
+		return ctap.StatusPINAuthInvalid
+	}
+	if rpID == "" {
+		return nil
+	}
+	if s.rpID == "" {
+		s.rpID = rpID
+		return nil
+	}
+	if s.rpID != rpID {
+		return ctap.StatusPINAuthInvalid
+	}
+	return nil
+}
+
+// AuthorizeRPIDHash checks that the current token has perm and, if it is
+// bound to an RP, that the RP's ID hashes to rpIDHash. It never binds the
+// token (credentialManagement, §6.8). A nil rpIDHash checks perm only.
+// Failure is ctap.StatusPINAuthInvalid.
+func (s *State) AuthorizeRPIDHash(perm Permission, rpIDHash []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.liveLocked() || s.perms&perm != perm || perm == 0 {
+		return ctap.StatusPINAuthInvalid
+	}
+	if rpIDHash == nil || s.rpID == "" {
+		return nil
+	}
+	h := sha256.Sum256([]byte(s.rpID))
+	if subtle.ConstantTimeCompare(h[:], rpIDHash) != 1 {
+		return ctap.StatusPINAuthInvalid
+	}
+	return nil
+}
+
+// AuthorizeUnbound checks that the current token has perm and is not
+// bound to any RP (getCredsMetadata and enumerateRPs, §6.8.2, §6.8.3).
+// Failure is ctap.StatusPINAuthInvalid.
+func (s *State) AuthorizeUnbound(perm Permission) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.liveLocked() || s.perms&perm != perm || perm == 0 || s.rpID != "" {
+		return ctap.StatusPINAuthInvalid
+	}
+	return nil
 }
 
 // ClearPermissionsExceptLBW drops every permission but largeBlobWrite
 // (after a makeCredential or getAssertion used the token with UP).
-func (s *State) ClearPermissionsExceptLBW() {}
+func (s *State) ClearPermissionsExceptLBW() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.perms &= PermLargeBlobWrite
+}
+
+// NotePINAuthBlocked records that three wrong PINs in a row blocked PIN
+// authentication until the authenticator is power cycled (restarted).
+func (s *State) NotePINAuthBlocked() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.powerCycled = true
+}
+
+// PowerCycleRequired reports whether NotePINAuthBlocked was called since
+// this State was made (getPINRetries' powerCycleState).
+func (s *State) PowerCycleRequired() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.powerCycled
+}
+
+// ecdhZ does the ECDH of the authenticator's key with the platform's
+// point and returns Z, the shared point's x coordinate.
+func (s *State) ecdhZ(k COSEKey) ([]byte, error) {
+	if k.Kty != coseKtyEC2 || k.Crv != coseCrvP256 {
+		return nil, malformed("key agreement kty %d crv %d, want EC2 P-256", k.Kty, k.Crv)
+	}
+	if len(k.X) != coordinateLength || len(k.Y) != coordinateLength {
+		return nil, malformed("key agreement coordinates of %d and %d bytes", len(k.X), len(k.Y))
+	}
+	raw := make([]byte, 0, 1+2*coordinateLength)
+	raw = append(raw, 4)
+	raw = append(raw, k.X...)
+	raw = append(raw, k.Y...)
+	pub, err := ecdh.P256().NewPublicKey(raw) // rejects points off the curve
+	if err != nil {
+		return nil, malformed("key agreement point: %v", err)
+	}
+	s.mu.Lock()
+	priv := s.key
+	s.mu.Unlock()
+	z, err := priv.ECDH(pub)
+	if err != nil {
+		return nil, malformed("ecdh: %v", err)
+	}
+	return z, nil
+}
+
+func hmacSHA256(key, msg []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return m.Sum(nil)
+}
+
+// cbcEncrypt encrypts whole blocks with AES-256-CBC.
+func cbcEncrypt(key, iv, plaintext []byte) ([]byte, error) {
+	if len(plaintext)%aes.BlockSize != 0 {
+		return nil, malformed("plaintext of %d bytes is not whole blocks", len(plaintext))
+	}
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, malformed("aes key: %v", err)
+	}
+	out := make([]byte, len(plaintext))
+	cipher.NewCBCEncrypter(b, iv).CryptBlocks(out, plaintext)
+	return out, nil
+}
+
+func cbcDecrypt(key, iv, ciphertext []byte) ([]byte, error) {
+	if len(ciphertext) == 0 || len(ciphertext)%aes.BlockSize != 0 {
+		return nil, malformed("ciphertext of %d bytes is not whole blocks", len(ciphertext))
+	}
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, malformed("aes key: %v", err)
+	}
+	out := make([]byte, len(ciphertext))
+	cipher.NewCBCDecrypter(b, iv).CryptBlocks(out, ciphertext)
+	return out, nil
+}
+
+// protocolOne is PIN/UV auth protocol 1 (CTAP 2.1 §6.5.6).
+type protocolOne struct{ s *State }
+
+func (protocolOne) Version() uint64 { return 1 }
+
+// SharedSecret is SHA-256(Z).
+func (p protocolOne) SharedSecret(k COSEKey) ([]byte, error) {
+	z, err := p.s.ecdhZ(k)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.Sum256(z)
+	return h[:], nil
+}
+
+var zeroIV = make([]byte, aes.BlockSize)
+
+// Encrypt is AES-256-CBC with an all-zero IV.
+func (protocolOne) Encrypt(key, plaintext []byte) ([]byte, error) {
+	if len(key) != 32 {
+		return nil, malformed("protocol 1 key of %d bytes", len(key))
+	}
+	return cbcEncrypt(key, zeroIV, plaintext)
+}
+
+func (protocolOne) Decrypt(key, ciphertext []byte) ([]byte, error) {
+	if len(key) != 32 {
+		return nil, malformed("protocol 1 key of %d bytes", len(key))
+	}
+	return cbcDecrypt(key, zeroIV, ciphertext)
+}
+
+// Authenticate is LEFT(HMAC-SHA-256(key, message), 16).
+func (protocolOne) Authenticate(key, message []byte) []byte {
+	return hmacSHA256(key, message)[:16]
+}
+
+func (p protocolOne) Verify(key, message, signature []byte) bool {
+	return len(signature) == 16 && hmac.Equal(p.Authenticate(key, message), signature)
+}
+
+// protocolTwo is PIN/UV auth protocol 2 (CTAP 2.1 §6.5.7).
+type protocolTwo struct{ s *State }
+
+func (protocolTwo) Version() uint64 { return 2 }
+
+var zeroSalt = make([]byte, 32)
+
+// SharedSecret is HKDF-SHA-256(Z, "CTAP2 HMAC key") ‖
+// HKDF-SHA-256(Z, "CTAP2 AES key"), each 32 bytes with a zero salt.
+func (p protocolTwo) SharedSecret(k COSEKey) ([]byte, error) {
+	z, err := p.s.ecdhZ(k)
+	if err != nil {
+		return nil, err
+	}
+	hmacKey, err := hkdf.Key(sha256.New, z, zeroSalt, "CTAP2 HMAC key", 32)
+	if err != nil {
+		return nil, fmt.Errorf("pinuv: hkdf: %w", err)
+	}
+	aesKey, err := hkdf.Key(sha256.New, z, zeroSalt, "CTAP2 AES key", 32)
+	if err != nil {
+		return nil, fmt.Errorf("pinuv: hkdf: %w", err)
+	}
+	return append(hmacKey, aesKey...), nil
+}
+
+// Encrypt is IV ‖ AES-256-CBC(AES key, IV, plaintext) with a random IV.
+func (p protocolTwo) Encrypt(key, plaintext []byte) ([]byte, error) {
+	if len(key) != 64 {
+		return nil, malformed("protocol 2 shared secret of %d bytes", len(key))
+	}
+	iv := make([]byte, aes.BlockSize)
+	if _, err := io.ReadFull(p.s.rand, iv); err != nil {
+		return nil, fmt.Errorf("pinuv: random IV: %w", err)
+	}
+	ct, err := cbcEncrypt(key[32:], iv, plaintext)
+	if err != nil {
+		return nil, err
+	}
+	return append(iv, ct...), nil
+}
+
+func (protocolTwo) Decrypt(key, ciphertext []byte) ([]byte, error) {
+	if len(key) != 64 {
+		return nil, malformed("protocol 2 shared secret of %d bytes", len(key))
+	}
+	if len(ciphertext) < aes.BlockSize {
+		return nil, malformed("protocol 2 ciphertext of %d bytes", len(ciphertext))
+	}
+	return cbcDecrypt(key[32:], ciphertext[:aes.BlockSize], ciphertext[aes.BlockSize:])
+}
+
+// Authenticate is HMAC-SHA-256 keyed with the shared secret's HMAC key
+// (its first 32 bytes) or with the whole 32-byte token.
+func (protocolTwo) Authenticate(key, message []byte) []byte {
+	if len(key) > 32 {
+		key = key[:32]
+	}
+	return hmacSHA256(key, message)
+}
+
+func (p protocolTwo) Verify(key, message, signature []byte) bool {
+	return len(signature) == 32 && hmac.Equal(p.Authenticate(key, message), signature)
+}
