@@ -1,17 +1,353 @@
 package ctap2
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
+
+// authenticatorCredentialManagement subcommands (CTAP 2.1 §6.8).
+const (
+	cmGetCredsMetadata          = 0x01
+	cmEnumerateRPsBegin         = 0x02
+	cmEnumerateRPsGetNextRP     = 0x03
+	cmEnumerateCredentialsBegin = 0x04
+	cmEnumerateCredentialsNext  = 0x05
+	cmDeleteCredential          = 0x06
+	cmUpdateUserInformation     = 0x07
+)
+
+// cmRequest is the authenticatorCredentialManagement parameter map. The
+// subCommandParams are kept as sent: pinUvAuthParam is computed over
+// their bytes.
+type cmRequest struct {
+	SubCommand     *uint64         `cbor:"1,keyasint"`
+	Params         cbor.RawMessage `cbor:"2,keyasint"`
+	Protocol       *uint64         `cbor:"3,keyasint"`
+	PinUvAuthParam []byte          `cbor:"4,keyasint"`
+}
+
+// cmParams is subCommandParams.
+type cmParams struct {
+	RPIDHash     []byte        `cbor:"1,keyasint"`
+	CredentialID *cmCredential `cbor:"2,keyasint"`
+	User         *cmUser       `cbor:"3,keyasint"`
+}
+
+// cmCredential is a PublicKeyCredentialDescriptor.
+type cmCredential struct {
+	Type string `cbor:"type"`
+	ID   []byte `cbor:"id"`
+}
+
+// cmUser is a PublicKeyCredentialUserEntity.
+type cmUser struct {
+	ID          []byte `cbor:"id"`
+	Name        string `cbor:"name,omitempty"`
+	DisplayName string `cbor:"displayName,omitempty"`
+}
+
+// cmRP is a PublicKeyCredentialRpEntity.
+type cmRP struct {
+	ID   string `cbor:"id"`
+	Name string `cbor:"name,omitempty"`
+}
+
+// cmPublicKey is an ES256 credential public key as a COSE_Key.
+type cmPublicKey struct {
+	Kty int64  `cbor:"1,keyasint"`
+	Alg int64  `cbor:"3,keyasint"`
+	Crv int64  `cbor:"-1,keyasint"`
+	X   []byte `cbor:"-2,keyasint"`
+	Y   []byte `cbor:"-3,keyasint"`
+}
+
+// cmResponse is the authenticatorCredentialManagement response map.
+type cmResponse struct {
+	Existing         *int          `cbor:"1,keyasint,omitempty"`
+	Remaining        *int          `cbor:"2,keyasint,omitempty"`
+	RP               *cmRP         `cbor:"3,keyasint,omitempty"`
+	RPIDHash         []byte        `cbor:"4,keyasint,omitempty"`
+	TotalRPs         *int          `cbor:"5,keyasint,omitempty"`
+	User             *cmUser       `cbor:"6,keyasint,omitempty"`
+	CredentialID     *cmCredential `cbor:"7,keyasint,omitempty"`
+	PublicKey        *cmPublicKey  `cbor:"8,keyasint,omitempty"`
+	TotalCredentials *int          `cbor:"9,keyasint,omitempty"`
+	CredProtect      *uint8        `cbor:"10,keyasint,omitempty"`
+	LargeBlobKey     []byte        `cbor:"11,keyasint,omitempty"`
+}
+
+// credMgmtState is what enumerateRPsGetNextRP and
+// enumerateCredentialsGetNextCredential continue from: the entries not
+// yet returned. Any command other than credentialManagement, and any
+// other credentialManagement subcommand, clears it.
+type credMgmtState struct {
+	rps   []tpmstore.RP
+	creds []tpmstore.Resident
+}
 
 // credentialManagement handles authenticatorCredentialManagement
 // (CTAP 2.1 §6.8), also reached as the preview command 0x41.
 func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte) ([]byte, error) {
-	return nil, ctap.StatusInvalidCommand
+	var req cmRequest
+	if err := cpDecode(raw, &req); err != nil {
+		a.cm = credMgmtState{}
+		return nil, err
+	}
+	if req.SubCommand == nil {
+		a.cm = credMgmtState{}
+		return nil, ctap.StatusMissingParameter
+	}
+	sub := *req.SubCommand
+	switch sub {
+	case cmEnumerateRPsGetNextRP:
+		return a.cmNextRP()
+	case cmEnumerateCredentialsNext:
+		return a.cmNextCredential()
+	}
+	a.cm = credMgmtState{}
+	var params cmParams
+	if len(req.Params) > 0 {
+		if err := cpDecode(req.Params, &params); err != nil {
+			return nil, err
+		}
+	}
+	switch sub {
+	case cmGetCredsMetadata, cmEnumerateRPsBegin, cmEnumerateCredentialsBegin,
+		cmDeleteCredential, cmUpdateUserInformation:
+	default:
+		return nil, ctap.StatusInvalidSubcommand
+	}
+	// §6.8 steps 2–4: a token authenticates subCommand ‖ subCommandParams.
+	if req.PinUvAuthParam == nil {
+		return nil, ctap.StatusPUATRequired
+	}
+	if req.Protocol == nil {
+		return nil, ctap.StatusMissingParameter
+	}
+	msg := []byte{byte(sub)}
+	if sub != cmGetCredsMetadata && sub != cmEnumerateRPsBegin {
+		msg = append(msg, req.Params...)
+	}
+	if err := a.pin.VerifyParam(*req.Protocol, msg, req.PinUvAuthParam); err != nil {
+		return nil, err
+	}
+	switch sub {
+	case cmGetCredsMetadata:
+		return a.cmMetadata()
+	case cmEnumerateRPsBegin:
+		return a.cmBeginRPs()
+	case cmEnumerateCredentialsBegin:
+		return a.cmBeginCredentials(&params)
+	case cmDeleteCredential:
+		return a.cmDelete(&params)
+	default: // cmUpdateUserInformation
+		return a.cmUpdateUser(&params)
+	}
 }
 
-// credMgmtState is what enumerateRPsGetNextRP and
-// enumerateCredentialsGetNextCredential continue from.
-type credMgmtState struct{}
+// getCredsMetadata (§6.8.2).
+func (a *Authenticator) cmMetadata() ([]byte, error) {
+	if err := a.pin.AuthorizeUnbound(pinuv.PermCredentialManagement); err != nil {
+		return nil, err
+	}
+	n, err := a.cfg.Store.ResidentCount()
+	if err != nil {
+		return nil, fmt.Errorf("credentialManagement: counting residents: %w", err)
+	}
+	remaining := max(a.cfg.Store.MaxResidents()-n, 0)
+	return cpEncode(cmResponse{Existing: &n, Remaining: &remaining})
+}
+
+// enumerateRPsBegin (§6.8.3).
+func (a *Authenticator) cmBeginRPs() ([]byte, error) {
+	if err := a.pin.AuthorizeUnbound(pinuv.PermCredentialManagement); err != nil {
+		return nil, err
+	}
+	rps, err := a.cfg.Store.ResidentRPs()
+	if err != nil {
+		return nil, fmt.Errorf("credentialManagement: listing RPs: %w", err)
+	}
+	if len(rps) == 0 {
+		return nil, ctap.StatusNoCredentials
+	}
+	total := len(rps)
+	a.cm.rps = rps[1:]
+	return cmEncodeRP(rps[0], &total)
+}
+
+// enumerateRPsGetNextRP (§6.8.3).
+func (a *Authenticator) cmNextRP() ([]byte, error) {
+	if len(a.cm.rps) == 0 {
+		a.cm = credMgmtState{}
+		return nil, ctap.StatusNotAllowed
+	}
+	rp := a.cm.rps[0]
+	a.cm.rps = a.cm.rps[1:]
+	a.cm.creds = nil
+	return cmEncodeRP(rp, nil)
+}
+
+func cmEncodeRP(rp tpmstore.RP, total *int) ([]byte, error) {
+	return cpEncode(cmResponse{
+		RP:       &cmRP{ID: rp.ID, Name: rp.Name},
+		RPIDHash: rp.Hash[:],
+		TotalRPs: total,
+	})
+}
+
+// enumerateCredentialsBegin (§6.8.4). A token bound to an RP may only
+// enumerate that RP's credentials.
+func (a *Authenticator) cmBeginCredentials(params *cmParams) ([]byte, error) {
+	if params.RPIDHash == nil {
+		return nil, ctap.StatusMissingParameter
+	}
+	if len(params.RPIDHash) != 32 {
+		return nil, ctap.StatusInvalidParameter
+	}
+	if err := a.pin.AuthorizeRPIDHash(pinuv.PermCredentialManagement, params.RPIDHash); err != nil {
+		return nil, err
+	}
+	creds, err := a.cfg.Store.Residents([32]byte(params.RPIDHash))
+	if err != nil {
+		return nil, fmt.Errorf("credentialManagement: listing credentials: %w", err)
+	}
+	if len(creds) == 0 {
+		return nil, ctap.StatusNoCredentials
+	}
+	total := len(creds)
+	a.cm.creds = creds[1:]
+	return cmEncodeCredential(creds[0], &total)
+}
+
+// enumerateCredentialsGetNextCredential (§6.8.4).
+func (a *Authenticator) cmNextCredential() ([]byte, error) {
+	if len(a.cm.creds) == 0 {
+		a.cm = credMgmtState{}
+		return nil, ctap.StatusNotAllowed
+	}
+	c := a.cm.creds[0]
+	a.cm.creds = a.cm.creds[1:]
+	a.cm.rps = nil
+	return cmEncodeCredential(c, nil)
+}
+
+func cmEncodeCredential(r tpmstore.Resident, total *int) ([]byte, error) {
+	pk, err := cmCOSEPublicKey(r.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	cp := max(r.CredProtect, tpmstore.CredProtectUVOptional)
+	resp := cmResponse{
+		User:             &cmUser{ID: r.User.ID, Name: r.User.Name, DisplayName: r.User.DisplayName},
+		CredentialID:     &cmCredential{Type: "public-key", ID: r.CredentialID},
+		PublicKey:        pk,
+		TotalCredentials: total,
+		CredProtect:      &cp,
+	}
+	if len(r.LargeBlobKey) > 0 {
+		resp.LargeBlobKey = r.LargeBlobKey
+	}
+	if resp.User.ID == nil {
+		resp.User.ID = []byte{}
+	}
+	return cpEncode(resp)
+}
+
+// cmCOSEPublicKey encodes an ES256 public key: kty 2, alg -7, crv 1.
+func cmCOSEPublicKey(pub *ecdsa.PublicKey) (*cmPublicKey, error) {
+	if pub == nil {
+		return nil, errors.New("credentialManagement: resident credential without public key")
+	}
+	b, err := pub.Bytes()
+	if err != nil || len(b) != 65 {
+		return nil, fmt.Errorf("credentialManagement: public key not P-256: %v", err)
+	}
+	return &cmPublicKey{Kty: 2, Alg: -7, Crv: 1, X: b[1:33], Y: b[33:]}, nil
+}
+
+// cmFind looks up a resident credential by ID.
+func (a *Authenticator) cmFind(id []byte) (tpmstore.Resident, error) {
+	rps, err := a.cfg.Store.ResidentRPs()
+	if err != nil {
+		return tpmstore.Resident{}, fmt.Errorf("credentialManagement: listing RPs: %w", err)
+	}
+	for _, rp := range rps {
+		creds, err := a.cfg.Store.Residents(rp.Hash)
+		if err != nil {
+			return tpmstore.Resident{}, fmt.Errorf("credentialManagement: listing credentials: %w", err)
+		}
+		for _, c := range creds {
+			if bytes.Equal(c.CredentialID, id) {
+				return c, nil
+			}
+		}
+	}
+	return tpmstore.Resident{}, ctap.StatusNoCredentials
+}
+
+// cmAuthorizedCredential checks the cm permission, finds the credential
+// and checks the token's RP binding against it.
+func (a *Authenticator) cmAuthorizedCredential(cred *cmCredential) (tpmstore.Resident, error) {
+	if cred == nil {
+		return tpmstore.Resident{}, ctap.StatusMissingParameter
+	}
+	if err := a.pin.AuthorizeRPIDHash(pinuv.PermCredentialManagement, nil); err != nil {
+		return tpmstore.Resident{}, err
+	}
+	r, err := a.cmFind(cred.ID)
+	if err != nil {
+		return tpmstore.Resident{}, err
+	}
+	if err := a.pin.AuthorizeRPIDHash(pinuv.PermCredentialManagement, r.RPIDHash[:]); err != nil {
+		return tpmstore.Resident{}, err
+	}
+	return r, nil
+}
+
+// deleteCredential (§6.8.5).
+func (a *Authenticator) cmDelete(params *cmParams) ([]byte, error) {
+	r, err := a.cmAuthorizedCredential(params.CredentialID)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.cfg.Store.DeleteResident(r.CredentialID); err != nil {
+		if errors.Is(err, tpmstore.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %w", ctap.StatusNoCredentials, err)
+		}
+		return nil, fmt.Errorf("credentialManagement: deleting: %w", err)
+	}
+	a.log.Info("resident credential deleted", "rp", r.RPID)
+	return nil, nil
+}
+
+// updateUserInformation (§6.8.6): the user ID must match; name and
+// displayName are replaced (absent ones removed).
+func (a *Authenticator) cmUpdateUser(params *cmParams) ([]byte, error) {
+	if params.CredentialID == nil || params.User == nil {
+		return nil, ctap.StatusMissingParameter
+	}
+	r, err := a.cmAuthorizedCredential(params.CredentialID)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(r.User.ID, params.User.ID) {
+		return nil, ctap.StatusInvalidParameter
+	}
+	u := tpmstore.User{ID: r.User.ID, Name: params.User.Name, DisplayName: params.User.DisplayName}
+	if err := a.cfg.Store.UpdateResidentUser(r.CredentialID, u); err != nil {
+		if errors.Is(err, tpmstore.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %w", ctap.StatusNoCredentials, err)
+		}
+		return nil, fmt.Errorf("credentialManagement: updating user: %w", err)
+	}
+	return nil, nil
+}
