@@ -1,0 +1,205 @@
+package presence
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gatePrompter counts prompts and answers each one with what is sent on
+// answer.
+type gatePrompter struct {
+	calls  atomic.Int32
+	shown  chan Request
+	answer chan error
+}
+
+func newGate() *gatePrompter {
+	return &gatePrompter{shown: make(chan Request, 8), answer: make(chan error)}
+}
+
+func (g *gatePrompter) Confirm(ctx context.Context, req Request) error {
+	g.calls.Add(1)
+	g.shown <- req
+	select {
+	case err := <-g.answer:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestCoalesceIdenticalConcurrent(t *testing.T) {
+	g := newGate()
+	c := NewCoalescer(g, time.Second, (&fakeClock{t: time.Unix(1, 0)}).now)
+	req := Request{Op: OpAuthenticate, RPID: "github.com"}
+	errs := make(chan error, 2)
+	go func() { errs <- c.Confirm(context.Background(), req) }()
+	<-g.shown
+	go func() { errs <- c.Confirm(context.Background(), req) }()
+	// The second request must wait on the open prompt, not open its own.
+	select {
+	case <-g.shown:
+		t.Fatal("a second prompt opened for an identical request")
+	case <-time.After(50 * time.Millisecond):
+	}
+	g.answer <- nil
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Confirm = %v, want nil", err)
+		}
+	}
+	if n := g.calls.Load(); n != 1 {
+		t.Fatalf("%d prompts, want 1", n)
+	}
+}
+
+func TestCoalesceDifferentRPsPromptTwice(t *testing.T) {
+	g := newGate()
+	c := NewCoalescer(g, time.Second, (&fakeClock{t: time.Unix(1, 0)}).now)
+	errs := make(chan error, 2)
+	go func() { errs <- c.Confirm(context.Background(), Request{Op: OpAuthenticate, RPID: "a.example"}) }()
+	first := <-g.shown
+	go func() { errs <- c.Confirm(context.Background(), Request{Op: OpAuthenticate, RPID: "b.example"}) }()
+	g.answer <- nil // approve a.example only
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	second := <-g.shown
+	if first.RPID == second.RPID {
+		t.Fatalf("both prompts for %q", first.RPID)
+	}
+	g.answer <- ErrDenied
+	if err := <-errs; !errors.Is(err, ErrDenied) {
+		t.Fatalf("b.example: Confirm = %v, want ErrDenied (no approval shared across RPs)", err)
+	}
+	if n := g.calls.Load(); n != 2 {
+		t.Fatalf("%d prompts, want 2", n)
+	}
+}
+
+func TestCoalesceRetryAfterYes(t *testing.T) {
+	g := newGate()
+	clk := &fakeClock{t: time.Unix(1, 0)}
+	c := NewCoalescer(g, 2*time.Second, clk.now)
+	req := Request{Op: OpAuthenticate, RPID: "github.com"}
+	ask := func(r Request) chan error {
+		e := make(chan error, 1)
+		go func() { e <- c.Confirm(context.Background(), r) }()
+		return e
+	}
+	e := ask(req)
+	<-g.shown
+	g.answer <- nil
+	if err := <-e; err != nil {
+		t.Fatal(err)
+	}
+	clk.add(time.Second)
+	// The retry within the window is approved without a prompt...
+	if err := <-ask(req); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	// ...once only.
+	e = ask(req)
+	<-g.shown
+	g.answer <- ErrDenied
+	if err := <-e; !errors.Is(err, ErrDenied) {
+		t.Fatalf("second retry = %v, want a new prompt answered ErrDenied", err)
+	}
+	// Another op on the same RP, or after the window, prompts again.
+	e = ask(req)
+	<-g.shown
+	g.answer <- nil
+	<-e
+	e = ask(Request{Op: OpRegister, RPID: "github.com"})
+	<-g.shown
+	g.answer <- ErrDenied
+	if err := <-e; !errors.Is(err, ErrDenied) {
+		t.Fatalf("register after sign-in approval = %v, want its own prompt", err)
+	}
+	e = ask(req)
+	<-g.shown
+	g.answer <- nil
+	<-e
+	clk.add(3 * time.Second)
+	e = ask(req)
+	<-g.shown
+	g.answer <- ErrTimeout
+	if err := <-e; !errors.Is(err, ErrTimeout) {
+		t.Fatalf("after the window = %v, want its own prompt", err)
+	}
+	if n := g.calls.Load(); n != 6 {
+		t.Fatalf("%d prompts, want 6", n)
+	}
+}
+
+func TestCoalesceCancelledOwnerHandsOver(t *testing.T) {
+	// The first requester cancels (the browser sent CANCEL); an identical
+	// waiter gets its own prompt rather than the cancellation.
+	g := newGate()
+	c := NewCoalescer(g, time.Second, nil)
+	req := Request{Op: OpRegister, RPID: "github.com"}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	e1 := make(chan error, 1)
+	go func() { e1 <- c.Confirm(ctx1, req) }()
+	<-g.shown
+	e2 := make(chan error, 1)
+	go func() { e2 <- c.Confirm(context.Background(), req) }()
+	time.Sleep(20 * time.Millisecond) // let it queue behind the open prompt
+	cancel1()
+	if err := <-e1; !errors.Is(err, context.Canceled) {
+		t.Fatalf("first = %v", err)
+	}
+	<-g.shown
+	g.answer <- nil
+	if err := <-e2; err != nil {
+		t.Fatalf("second = %v, want nil from its own prompt", err)
+	}
+}
+
+func TestNewFixedNeedsInsecure(t *testing.T) {
+	if _, err := New(BackendAlwaysAllow, Options{}); !errors.Is(err, ErrInsecure) {
+		t.Fatalf("always-allow without insecure mode: %v, want ErrInsecure", err)
+	}
+	p, err := New(BackendAlwaysDeny, Options{InsecureTestMode: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Confirm(context.Background(), Request{}); !errors.Is(err, ErrDenied) {
+		t.Fatalf("always-deny: %v", err)
+	}
+	if _, err := New("sometimes", Options{}); err == nil {
+		t.Fatal("unknown backend accepted")
+	}
+}
+
+func TestDetectNothing(t *testing.T) {
+	opts := Options{
+		BusAddress: "unix:path=/nonexistent/bus",
+		LookPath:   func(string) (string, error) { return "", errors.New("none") },
+		Getenv:     func(string) string { return "" },
+		TTYPath:    "/nonexistent/tty",
+	}
+	if _, err := Detect(opts); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Detect = %v, want ErrUnavailable", err)
+	}
+	opts.LookPath = func(n string) (string, error) { return "/usr/bin/" + n, nil }
+	if got, err := Detect(opts); err != nil || got != BackendPinentry {
+		t.Fatalf("Detect with pinentry = %q, %v", got, err)
+	}
+}
