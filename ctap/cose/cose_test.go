@@ -1,0 +1,82 @@
+package cose
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"testing"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+func TestRoundTrip(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := EncodeES256(&k.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeES256(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Equal(&k.PublicKey) {
+			t.Fatal("decoded key differs")
+		}
+		// Independent check of the wire form: a generic map with the
+		// labels CTAP requires, and canonical key order.
+		var m map[int64]any
+		if err := cbor.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m[1] != uint64(2) || m[3] != int64(-7) || m[-1] != uint64(1) ||
+			len(m[-2].([]byte)) != 32 || len(m[-3].([]byte)) != 32 || len(m) != 5 {
+			t.Fatalf("unexpected COSE map %v", m)
+		}
+		if !bytes.Equal(b[:7], []byte{0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01}) {
+			t.Fatalf("not canonical: % x", b[:7])
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	good, _ := EncodeES256(&k.PublicKey)
+	var m map[int64]any
+	_ = cbor.Unmarshal(good, &m)
+	mod := func(f func(map[int64]any)) []byte {
+		c := map[int64]any{}
+		for k, v := range m {
+			c[k] = v
+		}
+		f(c)
+		b, _ := cbor.Marshal(c)
+		return b
+	}
+	offCurve := append([]byte(nil), m[-3].([]byte)...)
+	offCurve[31] ^= 1
+	cases := map[string][]byte{
+		"garbage":   {0xff, 0x00},
+		"empty":     nil,
+		"wrong kty": mod(func(c map[int64]any) { c[1] = 1 }),
+		"wrong alg": mod(func(c map[int64]any) { c[3] = -8 }),
+		"wrong crv": mod(func(c map[int64]any) { c[-1] = 2 }),
+		"short x":   mod(func(c map[int64]any) { c[-2] = []byte{1} }),
+		"off curve": mod(func(c map[int64]any) { c[-3] = offCurve }),
+		"x as text": mod(func(c map[int64]any) { c[-2] = "x" }),
+		"trailing":  append(append([]byte(nil), good...), 0),
+	}
+	for name, b := range cases {
+		if _, err := DecodeES256(b); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("%s: err = %v, want ErrInvalidKey", name, err)
+		}
+	}
+	if _, err := EncodeES256(nil); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("nil key: %v", err)
+	}
+}
