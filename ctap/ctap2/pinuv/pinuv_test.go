@@ -1,0 +1,422 @@
+package pinuv
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdh"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func newTestState(t *testing.T) (*State, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	s, err := NewState(nil, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, clk
+}
+
+// The platform side below is written independently of the package code
+// (HKDF by hand from HMAC) so that a bug shared by both ends cannot hide.
+
+func hkdfByHand(secret, salt []byte, info string) []byte {
+	ext := hmac.New(sha256.New, salt)
+	ext.Write(secret)
+	prk := ext.Sum(nil)
+	exp := hmac.New(sha256.New, prk)
+	exp.Write([]byte(info))
+	exp.Write([]byte{1})
+	return exp.Sum(nil) // 32 bytes: one block is enough
+}
+
+func platformShared(t *testing.T, version uint64, plat *ecdh.PrivateKey, auth COSEKey) []byte {
+	t.Helper()
+	pub, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, auth.X...), auth.Y...))
+	if err != nil {
+		t.Fatalf("authenticator key agreement key invalid: %v", err)
+	}
+	z, err := plat.ECDH(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if version == 1 {
+		h := sha256.Sum256(z)
+		return h[:]
+	}
+	salt := make([]byte, 32)
+	return append(hkdfByHand(z, salt, "CTAP2 HMAC key"), hkdfByHand(z, salt, "CTAP2 AES key")...)
+}
+
+func platformCOSE(k *ecdh.PrivateKey) COSEKey {
+	b := k.PublicKey().Bytes()
+	return COSEKey{Kty: 2, Alg: -25, Crv: 1, X: b[1:33], Y: b[33:]}
+}
+
+func TestSharedSecretMatchesPlatform(t *testing.T) {
+	s, _ := newTestState(t)
+	for _, v := range []uint64{1, 2} {
+		p, err := s.Protocol(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Version() != v {
+			t.Fatalf("Version() = %d, want %d", p.Version(), v)
+		}
+		ka, err := s.KeyAgreement(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ka.Kty != 2 || ka.Alg != -25 || ka.Crv != 1 {
+			t.Fatalf("key agreement COSE header %+v", ka)
+		}
+		plat, err := ecdh.P256().GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := platformShared(t, v, plat, ka)
+		got, err := p.SharedSecret(platformCOSE(plat))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("protocol %d shared secret differs from the platform's", v)
+		}
+
+		// Encrypt on the platform, decrypt in the authenticator, and back.
+		msg := bytes.Repeat([]byte("0123456789abcdef"), 4)
+		var ct []byte
+		if v == 1 {
+			ct = make([]byte, len(msg))
+			b, _ := aes.NewCipher(want)
+			cipher.NewCBCEncrypter(b, make([]byte, 16)).CryptBlocks(ct, msg)
+		} else {
+			iv := make([]byte, 16)
+			rand.Read(iv)
+			ct = make([]byte, len(msg))
+			b, _ := aes.NewCipher(want[32:])
+			cipher.NewCBCEncrypter(b, iv).CryptBlocks(ct, msg)
+			ct = append(iv, ct...)
+		}
+		pt, err := p.Decrypt(got, ct)
+		if err != nil || !bytes.Equal(pt, msg) {
+			t.Fatalf("protocol %d decrypt of platform ciphertext: %x, %v", v, pt, err)
+		}
+		enc, err := p.Encrypt(got, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == 2 {
+			if len(enc) != 16+len(msg) {
+				t.Fatalf("protocol 2 ciphertext of %d bytes", len(enc))
+			}
+			b, _ := aes.NewCipher(want[32:])
+			out := make([]byte, len(msg))
+			cipher.NewCBCDecrypter(b, enc[:16]).CryptBlocks(out, enc[16:])
+			if !bytes.Equal(out, msg) {
+				t.Fatal("protocol 2 encrypt does not match the platform's decrypt")
+			}
+		} else {
+			b, _ := aes.NewCipher(want)
+			out := make([]byte, len(msg))
+			cipher.NewCBCDecrypter(b, make([]byte, 16)).CryptBlocks(out, enc)
+			if !bytes.Equal(out, msg) {
+				t.Fatal("protocol 1 encrypt does not match the platform's decrypt")
+			}
+		}
+
+		// Authenticate: protocol 1 is 16 bytes keyed with the whole
+		// secret, protocol 2 32 bytes keyed with the HMAC half.
+		m := hmac.New(sha256.New, want[:32])
+		m.Write(msg)
+		full := m.Sum(nil)
+		wantTag := full
+		if v == 1 {
+			wantTag = full[:16]
+		}
+		if tag := p.Authenticate(got, msg); !bytes.Equal(tag, wantTag) {
+			t.Fatalf("protocol %d authenticate = %x, want %x", v, tag, wantTag)
+		}
+		if !p.Verify(got, msg, wantTag) {
+			t.Fatalf("protocol %d verify refused a good tag", v)
+		}
+		bad := append([]byte(nil), wantTag...)
+		bad[0] ^= 1
+		if p.Verify(got, msg, bad) || p.Verify(got, msg, wantTag[:len(wantTag)-1]) || p.Verify(got, msg, nil) {
+			t.Fatalf("protocol %d verify accepted a bad tag", v)
+		}
+	}
+}
+
+func TestProtocolVersions(t *testing.T) {
+	s, _ := newTestState(t)
+	for _, v := range []uint64{0, 3, 1 << 40} {
+		if _, err := s.Protocol(v); !errors.Is(err, ctap.StatusInvalidParameter) {
+			t.Errorf("Protocol(%d) = %v", v, err)
+		}
+		if _, err := s.KeyAgreement(v); !errors.Is(err, ctap.StatusInvalidParameter) {
+			t.Errorf("KeyAgreement(%d) = %v", v, err)
+		}
+	}
+}
+
+func TestBadPlatformKeys(t *testing.T) {
+	s, _ := newTestState(t)
+	plat, _ := ecdh.P256().GenerateKey(rand.Reader)
+	good := platformCOSE(plat)
+	offCurve := good
+	offCurve.Y = append([]byte(nil), good.Y...)
+	offCurve.Y[31] ^= 1
+	cases := map[string]COSEKey{
+		"off curve":   offCurve,
+		"zero point":  {Kty: 2, Alg: -25, Crv: 1, X: make([]byte, 32), Y: make([]byte, 32)},
+		"short x":     {Kty: 2, Alg: -25, Crv: 1, X: good.X[:31], Y: good.Y},
+		"long y":      {Kty: 2, Alg: -25, Crv: 1, X: good.X, Y: append(append([]byte(nil), good.Y...), 0)},
+		"missing":     {Kty: 2, Alg: -25, Crv: 1},
+		"wrong kty":   {Kty: 1, Alg: -25, Crv: 1, X: good.X, Y: good.Y},
+		"wrong curve": {Kty: 2, Alg: -25, Crv: 2, X: good.X, Y: good.Y},
+	}
+	for _, v := range []uint64{1, 2} {
+		p, _ := s.Protocol(v)
+		for name, k := range cases {
+			_, err := p.SharedSecret(k)
+			if !errors.Is(err, ctap.StatusInvalidParameter) || !errors.Is(err, ErrMalformed) {
+				t.Errorf("protocol %d, %s: err = %v, want INVALID_PARAMETER", v, name, err)
+			}
+		}
+	}
+}
+
+func TestDecryptRejectsBadLengths(t *testing.T) {
+	s, _ := newTestState(t)
+	p1, _ := s.Protocol(1)
+	p2, _ := s.Protocol(2)
+	k32, k64 := make([]byte, 32), make([]byte, 64)
+	for name, f := range map[string]func() error{
+		"p1 empty":       func() error { _, err := p1.Decrypt(k32, nil); return err },
+		"p1 partial":     func() error { _, err := p1.Decrypt(k32, make([]byte, 17)); return err },
+		"p1 short key":   func() error { _, err := p1.Decrypt(k32[:16], make([]byte, 16)); return err },
+		"p2 only IV":     func() error { _, err := p2.Decrypt(k64, make([]byte, 16)); return err },
+		"p2 short":       func() error { _, err := p2.Decrypt(k64, make([]byte, 5)); return err },
+		"p2 partial":     func() error { _, err := p2.Decrypt(k64, make([]byte, 40)); return err },
+		"p2 32-byte key": func() error { _, err := p2.Decrypt(k32, make([]byte, 32)); return err },
+		"p2 encrypt odd": func() error { _, err := p2.Encrypt(k64, make([]byte, 15)); return err },
+	} {
+		if err := f(); !errors.Is(err, ctap.StatusInvalidParameter) {
+			t.Errorf("%s: err = %v, want INVALID_PARAMETER", name, err)
+		}
+	}
+}
+
+func tokenParam(t *testing.T, s *State, v uint64, tok, msg []byte) []byte {
+	t.Helper()
+	p, err := s.Protocol(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Authenticate(tok, msg)
+}
+
+func TestTokenLifetime(t *testing.T) {
+	s, clk := newTestState(t)
+	msg := []byte("message")
+
+	tok := s.IssueToken(PermGetAssertion, "")
+	if len(tok) != TokenSize {
+		t.Fatalf("token of %d bytes", len(tok))
+	}
+	clk.advance(InitialUsageLimit + time.Second)
+	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, tok, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("token unused past the initial usage limit: %v", err)
+	}
+
+	tok = s.IssueToken(PermGetAssertion, "")
+	clk.advance(InitialUsageLimit - time.Second)
+	if err := s.VerifyParam(1, msg, tokenParam(t, s, 1, tok, msg)); err != nil {
+		t.Fatalf("fresh token: %v", err)
+	}
+	clk.advance(MaxUsagePeriod - InitialUsageLimit) // used: still alive
+	if err := s.Authorize(PermGetAssertion, "x.example"); err != nil {
+		t.Fatalf("used token before the max usage period: %v", err)
+	}
+	clk.advance(2 * time.Second)
+	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, tok, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("token past the max usage period: %v", err)
+	}
+	if err := s.Authorize(PermGetAssertion, ""); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("expired token authorized: %v", err)
+	}
+}
+
+func TestTokenInvalidation(t *testing.T) {
+	s, _ := newTestState(t)
+	msg := []byte{0x01}
+	old := s.IssueToken(PermCredentialManagement, "")
+	tok := s.IssueToken(PermCredentialManagement, "")
+	if bytes.Equal(old, tok) {
+		t.Fatal("two tokens are equal")
+	}
+	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, old, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("superseded token accepted: %v", err)
+	}
+	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, tok, msg)); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.KeyAgreement(2)
+	if err := s.Regenerate(); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := s.KeyAgreement(2)
+	if bytes.Equal(before.X, after.X) {
+		t.Fatal("Regenerate kept the key-agreement key")
+	}
+	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, tok, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("token survived Regenerate: %v", err)
+	}
+	tok = s.IssueToken(PermCredentialManagement, "")
+	s.ResetToken()
+	if err := s.VerifyParam(1, msg, tokenParam(t, s, 1, tok, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("token survived ResetToken: %v", err)
+	}
+	if again, _ := s.KeyAgreement(1); !bytes.Equal(again.X, after.X) {
+		t.Fatal("ResetToken changed the key-agreement key")
+	}
+}
+
+func TestPermissionsAndBinding(t *testing.T) {
+	s, _ := newTestState(t)
+	if err := s.Authorize(PermGetAssertion, ""); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("no token, Authorize = %v", err)
+	}
+	s.IssueToken(PermMakeCredential|PermGetAssertion, "")
+	if err := s.Authorize(PermCredentialManagement, ""); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("cm without permission: %v", err)
+	}
+	if err := s.AuthorizeUnbound(PermGetAssertion); err != nil {
+		t.Fatalf("unbound token: %v", err)
+	}
+	if err := s.Authorize(PermMakeCredential, "a.example"); err != nil {
+		t.Fatalf("first use binds: %v", err)
+	}
+	if err := s.Authorize(PermGetAssertion, "b.example"); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("token bound to a.example used for b.example: %v", err)
+	}
+	if err := s.Authorize(PermGetAssertion, "a.example"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AuthorizeUnbound(PermGetAssertion); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("bound token passed AuthorizeUnbound: %v", err)
+	}
+	ha := sha256.Sum256([]byte("a.example"))
+	hb := sha256.Sum256([]byte("b.example"))
+	if err := s.AuthorizeRPIDHash(PermGetAssertion, ha[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AuthorizeRPIDHash(PermGetAssertion, hb[:]); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("hash of another RP: %v", err)
+	}
+	s.ClearPermissionsExceptLBW()
+	if err := s.Authorize(PermGetAssertion, "a.example"); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("permission survived ClearPermissionsExceptLBW: %v", err)
+	}
+
+	s.IssueToken(PermCredentialManagement|PermLargeBlobWrite, "")
+	if err := s.AuthorizeRPIDHash(PermCredentialManagement, hb[:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AuthorizeUnbound(PermCredentialManagement); err != nil {
+		t.Fatalf("AuthorizeRPIDHash bound the token: %v", err)
+	}
+	s.ClearPermissionsExceptLBW()
+	if err := s.Authorize(PermLargeBlobWrite, ""); err != nil {
+		t.Fatalf("lbw dropped: %v", err)
+	}
+}
+
+func TestPowerCycleFlag(t *testing.T) {
+	s, _ := newTestState(t)
+	if s.PowerCycleRequired() {
+		t.Fatal("fresh state needs a power cycle")
+	}
+	s.NotePINAuthBlocked()
+	if err := s.Regenerate(); err != nil {
+		t.Fatal(err)
+	}
+	if !s.PowerCycleRequired() {
+		t.Fatal("flag lost")
+	}
+}
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, errors.New("no entropy") }
+
+func TestIssueTokenRandomFailure(t *testing.T) {
+	s, err := NewState(failingReader{}, nil)
+	if err != nil {
+		// Key generation may use its own randomness; the token must not.
+		t.Logf("NewState: %v", err)
+		return
+	}
+	if tok := s.IssueToken(PermGetAssertion, ""); tok != nil {
+		t.Fatal("token issued without randomness")
+	}
+	if err := s.Authorize(PermGetAssertion, ""); !errors.Is(err, ctap.StatusPINAuthInvalid) {
+		t.Fatalf("Authorize after failed issue: %v", err)
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	s, _ := newTestState(t)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 50 {
+				switch (i + j) % 5 {
+				case 0:
+					tok := s.IssueToken(PermGetAssertion, "")
+					_ = s.VerifyParam(2, []byte{1}, tokenParam(t, s, 2, tok, []byte{1}))
+				case 1:
+					_ = s.Authorize(PermGetAssertion, "a.example")
+				case 2:
+					_, _ = s.KeyAgreement(1)
+				case 3:
+					p, _ := s.Protocol(2)
+					plat, _ := ecdh.P256().GenerateKey(rand.Reader)
+					_, _ = p.SharedSecret(platformCOSE(plat))
+				case 4:
+					_ = s.Regenerate()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
