@@ -1,0 +1,159 @@
+# Shell helpers for the end-to-end guest, sourced by /init and by every
+# scenario run (sh /e2e/run.sh NAME).
+
+PIN=4821-e2e-pin
+STATE=/state/tpm-fido
+E2E=/state/e2e
+KEYS=$E2E/keys
+LOGDIR=/run/e2e
+export SSH_ASKPASS=/e2e/askpass-good
+export SSH_ASKPASS_REQUIRE=force
+export DISPLAY=:0
+mkdir -p "$LOGDIR"
+
+# t runs one command under a 60-second timeout.
+t() { timeout 60 "$@"; }
+
+log() { echo "$*" >&2; }
+
+# fail prints its arguments as the failure reason and ends the scenario
+# (each scenario runs in its own shell).
+fail() {
+	echo "FAIL: $*"
+	exit 1
+}
+
+# start_daemon [PRESENCE]: start tpm-fido in the background and wait for its
+# hidraw node.
+start_daemon() {
+	presence=${1:-always-allow}
+	mkdir -p "$STATE"
+	timeout 900 /usr/bin/tpm-fido serve --transport uhid --tpm /dev/tpmrm0 \
+		--state-dir "$STATE" --presence "$presence" --insecure-test-mode \
+		--log-level debug >>"$LOGDIR/daemon.log" 2>&1 &
+	echo $! >/run/daemon.pid
+	i=0
+	while [ $i -lt 150 ]; do
+		if ls /dev/hidraw* >/dev/null 2>&1; then return 0; fi
+		if ! kill -0 "$(cat /run/daemon.pid)" 2>/dev/null; then
+			echo "E2E-LOG daemon: exited before its device appeared"
+			return 1
+		fi
+		sleep 0.1
+		i=$((i+1))
+	done
+	echo "E2E-LOG daemon: no /dev/hidraw* after 15 s"
+	return 1
+}
+
+daemon_alive() { [ -f /run/daemon.pid ] && kill -0 "$(cat /run/daemon.pid)" 2>/dev/null; }
+
+stop_daemon() {
+	[ -f /run/daemon.pid ] || return 0
+	pid=$(cat /run/daemon.pid)
+	kill "$pid" 2>/dev/null
+	i=0
+	while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+	kill -9 "$pid" 2>/dev/null
+	rm -f /run/daemon.pid
+	i=0
+	while ls /dev/hidraw* >/dev/null 2>&1 && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done
+}
+
+start_sshd() {
+	mkdir -p /run/sshd "$E2E"
+	chmod 0755 /run/sshd /state "$E2E"
+	touch "$E2E/authorized_keys"
+	chmod 0644 "$E2E/authorized_keys"
+	timeout 900 /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E "$LOGDIR/sshd.log" &
+	echo $! >/run/sshd.pid
+	i=0
+	while ! grep -q 'Server listening' "$LOGDIR/sshd.log" 2>/dev/null && [ $i -lt 100 ]; do
+		sleep 0.1
+		i=$((i+1))
+	done
+}
+
+stop_services() {
+	stop_daemon
+	[ -f /run/sshd.pid ] && kill "$(cat /run/sshd.pid)" 2>/dev/null
+	rm -f /run/sshd.pid
+}
+
+# dev prints the first FIDO device fido2-token lists.
+dev() { t fido2-token -L 2>/dev/null | sed -n '1s/^\([^:]*\):.*/\1/p'; }
+
+# login KEY: ssh to the test user on 127.0.0.1 with only KEY and run a
+# marker command; succeeds only if the marker comes back.
+login() {
+	out=$(t ssh -n -i "$1" -o IdentitiesOnly=yes -o IdentityAgent=none \
+		-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+		-o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
+		-o ConnectTimeout=30 -o LogLevel=ERROR \
+		user@127.0.0.1 echo e2e-login-ok 2>&1)
+	rc=$?
+	echo "$out" >&2
+	[ $rc -eq 0 ] && echo "$out" | grep -q e2e-login-ok
+}
+
+# authorize [OPTIONS] PUBFILE: append the key to authorized_keys.
+authorize() {
+	if [ $# -eq 2 ]; then
+		printf '%s %s\n' "$1" "$(cat "$2")" >>"$E2E/authorized_keys"
+	else
+		cat "$1" >>"$E2E/authorized_keys"
+	fi
+}
+
+# newkey FILE [ssh-keygen options...]: enroll an ecdsa-sk key.
+newkey() {
+	f=$1
+	shift
+	rm -f "$f" "$f.pub"
+	t ssh-keygen -q -t ecdsa-sk -N '' -C "e2e-$(basename "$f")" -f "$f" "$@" </dev/null
+}
+
+# counter CREDID_B64: one fido2-assert -G on the credential, prints the
+# signature counter from the authenticator data.
+counter() {
+	d=$(dev)
+	printf '%s\n%s\n%s\n' "$(head -c 32 /dev/urandom | base64 -w 0)" e2e.example "$1" >"$LOGDIR/ga.in"
+	t fido2-assert -G -i "$LOGDIR/ga.in" -o "$LOGDIR/ga.out" "$d" || return 1
+	# authdata (line 3) is a CBOR byte string: 0x58 LEN rpIdHash(32) flags(1) counter(4)
+	ad=$(sed -n 3p "$LOGDIR/ga.out" | base64 -d | xxd -p -l 39 | tr -d '\n')
+	case "$ad" in 58*) ;; *) return 1 ;; esac
+	hex=$(echo "$ad" | cut -c71-78)
+	[ ${#hex} -eq 8 ] || return 1
+	echo $((0x$hex))
+}
+
+# scenario NAME: run s_NAME in a fresh shell under a timeout and print its
+# result marker; on failure the tail of its output follows.
+scenario() {
+	name=$1
+	limit=${2:-120}
+	start=$(date +%s)
+	timeout "$limit" sh /e2e/run.sh "$name" >"$LOGDIR/$name.log" 2>&1
+	rc=$?
+	secs=$(( $(date +%s) - start ))
+	if [ $rc -eq 0 ]; then
+		echo "E2E-RESULT $name PASS ${secs}s"
+	else
+		why=$(grep '^FAIL: ' "$LOGDIR/$name.log" | tail -n 1 | cut -c7-)
+		[ $rc -eq 143 ] && why="timed out after ${limit}s"
+		[ -n "$why" ] || why="exit status $rc"
+		echo "E2E-RESULT $name FAIL $why"
+		tail -n 25 "$LOGDIR/$name.log" | sed "s/^/E2E-LOG $name: /"
+		if [ -f "$LOGDIR/daemon.log" ]; then
+			tail -n 15 "$LOGDIR/daemon.log" | sed "s/^/E2E-LOG $name: daemon: /"
+		fi
+	fi
+	return $rc
+}
+
+# emit_file NAME PATH: copy a file out through the console as base64.
+emit_file() {
+	if [ -f "$2" ]; then
+		echo "E2E-FILE $1 $(base64 -w 0 "$2")"
+	fi
+}
