@@ -32,6 +32,13 @@ var (
 	ErrForeignTPM = errors.New("tpmstore: state was created under a different TPM")
 	// ErrCorruptState: the state directory is damaged. Left untouched.
 	ErrCorruptState = errors.New("tpmstore: state directory is corrupt")
+	// ErrTPMLockout: the TPM's own dictionary-attack protection is in
+	// lockout, so the PIN could not be checked. The PIN retries were not
+	// consumed. It clears after the TPM's recovery time (or with
+	// TPM2_DictionaryAttackLockReset by the lockout owner).
+	ErrTPMLockout = errors.New("tpmstore: TPM is in dictionary-attack lockout; PIN not checked, wait for the TPM's recovery time")
+	// ErrCounterExhausted: the 32-bit signature counter has no values left.
+	ErrCounterExhausted = errors.New("tpmstore: signature counter exhausted")
 )
 
 // CredProtect levels (CTAP 2.1 §12.1).

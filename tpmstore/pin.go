@@ -1,0 +1,176 @@
+package tpmstore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/google/go-tpm/tpm2"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The PIN check lives in the TPM: the PIN hash is the authValue of a
+// sealed keyed-hash object without noDA, so every wrong PIN also counts
+// against the TPM's dictionary-attack protection, and a copied state
+// directory gives an attacker nothing to guess against offline.
+
+// PINIsSet reports whether a PIN is set.
+func (s *Store) PINIsSet() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pinPub != nil
+}
+
+// PINRetries returns the persisted number of PIN retries left (8 when no
+// PIN is set).
+func (s *Store) PINRetries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pinRetries
+}
+
+// SetPIN sets the first PIN. pinHash is LEFT(SHA-256(pin), 16).
+// ErrPINAlreadySet when a PIN exists.
+func (s *Store) SetPIN(pinHash [16]byte) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if s.pinPub != nil {
+		return ErrPINAlreadySet
+	}
+	return s.replacePIN(pinHash)
+}
+
+// ChangePIN checks current exactly like VerifyPIN (same errors, same
+// retry accounting) and then replaces the PIN with next.
+func (s *Store) ChangePIN(current, next [16]byte) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if err := s.verifyPIN(current); err != nil {
+		return err
+	}
+	return s.replacePIN(next)
+}
+
+// replacePIN creates the PIN object for pinHash (TPM2_Create, not
+// loaded) and persists it with full retries.
+func (s *Store) replacePIN(pinHash [16]byte) error {
+	secret := make([]byte, 16)
+	if _, err := io.ReadFull(s.rand, secret); err != nil {
+		return fmt.Errorf("tpmstore: random: %w", err)
+	}
+	rsp, err := tpm2.Create{
+		ParentHandle: s.srkAuth(),
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			UserAuth: tpm2.TPM2BAuth{Buffer: pinHash[:]},
+			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
+		}},
+		InPublic: tpm2.New2B(pinObjectTemplate()),
+	}.Execute(s.tpm)
+	if err != nil {
+		return fmt.Errorf("tpmstore: create PIN object: %w", err)
+	}
+	pub, priv := rsp.OutPublic.Bytes(), rsp.OutPrivate.Buffer
+	err = s.update(func(tx *bolt.Tx) error {
+		return putAll(tx.Bucket(bucketMeta), keyPINPub, pub, keyPINPriv, priv, keyPINRetries, []byte{maxPINRetries})
+	})
+	if err != nil {
+		return err
+	}
+	s.pinPub, s.pinPriv = pub, priv
+	s.pinRetries, s.pinFails = maxPINRetries, 0
+	return nil
+}
+
+// VerifyPIN checks pinHash in the TPM. Errors: ErrPINNotSet; ErrPINInvalid
+// (retries decremented); ErrPINAuthBlocked after 3 wrong PINs in a row
+// (until the Store is reopened); ErrPINBlocked when no retries are left;
+// ErrTPMLockout when the TPM's dictionary-attack lockout refused to check
+// (retries not consumed). The decremented retry count is persisted before
+// the TPM is asked, so a crash cannot give a free guess.
+func (s *Store) VerifyPIN(pinHash [16]byte) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	return s.verifyPIN(pinHash)
+}
+
+func (s *Store) setRetries(n int) error {
+	err := s.update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyPINRetries, []byte{byte(n)})
+	})
+	if err != nil {
+		return err
+	}
+	s.pinRetries = n
+	return nil
+}
+
+func (s *Store) verifyPIN(pinHash [16]byte) error {
+	if s.pinPub == nil {
+		return ErrPINNotSet
+	}
+	if s.pinRetries <= 0 {
+		return ErrPINBlocked
+	}
+	if s.pinFails >= maxConsecutiveFails {
+		return ErrPINAuthBlocked
+	}
+	before := s.pinRetries
+	if err := s.setRetries(before - 1); err != nil {
+		return err
+	}
+	err := s.checkPINInTPM(pinHash)
+	switch {
+	case err == nil:
+		s.pinFails = 0
+		return s.setRetries(maxPINRetries)
+	case errors.Is(err, tpm2.TPMRCAuthFail), errors.Is(err, tpm2.TPMRCBadAuth):
+		s.pinFails++
+		if s.pinRetries <= 0 {
+			return ErrPINBlocked
+		}
+		if s.pinFails >= maxConsecutiveFails {
+			return ErrPINAuthBlocked
+		}
+		return ErrPINInvalid
+	case errors.Is(err, tpm2.TPMRCLockout):
+		// The TPM did not look at the PIN: give the retry back.
+		if rerr := s.setRetries(before); rerr != nil {
+			return errors.Join(ErrTPMLockout, rerr)
+		}
+		return fmt.Errorf("%w (%w)", ErrTPMLockout, err)
+	default:
+		var rc tpm2.TPMRC
+		if errors.As(err, &rc) {
+			// The TPM refused before any authorisation check.
+			if rerr := s.setRetries(before); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+		}
+		return err
+	}
+}
+
+// checkPINInTPM loads the PIN object, unseals it with pinHash as the
+// password and flushes it again: Load + Unseal + FlushContext (+ one
+// FlushContext if a slot had to be freed).
+func (s *Store) checkPINInTPM(pinHash [16]byte) error {
+	h, err := s.loaded(slotPIN, s.pinPub, s.pinPriv)
+	if err != nil {
+		return err
+	}
+	_, uerr := tpm2.Unseal{ItemHandle: authOf(h, pinHash[:])}.Execute(s.tpm)
+	s.slots.remove(slotPIN)
+	if ferr := s.flush(h.Handle); ferr != nil {
+		s.log.Warn("flush PIN object", "err", ferr)
+	}
+	if uerr != nil {
+		return fmt.Errorf("tpmstore: check PIN: %w", uerr)
+	}
+	return nil
+}
