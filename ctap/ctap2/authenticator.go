@@ -5,6 +5,9 @@ package ctap2
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -35,6 +38,49 @@ type Config struct {
 	Logger   *slog.Logger
 	Rand     io.Reader        // crypto/rand.Reader when nil
 	Now      func() time.Time // time.Now when nil
+	// FirmwareVersion is reported by getInfo (0x0E); 0 omits it.
+	FirmwareVersion uint64
+}
+
+// Response size limits libfido2 enforces (see DESIGN.md).
+const (
+	maxMakeCredentialResponse = 4096
+	maxResponse               = 2048
+)
+
+// resetWindow is how long after start authenticatorReset is allowed, as
+// a hardware key allows it only shortly after power-up (CTAP 2.1 §6.6).
+const resetWindow = 10 * time.Second
+
+// New makes an Authenticator. Store and Presence are required; Rand, Now
+// and Logger default to crypto/rand, time.Now and a discarding logger.
+// The reset window starts now.
+func New(cfg Config) (*Authenticator, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("ctap2: Config.Store is required")
+	}
+	if cfg.Presence == nil {
+		return nil, errors.New("ctap2: Config.Presence is required")
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	pin, err := pinuv.NewState(cfg.Rand, cfg.Now)
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: PIN/UV state: %w", err)
+	}
+	return &Authenticator{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		pin:     pin,
+		started: cfg.Now(),
+	}, nil
 }
 
 // Authenticator serves CTAP2 requests. One request runs at a time.
@@ -43,6 +89,7 @@ type Authenticator struct {
 	log     *slog.Logger
 	pin     *pinuv.State
 	cm      credMgmtState // enumeration state of credentialManagement (credmgmt.go)
+	next    *nextAssertion // getNextAssertion state (getassertion.go)
 	mu      sync.Mutex
 	started time.Time
 }
@@ -59,11 +106,28 @@ func (a *Authenticator) HandleRequest(ctx context.Context, req []byte) ([]byte, 
 	if req[0] != cmdCredentialManagement && req[0] != cmdCredentialMgmtPreview {
 		a.cm = credMgmtState{} // any other command ends an enumeration (§6.8)
 	}
+	if req[0] != cmdGetNextAssertion {
+		a.next = nil // any other command ends a getNextAssertion walk (§6.3)
+	}
 	var (
-		resp []byte
-		err  error
+		resp  []byte
+		err   error
+		limit = maxResponse
 	)
 	switch req[0] {
+	case cmdMakeCredential:
+		limit = maxMakeCredentialResponse
+		resp, err = a.makeCredential(ctx, req[1:])
+	case cmdGetAssertion:
+		resp, err = a.getAssertion(ctx, req[1:])
+	case cmdGetNextAssertion:
+		resp, err = a.getNextAssertion(req[1:])
+	case cmdGetInfo:
+		resp, err = a.getInfo(req[1:])
+	case cmdReset:
+		resp, err = a.reset(ctx, req[1:])
+	case cmdSelection:
+		resp, err = a.selection(ctx, req[1:])
 	case cmdClientPIN:
 		resp, err = a.clientPIN(ctx, req[1:])
 	case cmdCredentialManagement, cmdCredentialMgmtPreview:
@@ -77,6 +141,10 @@ func (a *Authenticator) HandleRequest(ctx context.Context, req []byte) ([]byte, 
 			a.log.Error("ctap2 request failed", "cmd", req[0], "err", err)
 		}
 		return []byte{byte(st)}, nil
+	}
+	if len(resp)+1 > limit {
+		a.log.Error("ctap2 response too large", "cmd", req[0], "len", len(resp)+1, "limit", limit)
+		return []byte{byte(ctap.StatusOther)}, nil
 	}
 	return append([]byte{byte(ctap.StatusOK)}, resp...), nil
 }

@@ -1,0 +1,210 @@
+package ctap2
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
+)
+
+// CBOR modes. Output is CTAP2 canonical (CTAP 2.1 §8); input is parsed
+// strictly: well-formed, no duplicate map keys, no tags, bounded nesting.
+var (
+	cborEnc = sync.OnceValues(func() (cbor.EncMode, error) {
+		return cbor.CTAP2EncOptions().EncMode()
+	})
+	cborDec = sync.OnceValues(func() (cbor.DecMode, error) {
+		return cbor.DecOptions{
+			DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+			MaxNestedLevels:  8,
+			MaxArrayElements: 1024,
+			MaxMapPairs:      256,
+			TagsMd:           cbor.TagsForbidden,
+		}.DecMode()
+	})
+)
+
+// marshal encodes v canonically.
+func marshal(v any) ([]byte, error) {
+	em, err := cborEnc()
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: cbor mode: %w", err)
+	}
+	b, err := em.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: cbor encode: %w", err)
+	}
+	return b, nil
+}
+
+// CBOR major types (RFC 8949 §3.1).
+const (
+	majUint   = 0
+	majNegInt = 1
+	majBytes  = 2
+	majText   = 3
+	majArray  = 4
+	majMap    = 5
+	majSimple = 7
+)
+
+func major(r cbor.RawMessage) int {
+	if len(r) == 0 {
+		return -1
+	}
+	return int(r[0] >> 5)
+}
+
+// unmarshalRaw decodes one already well-formed item into v, mapping a type
+// mismatch to CTAP2_ERR_CBOR_UNEXPECTED_TYPE.
+func unmarshalRaw(r cbor.RawMessage, v any) error {
+	dm, err := cborDec()
+	if err != nil {
+		return fmt.Errorf("ctap2: cbor mode: %w", err)
+	}
+	if err := dm.Unmarshal(r, v); err != nil {
+		var te *cbor.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return ctap.StatusCBORUnexpectedType
+		}
+		return ctap.StatusInvalidCBOR
+	}
+	return nil
+}
+
+// params is a request's top-level parameter map (integer keys).
+type params map[uint64]cbor.RawMessage
+
+// parseParams checks that raw is one well-formed CBOR item (else
+// CTAP2_ERR_INVALID_CBOR) that is a map with unsigned integer keys (else
+// CTAP2_ERR_CBOR_UNEXPECTED_TYPE). Empty input is an empty map.
+func parseParams(raw []byte) (params, error) {
+	p := params{}
+	if len(raw) == 0 {
+		return p, nil
+	}
+	dm, err := cborDec()
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: cbor mode: %w", err)
+	}
+	if err := dm.Wellformed(raw); err != nil {
+		return nil, ctap.StatusInvalidCBOR
+	}
+	if major(raw) != majMap {
+		return nil, ctap.StatusCBORUnexpectedType
+	}
+	if err := unmarshalRaw(raw, &p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// The typed accessors return ok=false when the key is absent, and
+// CTAP2_ERR_CBOR_UNEXPECTED_TYPE when it holds the wrong CBOR type.
+
+func (p params) bytes(k uint64) ([]byte, bool, error) {
+	r, ok := p[k]
+	if !ok {
+		return nil, false, nil
+	}
+	b, err := asBytes(r)
+	return b, true, err
+}
+
+func (p params) text(k uint64) (string, bool, error) {
+	r, ok := p[k]
+	if !ok {
+		return "", false, nil
+	}
+	s, err := asText(r)
+	return s, true, err
+}
+
+func (p params) uint(k uint64) (uint64, bool, error) {
+	r, ok := p[k]
+	if !ok {
+		return 0, false, nil
+	}
+	u, err := asUint(r)
+	return u, true, err
+}
+
+func asBytes(r cbor.RawMessage) ([]byte, error) {
+	if major(r) != majBytes {
+		return nil, ctap.StatusCBORUnexpectedType
+	}
+	var b []byte
+	if err := unmarshalRaw(r, &b); err != nil {
+		return nil, err
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	return b, nil
+}
+
+func asText(r cbor.RawMessage) (string, error) {
+	if major(r) != majText {
+		return "", ctap.StatusCBORUnexpectedType
+	}
+	var s string
+	err := unmarshalRaw(r, &s)
+	return s, err
+}
+
+func asUint(r cbor.RawMessage) (uint64, error) {
+	if major(r) != majUint {
+		return 0, ctap.StatusCBORUnexpectedType
+	}
+	var u uint64
+	err := unmarshalRaw(r, &u)
+	return u, err
+}
+
+func asInt(r cbor.RawMessage) (int64, error) {
+	if m := major(r); m != majUint && m != majNegInt {
+		return 0, ctap.StatusCBORUnexpectedType
+	}
+	var i int64
+	err := unmarshalRaw(r, &i)
+	return i, err
+}
+
+func asBool(r cbor.RawMessage) (bool, error) {
+	if len(r) != 1 || (r[0] != 0xf4 && r[0] != 0xf5) {
+		return false, ctap.StatusCBORUnexpectedType
+	}
+	return r[0] == 0xf5, nil
+}
+
+func asArray(r cbor.RawMessage) ([]cbor.RawMessage, error) {
+	if major(r) != majArray {
+		return nil, ctap.StatusCBORUnexpectedType
+	}
+	var a []cbor.RawMessage
+	err := unmarshalRaw(r, &a)
+	return a, err
+}
+
+// asTextMap decodes a map whose keys must all be text strings.
+func asTextMap(r cbor.RawMessage) (map[string]cbor.RawMessage, error) {
+	if major(r) != majMap {
+		return nil, ctap.StatusCBORUnexpectedType
+	}
+	m := map[string]cbor.RawMessage{}
+	err := unmarshalRaw(r, &m)
+	return m, err
+}
+
+// asIntMap decodes a map whose keys must all be integers.
+func asIntMap(r cbor.RawMessage) (map[int64]cbor.RawMessage, error) {
+	if major(r) != majMap {
+		return nil, ctap.StatusCBORUnexpectedType
+	}
+	m := map[int64]cbor.RawMessage{}
+	err := unmarshalRaw(r, &m)
+	return m, err
+}

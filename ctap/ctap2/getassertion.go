@@ -1,0 +1,433 @@
+package ctap2
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"fmt"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
+	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
+)
+
+// getAssertion parameter keys (CTAP 2.1 §6.2).
+const (
+	gaRPID              = 0x01
+	gaClientDataHash    = 0x02
+	gaAllowList         = 0x03
+	gaExtensions        = 0x04
+	gaOptions           = 0x05
+	gaPinUvAuthParam    = 0x06
+	gaPinUvAuthProtocol = 0x07
+)
+
+// nextAssertionTimeout is how long getNextAssertion may follow
+// getAssertion (§6.3: 30 seconds).
+const nextAssertionTimeout = 30 * time.Second
+
+// hmacSecretInput is a parsed hmac-secret getAssertion input.
+type hmacSecretInput struct {
+	keyAgreement pinuv.COSEKey
+	saltEnc      []byte
+	saltAuth     []byte
+	protocol     uint64
+}
+
+type getAssertionRequest struct {
+	rpID           string
+	clientDataHash []byte
+	allowList      []descriptor
+	hasAllowList   bool
+	options        map[string]bool
+	hmacSecret     *hmacSecretInput
+	pua            pinUvAuth
+}
+
+// assertionCred is one applicable credential.
+type assertionCred struct {
+	cred *tpmstore.Credential
+	user *tpmstore.User // discoverable only
+}
+
+// nextAssertion is what getNextAssertion continues from.
+type nextAssertion struct {
+	rpIDHash       [32]byte
+	clientDataHash []byte
+	flags          byte
+	uv             bool
+	hmac           *hmacSecretState
+	creds          []assertionCred // still to return
+	deadline       time.Time
+}
+
+// hmacSecretState is a verified hmac-secret request: the salts in clear
+// and how to encrypt the output back to the platform.
+type hmacSecretState struct {
+	proto        pinuv.Protocol
+	sharedSecret []byte
+	salt1, salt2 []byte
+}
+
+func parseGetAssertion(raw []byte) (*getAssertionRequest, error) {
+	p, err := parseParams(raw)
+	if err != nil {
+		return nil, err
+	}
+	r := &getAssertionRequest{options: map[string]bool{}}
+	var ok bool
+	if r.rpID, ok, err = p.text(gaRPID); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, ctap.StatusMissingParameter
+	}
+	if r.clientDataHash, ok, err = p.bytes(gaClientDataHash); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, ctap.StatusMissingParameter
+	}
+	if v, ok := p[gaAllowList]; ok {
+		if r.allowList, err = parseDescriptors(v); err != nil {
+			return nil, err
+		}
+		r.hasAllowList = len(r.allowList) > 0
+	}
+	if v, ok := p[gaExtensions]; ok {
+		ext, err := asTextMap(v)
+		if err != nil {
+			return nil, err
+		}
+		if hs, ok := ext["hmac-secret"]; ok {
+			if r.hmacSecret, err = parseHMACSecretInput(hs); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if v, ok := p[gaOptions]; ok {
+		if r.options, err = parseOptions(v); err != nil {
+			return nil, err
+		}
+	}
+	if r.pua, err = p.pinUvAuth(gaPinUvAuthParam, gaPinUvAuthProtocol); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// parseHMACSecretInput parses {1: keyAgreement, 2: saltEnc, 3: saltAuth,
+// 4?: pinUvAuthProtocol} (CTAP 2.1 §12.5).
+func parseHMACSecretInput(raw cbor.RawMessage) (*hmacSecretInput, error) {
+	m, err := asIntMap(raw)
+	if err != nil {
+		return nil, err
+	}
+	kaRaw, ok1 := m[1]
+	seRaw, ok2 := m[2]
+	saRaw, ok3 := m[3]
+	if !ok1 || !ok2 || !ok3 {
+		return nil, ctap.StatusMissingParameter
+	}
+	in := &hmacSecretInput{protocol: 1}
+	if in.keyAgreement, err = parseCOSEKey(kaRaw); err != nil {
+		return nil, err
+	}
+	if in.saltEnc, err = asBytes(seRaw); err != nil {
+		return nil, err
+	}
+	if in.saltAuth, err = asBytes(saRaw); err != nil {
+		return nil, err
+	}
+	if v, ok := m[4]; ok {
+		if in.protocol, err = asUint(v); err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+// parseCOSEKey type-checks a platform key-agreement COSE_Key. Whether the
+// point is on the curve is the PIN/UV protocol's check.
+func parseCOSEKey(raw cbor.RawMessage) (pinuv.COSEKey, error) {
+	var k pinuv.COSEKey
+	m, err := asIntMap(raw)
+	if err != nil {
+		return k, err
+	}
+	for _, label := range []int64{1, 3, -1, -2, -3} {
+		if _, ok := m[label]; !ok {
+			return k, ctap.StatusMissingParameter
+		}
+	}
+	if k.Kty, err = asInt(m[1]); err != nil {
+		return k, err
+	}
+	if k.Alg, err = asInt(m[3]); err != nil {
+		return k, err
+	}
+	if k.Crv, err = asInt(m[-1]); err != nil {
+		return k, err
+	}
+	if k.X, err = asBytes(m[-2]); err != nil {
+		return k, err
+	}
+	if k.Y, err = asBytes(m[-3]); err != nil {
+		return k, err
+	}
+	if k.Kty != 2 || k.Crv != 1 || len(k.X) != 32 || len(k.Y) != 32 {
+		return k, ctap.StatusInvalidParameter
+	}
+	return k, nil
+}
+
+// getAssertion handles authenticatorGetAssertion (CTAP 2.1 §6.2.2).
+func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, error) {
+	r, err := parseGetAssertion(raw)
+	if err != nil {
+		return nil, err
+	}
+	prompt := presence.Request{Op: presence.OpAuthenticate, RPID: r.rpID}
+
+	// Step 1: zero-length pinUvAuthParam asks for a touch only.
+	if err := a.checkEmptyPinUvAuth(ctx, r.pua, prompt); err != nil {
+		return nil, err
+	}
+	// Step 2: pinUvAuthProtocol.
+	if r.pua.present {
+		if !r.pua.protoSet {
+			return nil, ctap.StatusMissingParameter
+		}
+		if _, err := a.pin.Protocol(r.pua.protocol); err != nil {
+			return nil, ctap.StatusInvalidParameter
+		}
+	}
+	if len(r.clientDataHash) != 32 {
+		return nil, ctap.StatusInvalidLength
+	}
+	// Step 5: options. "rk" is not an option of getAssertion.
+	if _, ok := r.options["rk"]; ok {
+		return nil, ctap.StatusUnsupportedOption
+	}
+	up := true
+	if v, ok := r.options["up"]; ok {
+		up = v
+	}
+	if r.options["uv"] && !r.pua.present {
+		return nil, ctap.StatusInvalidOption
+	}
+	// Step 6: verify the token: ga permission, bound to this RP.
+	uv := false
+	if r.pua.present {
+		if err := a.verifyPinUvAuth(r.pua, r.clientDataHash, pinuv.PermGetAssertion, r.rpID); err != nil {
+			return nil, err
+		}
+		uv = true
+	}
+	// hmac-secret input is checked before anyone is asked to touch.
+	var hs *hmacSecretState
+	if r.hmacSecret != nil {
+		if hs, err = a.openHMACSecret(r.hmacSecret); err != nil {
+			return nil, err
+		}
+	}
+
+	// Step 7: locate applicable credentials, applying credProtect (§12.1).
+	hash := rpIDHash(r.rpID)
+	creds, err := a.applicableCredentials(r, hash, uv)
+	if err != nil {
+		return nil, err
+	}
+	if len(creds) == 0 {
+		return nil, ctap.StatusNoCredentials
+	}
+
+	// Step 9: user presence, unless the platform asked up=false.
+	var flags byte
+	if up {
+		if err := a.confirmPresence(ctx, prompt); err != nil {
+			return nil, err
+		}
+		flags |= flagUP
+	}
+	if uv {
+		flags |= flagUV
+	}
+	if r.pua.present && up {
+		a.pin.ClearPermissionsExceptLBW()
+	}
+
+	resp, err := a.assertion(hash, r.clientDataHash, flags, uv, hs, creds[0])
+	if err != nil {
+		return nil, err
+	}
+	if !r.hasAllowList && len(creds) > 1 {
+		resp[0x05] = len(creds)
+		a.next = &nextAssertion{
+			rpIDHash: hash, clientDataHash: r.clientDataHash,
+			flags: flags, uv: uv, hmac: hs,
+			creds:    creds[1:],
+			deadline: a.cfg.Now().Add(nextAssertionTimeout),
+		}
+	}
+	return marshal(resp)
+}
+
+// getNextAssertion handles authenticatorGetNextAssertion (§6.3).
+func (a *Authenticator) getNextAssertion(raw []byte) ([]byte, error) {
+	if len(raw) != 0 {
+		return nil, ctap.StatusInvalidLength
+	}
+	n := a.next
+	if n == nil || len(n.creds) == 0 || a.cfg.Now().After(n.deadline) {
+		a.next = nil
+		return nil, ctap.StatusNotAllowed
+	}
+	c := n.creds[0]
+	n.creds = n.creds[1:]
+	resp, err := a.assertion(n.rpIDHash, n.clientDataHash, n.flags, n.uv, n.hmac, c)
+	if err != nil {
+		a.next = nil
+		return nil, err
+	}
+	return marshal(resp)
+}
+
+// applicableCredentials returns the credentials a request may use: the
+// allowList entries this store made for the RP (first match only), or the
+// RP's discoverable credentials newest first. Credentials whose
+// credProtect policy needs UV that was not done are left out.
+func (a *Authenticator) applicableCredentials(r *getAssertionRequest, hash [32]byte, uv bool) ([]assertionCred, error) {
+	if r.hasAllowList {
+		for _, d := range r.allowList {
+			if d.typ != credTypePublicKy {
+				continue
+			}
+			c := a.openCredential(hash, d.id)
+			if c == nil {
+				continue
+			}
+			if credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv {
+				continue
+			}
+			return []assertionCred{{cred: c}}, nil
+		}
+		return nil, nil
+	}
+	rs, err := a.cfg.Store.Residents(hash)
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: getAssertion: residents: %w", err)
+	}
+	var out []assertionCred
+	for i := range rs {
+		res := &rs[i]
+		if credProtectLevel(res.CredProtect) > tpmstore.CredProtectUVOptional && !uv {
+			continue
+		}
+		c := a.openCredential(hash, res.CredentialID)
+		if c == nil {
+			a.log.Warn("resident credential does not open; skipped", "rp", res.RPID)
+			continue
+		}
+		out = append(out, assertionCred{cred: c, user: &res.User})
+	}
+	return out, nil
+}
+
+// openHMACSecret verifies saltAuth and decrypts the salts (§12.5).
+func (a *Authenticator) openHMACSecret(in *hmacSecretInput) (*hmacSecretState, error) {
+	proto, err := a.pin.Protocol(in.protocol)
+	if err != nil {
+		return nil, ctap.StatusInvalidParameter
+	}
+	shared, err := proto.SharedSecret(in.keyAgreement)
+	if err != nil {
+		return nil, statusOr(err, ctap.StatusInvalidParameter)
+	}
+	if !proto.Verify(shared, in.saltEnc, in.saltAuth) {
+		return nil, ctap.StatusPINAuthInvalid
+	}
+	salts, err := proto.Decrypt(shared, in.saltEnc)
+	if err != nil {
+		return nil, ctap.StatusInvalidLength
+	}
+	st := &hmacSecretState{proto: proto, sharedSecret: shared}
+	switch len(salts) {
+	case 32:
+		st.salt1 = salts
+	case 64:
+		st.salt1, st.salt2 = salts[:32], salts[32:]
+	default:
+		return nil, ctap.StatusInvalidLength
+	}
+	return st, nil
+}
+
+// hmacSecretOutput computes encrypt(HMAC(CredRandom, salt1) [‖ HMAC(
+// CredRandom, salt2)]) for c.
+func (a *Authenticator) hmacSecretOutput(hs *hmacSecretState, c *tpmstore.Credential, uv bool) ([]byte, error) {
+	cr, err := a.cfg.Store.CredRandom(c, uv)
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: hmac-secret: CredRandom: %w", err)
+	}
+	mac := func(salt []byte) []byte {
+		h := hmac.New(sha256.New, cr)
+		h.Write(salt)
+		return h.Sum(nil)
+	}
+	out := mac(hs.salt1)
+	if hs.salt2 != nil {
+		out = append(out, mac(hs.salt2)...)
+	}
+	enc, err := hs.proto.Encrypt(hs.sharedSecret, out)
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: hmac-secret: encrypt: %w", err)
+	}
+	return enc, nil
+}
+
+// assertion builds one getAssertion response map for c.
+func (a *Authenticator) assertion(hash [32]byte, clientDataHash []byte, flags byte, uv bool, hs *hmacSecretState, c assertionCred) (map[int]any, error) {
+	var ext []byte
+	if hs != nil && c.cred.Options.HMACSecret {
+		out, err := a.hmacSecretOutput(hs, c.cred, uv)
+		if err != nil {
+			return nil, err
+		}
+		if ext, err = marshal(map[string]any{"hmac-secret": out}); err != nil {
+			return nil, err
+		}
+	}
+	counter, err := a.cfg.Store.NextCounter()
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: getAssertion: counter: %w", err)
+	}
+	ad, err := authData{rpIDHash: hash, flags: flags, counter: counter, extensions: ext}.encode()
+	if err != nil {
+		return nil, err
+	}
+	sig, err := a.signData(c.cred, ad, clientDataHash)
+	if err != nil {
+		return nil, err
+	}
+	resp := map[int]any{
+		0x01: map[string]any{"id": c.cred.ID, "type": credTypePublicKy},
+		0x02: ad,
+		0x03: sig,
+	}
+	if c.user != nil {
+		u := map[string]any{"id": c.user.ID}
+		if uv {
+			if c.user.Name != "" {
+				u["name"] = c.user.Name
+			}
+			if c.user.DisplayName != "" {
+				u["displayName"] = c.user.DisplayName
+			}
+		}
+		resp[0x04] = u
+	}
+	return resp, nil
+}
