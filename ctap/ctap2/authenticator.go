@@ -88,7 +88,7 @@ type Authenticator struct {
 	cfg     Config
 	log     *slog.Logger
 	pin     *pinuv.State
-	cm      credMgmtState // enumeration state of credentialManagement (credmgmt.go)
+	cm      credMgmtState  // enumeration state of credentialManagement (credmgmt.go)
 	next    *nextAssertion // getNextAssertion state (getassertion.go)
 	mu      sync.Mutex
 	started time.Time
