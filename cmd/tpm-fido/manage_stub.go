@@ -5,14 +5,11 @@ import (
 	"io"
 )
 
-// Placeholders for the everyday commands (owned by the desktop work).
-
 func notYet(name string, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "tpm-fido: %s is not built yet\n", name)
 	return 1
 }
 
-func runSetup(args []string, stdout, stderr io.Writer) int  { return notYet("setup", stderr) }
 func runDoctor(args []string, stdout, stderr io.Writer) int { return notYet("doctor", stderr) }
 func runList(args []string, stdout, stderr io.Writer) int   { return notYet("list", stderr) }
 func runDelete(args []string, stdout, stderr io.Writer) int { return notYet("delete", stderr) }

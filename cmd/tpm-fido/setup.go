@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/tpm-fido/tpm-fido/contrib/systemd"
+	"github.com/tpm-fido/tpm-fido/udev"
+)
+
+// setupFile is one file setup installs.
+type setupFile struct {
+	path string // absolute, inside the root
+	data []byte
+}
+
+// runSetup installs the udev rules, the modules-load.d entry and the
+// systemd user unit, embedded in this binary. It is idempotent: a file
+// that already has the right content is left alone. Steps that need root
+// and are not file writes are printed, never run.
+func runSetup(args []string, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("setup", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	dryRun := fl.Bool("dry-run", false, "print what would change, change nothing")
+	root := fl.String("root", "/", "install into this root directory (for packaging and tests)")
+	user := fl.Bool("user", false, "install only the user unit, into $XDG_CONFIG_HOME/systemd/user (no root needed)")
+	binary := fl.String("binary", "", "path of the installed tpm-fido binary for ExecStart (default: this executable)")
+	fl.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tpm-fido setup [--dry-run] [--root DIR] [--user] [--binary PATH]")
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if fl.NArg() != 0 {
+		fl.Usage()
+		return 2
+	}
+	bin := *binary
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintf(stderr, "tpm-fido setup: cannot find this executable (use --binary): %v\n", err)
+			return 1
+		}
+		if r, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = r
+		}
+		bin = exe
+	}
+	if !filepath.IsAbs(bin) {
+		fmt.Fprintf(stderr, "tpm-fido setup: --binary %q must be an absolute path\n", bin)
+		return 2
+	}
+
+	var files []setupFile
+	if *user {
+		cfg := os.Getenv("XDG_CONFIG_HOME")
+		if cfg == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				fmt.Fprintf(stderr, "tpm-fido setup: %v\n", err)
+				return 1
+			}
+			cfg = filepath.Join(home, ".config")
+		}
+		files = []setupFile{{filepath.Join(cfg, "systemd", "user", systemd.UnitName), systemd.Unit(bin)}}
+	} else {
+		files = []setupFile{
+			{filepath.Join(*root, "etc", "udev", "rules.d", udev.RulesName), udev.Rules},
+			{filepath.Join(*root, "etc", "modules-load.d", udev.ModulesLoadName), udev.ModulesLoad},
+			{filepath.Join(*root, "etc", "systemd", "user", systemd.UnitName), systemd.Unit(bin)},
+		}
+	}
+
+	failed := false
+	changed := map[string]bool{}
+	for _, f := range files {
+		state, err := installFile(f, *dryRun)
+		switch {
+		case err != nil && errors.Is(err, fs.ErrPermission):
+			fmt.Fprintf(stdout, "needs root: %s (run `sudo tpm-fido setup`)\n", f.path)
+			failed = true
+		case err != nil:
+			fmt.Fprintf(stdout, "failed:     %s: %v\n", f.path, err)
+			failed = true
+		default:
+			fmt.Fprintf(stdout, "%-11s %s\n", state+":", f.path)
+			changed[filepath.Base(f.path)] = state != "unchanged"
+		}
+	}
+
+	// What the files cannot do by themselves.
+	var next []string
+	if !*user {
+		if !groupExists(filepath.Join(*root, "etc", "group"), udev.Group) {
+			next = append(next, "sudo groupadd --system "+udev.Group)
+		}
+		next = append(next, `sudo usermod -aG `+udev.Group+`,tss "$USER"   # then log out and in again`)
+		if changed[udev.ModulesLoadName] || *root == "/" && !exists("/sys/module/uhid") {
+			next = append(next, "sudo modprobe uhid")
+		}
+		if changed[udev.RulesName] {
+			next = append(next, "sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=misc --sysname-match=uhid")
+		}
+	}
+	if changed[systemd.UnitName] {
+		next = append(next, "systemctl --user daemon-reload")
+	}
+	next = append(next, "systemctl --user enable --now tpm-fido   # as your user, not root")
+	if *dryRun {
+		fmt.Fprintln(stdout, "dry run: nothing was changed")
+	} else if len(changed) > 0 && !anyTrue(changed) {
+		fmt.Fprintln(stdout, "nothing changed: everything was already installed")
+	}
+	fmt.Fprintln(stdout, "\nthen:")
+	for _, s := range next {
+		fmt.Fprintln(stdout, "  "+s)
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+// installFile writes f if its content differs, atomically (temporary
+// file and rename), mode 0644. It returns "created", "updated" or
+// "unchanged" ("would create"/"would update" in a dry run).
+func installFile(f setupFile, dryRun bool) (string, error) {
+	old, err := os.ReadFile(f.path)
+	switch {
+	case err == nil && bytes.Equal(old, f.data):
+		return "unchanged", nil
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return "", err
+	}
+	state := "updated"
+	if err != nil {
+		state = "created"
+	}
+	if dryRun {
+		return "would " + strings.TrimSuffix(state, "d"), nil
+	}
+	dir := filepath.Dir(f.path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.path)+".*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(f.data); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), f.path); err != nil {
+		return "", err
+	}
+	return state, nil
+}
+
+// groupExists reports whether an /etc/group file names group.
+func groupExists(path, group string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if name, _, ok := strings.Cut(sc.Text(), ":"); ok && name == group {
+			return true
+		}
+	}
+	return false
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func anyTrue(m map[string]bool) bool {
+	for _, v := range m {
+		if v {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/golden files")
+
+func runCmd(t *testing.T, args ...string) (stdout, stderr string, rc int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	rc = run(args, &o, &e)
+	return o.String(), e.String(), rc
+}
+
+// readTree returns path → content for every file under dir.
+func readTree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		files[rel] = string(b)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func TestSetupGolden(t *testing.T) {
+	root := t.TempDir()
+	out, errOut, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido")
+	if rc != 0 {
+		t.Fatalf("setup exit %d: %s", rc, errOut)
+	}
+	out = strings.ReplaceAll(out, root, "$ROOT")
+	got := readTree(t, root)
+	got["stdout"] = out
+
+	golden := filepath.Join("testdata", "golden", "setup")
+	if *update {
+		os.RemoveAll(golden)
+		for p, c := range got {
+			path := filepath.Join(golden, p)
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte(c), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := readTree(t, golden)
+	for p, w := range want {
+		if got[p] != w {
+			t.Errorf("%s differs from %s:\n--- got\n%s\n--- want\n%s", p, filepath.Join(golden, p), got[p], w)
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Errorf("setup wrote unexpected %s", p)
+		}
+	}
+	for _, p := range []string{"etc/udev/rules.d/70-tpm-fido.rules", "etc/systemd/user/tpm-fido.service"} {
+		fi, err := os.Stat(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s mode %v, want 0644", p, fi.Mode().Perm())
+		}
+	}
+}
+
+func TestSetupTwiceChangesNothing(t *testing.T) {
+	root := t.TempDir()
+	if _, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido"); rc != 0 {
+		t.Fatal(e)
+	}
+	before := readTree(t, root)
+	var stamps []string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, _ error) error {
+		if fi, err := d.Info(); err == nil && !d.IsDir() {
+			stamps = append(stamps, p+fi.ModTime().String())
+		}
+		return nil
+	})
+	out, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido")
+	if rc != 0 {
+		t.Fatal(e)
+	}
+	if strings.Contains(out, "created") || strings.Contains(out, "updated") || !strings.Contains(out, "nothing changed") {
+		t.Errorf("second run reported changes:\n%s", out)
+	}
+	if strings.Contains(out, "daemon-reload") || strings.Contains(out, "udevadm control") {
+		t.Errorf("second run asks for reloads although nothing changed:\n%s", out)
+	}
+	after := readTree(t, root)
+	if len(before) != len(after) {
+		t.Fatalf("files before %d, after %d", len(before), len(after))
+	}
+	var stamps2 []string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, _ error) error {
+		if fi, err := d.Info(); err == nil && !d.IsDir() {
+			stamps2 = append(stamps2, p+fi.ModTime().String())
+		}
+		return nil
+	})
+	if strings.Join(stamps, "\n") != strings.Join(stamps2, "\n") {
+		t.Errorf("second run rewrote files")
+	}
+
+	// A changed file is put back, and reported as updated.
+	unit := filepath.Join(root, "etc/systemd/user/tpm-fido.service")
+	os.WriteFile(unit, []byte("[Service]\n"), 0o644)
+	out, _, _ = runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido")
+	if !strings.Contains(out, "updated:    "+unit) {
+		t.Errorf("a damaged unit was not reported as updated:\n%s", out)
+	}
+	if b, _ := os.ReadFile(unit); string(b) != before["etc/systemd/user/tpm-fido.service"] {
+		t.Errorf("damaged unit not restored")
+	}
+}
+
+func TestSetupDryRun(t *testing.T) {
+	root := t.TempDir()
+	out, e, rc := runCmd(t, "setup", "--dry-run", "--root", root, "--binary", "/usr/bin/tpm-fido")
+	if rc != 0 {
+		t.Fatal(e)
+	}
+	if n := len(readTree(t, root)); n != 0 {
+		t.Fatalf("dry run wrote %d files", n)
+	}
+	if !strings.Contains(out, "would create") || !strings.Contains(out, "dry run") {
+		t.Errorf("dry run output:\n%s", out)
+	}
+}
+
+func TestSetupUnitVerifies(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	root := t.TempDir()
+	bin := filepath.Join(root, "tpm-fido")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, e, rc := runCmd(t, "setup", "--root", root, "--binary", bin); rc != 0 {
+		t.Fatal(e)
+	}
+	rt := filepath.Join(root, "run")
+	os.Mkdir(rt, 0o700)
+	cmd := exec.Command(analyze, "--user", "--man=no", "verify", filepath.Join(root, "etc/systemd/user/tpm-fido.service"))
+	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+rt, "HOME="+root)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	// verify exits 0 on some bad lines, but warns: any output is a problem.
+	if len(bytes.TrimSpace(out)) != 0 {
+		t.Fatalf("systemd-analyze verify warned:\n%s", out)
+	}
+}
