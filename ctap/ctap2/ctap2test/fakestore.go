@@ -1,0 +1,333 @@
+// Package ctap2test provides a software key store implementing
+// ctap2.Store, for fast tests of the CTAP2 layer and of code built on it.
+// Keys are ordinary in-memory ECDSA keys: never use it outside tests.
+package ctap2test
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore"
+)
+
+// ErrInjected is returned by a FakeStore method named in Fail.
+var ErrInjected = errors.New("ctap2test: injected failure")
+
+const (
+	credIDLength = 48
+	pinRetries   = 8
+)
+
+type fakeCred struct {
+	rpIDHash   [32]byte
+	key        *ecdsa.PrivateKey
+	opts       tpmstore.CredentialOptions
+	credRandom [2][]byte // [0] without UV, [1] with UV
+}
+
+// FakeStore is an in-memory ctap2.Store. The zero value is not usable;
+// call NewFakeStore. Safe for concurrent use.
+type FakeStore struct {
+	mu        sync.Mutex
+	creds     map[string]*fakeCred
+	residents []tpmstore.Resident // insertion order
+	counter   uint32
+	pin       *[16]byte
+	retries   int
+	max       int
+
+	// Fail makes the named method ("Sign", "CreateCredential",
+	// "NextCounter", "PutResident", "Residents", "Reset", "CredRandom")
+	// return ErrInjected.
+	Fail map[string]bool
+	// Calls counts method calls by name.
+	Calls map[string]int
+}
+
+// NewFakeStore returns an empty store holding at most maxResidents
+// discoverable credentials (0: 16).
+func NewFakeStore(maxResidents int) *FakeStore {
+	if maxResidents == 0 {
+		maxResidents = 16
+	}
+	return &FakeStore{
+		creds:   map[string]*fakeCred{},
+		retries: pinRetries,
+		max:     maxResidents,
+		Fail:    map[string]bool{},
+		Calls:   map[string]int{},
+	}
+}
+
+func (s *FakeStore) call(name string) error {
+	s.Calls[name]++
+	if s.Fail[name] {
+		return fmt.Errorf("%s: %w", name, ErrInjected)
+	}
+	return nil
+}
+
+// PrivateKey returns the private key of a credential ID, for tests that
+// need to check what the authenticator did with it.
+func (s *FakeStore) PrivateKey(id []byte) *ecdsa.PrivateKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.creds[string(id)]; ok {
+		return c.key
+	}
+	return nil
+}
+
+// CreateCredential makes a new P-256 key and a random credential ID.
+func (s *FakeStore) CreateCredential(rpIDHash [32]byte, opts tpmstore.CredentialOptions) (*tpmstore.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("CreateCredential"); err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	id := make([]byte, credIDLength)
+	c := &fakeCred{rpIDHash: rpIDHash, key: key, opts: opts,
+		credRandom: [2][]byte{make([]byte, 32), make([]byte, 32)}}
+	for _, b := range [][]byte{id, c.credRandom[0], c.credRandom[1]} {
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+	}
+	s.creds[string(id)] = c
+	return &tpmstore.Credential{ID: id, RPIDHash: rpIDHash, PublicKey: &key.PublicKey, Options: opts}, nil
+}
+
+// OpenCredential returns tpmstore.ErrCredentialInvalid for an ID this
+// store did not make for rpIDHash.
+func (s *FakeStore) OpenCredential(rpIDHash [32]byte, id []byte) (*tpmstore.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Calls["OpenCredential"]++
+	c, ok := s.creds[string(id)]
+	if !ok || c.rpIDHash != rpIDHash {
+		return nil, tpmstore.ErrCredentialInvalid
+	}
+	return &tpmstore.Credential{ID: bytes.Clone(id), RPIDHash: rpIDHash, PublicKey: &c.key.PublicKey, Options: c.opts}, nil
+}
+
+func (s *FakeStore) lookup(c *tpmstore.Credential) (*fakeCred, error) {
+	fc, ok := s.creds[string(c.ID)]
+	if !ok || fc.rpIDHash != c.RPIDHash {
+		return nil, tpmstore.ErrCredentialInvalid
+	}
+	return fc, nil
+}
+
+// Sign signs digest with the credential's key (ASN.1 DER).
+func (s *FakeStore) Sign(c *tpmstore.Credential, digest []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("Sign"); err != nil {
+		return nil, err
+	}
+	fc, err := s.lookup(c)
+	if err != nil {
+		return nil, err
+	}
+	return ecdsa.SignASN1(rand.Reader, fc.key, digest)
+}
+
+// CredRandom returns the credential's CredRandom for the UV state.
+func (s *FakeStore) CredRandom(c *tpmstore.Credential, uv bool) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("CredRandom"); err != nil {
+		return nil, err
+	}
+	fc, err := s.lookup(c)
+	if err != nil {
+		return nil, err
+	}
+	if uv {
+		return bytes.Clone(fc.credRandom[1]), nil
+	}
+	return bytes.Clone(fc.credRandom[0]), nil
+}
+
+// NextCounter returns 1, 2, 3, ...
+func (s *FakeStore) NextCounter() (uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("NextCounter"); err != nil {
+		return 0, err
+	}
+	s.counter++
+	return s.counter, nil
+}
+
+// PutResident stores r, replacing one with the same RP and user ID.
+func (s *FakeStore) PutResident(r tpmstore.Resident) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("PutResident"); err != nil {
+		return err
+	}
+	for i, old := range s.residents {
+		if old.RPIDHash == r.RPIDHash && bytes.Equal(old.User.ID, r.User.ID) {
+			s.residents = append(s.residents[:i], s.residents[i+1:]...)
+			break
+		}
+	}
+	if len(s.residents) >= s.max {
+		return tpmstore.ErrStoreFull
+	}
+	s.residents = append(s.residents, r)
+	return nil
+}
+
+// Residents returns the RP's discoverable credentials, newest first.
+func (s *FakeStore) Residents(rpIDHash [32]byte) ([]tpmstore.Resident, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("Residents"); err != nil {
+		return nil, err
+	}
+	var out []tpmstore.Resident
+	for i := len(s.residents) - 1; i >= 0; i-- {
+		if s.residents[i].RPIDHash == rpIDHash {
+			out = append(out, s.residents[i])
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, nil
+}
+
+// ResidentRPs lists RPs with discoverable credentials.
+func (s *FakeStore) ResidentRPs() ([]tpmstore.RP, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []tpmstore.RP
+	idx := map[[32]byte]int{}
+	for _, r := range s.residents {
+		if i, ok := idx[r.RPIDHash]; ok {
+			out[i].Count++
+			continue
+		}
+		idx[r.RPIDHash] = len(out)
+		out = append(out, tpmstore.RP{ID: r.RPID, Name: r.RPName, Hash: r.RPIDHash, Count: 1})
+	}
+	return out, nil
+}
+
+// DeleteResident deletes a discoverable credential.
+func (s *FakeStore) DeleteResident(credID []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.residents {
+		if bytes.Equal(r.CredentialID, credID) {
+			s.residents = append(s.residents[:i], s.residents[i+1:]...)
+			return nil
+		}
+	}
+	return tpmstore.ErrNotFound
+}
+
+// UpdateResidentUser replaces a discoverable credential's user entity.
+func (s *FakeStore) UpdateResidentUser(credID []byte, u tpmstore.User) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.residents {
+		if bytes.Equal(r.CredentialID, credID) {
+			s.residents[i].User = u
+			return nil
+		}
+	}
+	return tpmstore.ErrNotFound
+}
+
+// ResidentCount returns the number of discoverable credentials.
+func (s *FakeStore) ResidentCount() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.residents), nil
+}
+
+// MaxResidents returns the capacity given to NewFakeStore.
+func (s *FakeStore) MaxResidents() int { return s.max }
+
+// PINIsSet reports whether a PIN hash is stored.
+func (s *FakeStore) PINIsSet() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pin != nil
+}
+
+// SetPIN stores the first PIN hash.
+func (s *FakeStore) SetPIN(pinHash [16]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pin != nil {
+		return tpmstore.ErrPINAlreadySet
+	}
+	s.pin = &pinHash
+	s.retries = pinRetries
+	return nil
+}
+
+// ChangePIN replaces the PIN hash after checking the current one.
+func (s *FakeStore) ChangePIN(current, next [16]byte) error {
+	if err := s.VerifyPIN(current); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pin = &next
+	return nil
+}
+
+// VerifyPIN checks a PIN hash, counting retries down on failure.
+func (s *FakeStore) VerifyPIN(pinHash [16]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.pin == nil:
+		return tpmstore.ErrPINNotSet
+	case s.retries <= 0:
+		return tpmstore.ErrPINBlocked
+	case subtle.ConstantTimeCompare(s.pin[:], pinHash[:]) != 1:
+		s.retries--
+		if s.retries <= 0 {
+			return tpmstore.ErrPINBlocked
+		}
+		return tpmstore.ErrPINInvalid
+	}
+	s.retries = pinRetries
+	return nil
+}
+
+// PINRetries returns the retries left.
+func (s *FakeStore) PINRetries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.retries
+}
+
+// Reset forgets every credential, the PIN and the retries.
+func (s *FakeStore) Reset() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("Reset"); err != nil {
+		return err
+	}
+	s.creds = map[string]*fakeCred{}
+	s.residents = nil
+	s.pin = nil
+	s.retries = pinRetries
+	return nil
+}
