@@ -62,6 +62,10 @@ func (s *Store) replacePIN(pinHash [16]byte) error {
 	if _, err := io.ReadFull(s.rand, secret); err != nil {
 		return fmt.Errorf("tpmstore: random: %w", err)
 	}
+	// TPM2_Create needs a free object slot while it builds the object.
+	if err := s.makeRoom(); err != nil {
+		return err
+	}
 	rsp, err := tpm2.Create{
 		ParentHandle: s.srkAuth(),
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
