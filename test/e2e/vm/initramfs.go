@@ -84,6 +84,10 @@ func BuildInitramfs(ctx context.Context, cfg InitramfsConfig) error {
 }
 
 func stageRoot(ctx context.Context, cfg InitramfsConfig, stage string) error {
+	// The guest's / (MkdirTemp made it 0700: no one but root could log in).
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return err
+	}
 	for _, d := range []string{"usr/bin", "usr/sbin", "usr/lib/modules/e2e", "usr/lib64", "usr/lib/openssh",
 		"etc/ssh", "root", "home/user", "proc", "sys", "dev", "run", "tmp", "state", "e2e", "var/empty"} {
 		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {

@@ -29,6 +29,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cacheDir := fs.String("cache", vm.DefaultCacheDir(), "where the extracted guest kernel is kept")
 	raw := fs.Bool("raw", false, "show the whole serial console, kernel messages and markers included")
+	phase := fs.String("phase", "demo", "the guest script to run (test/e2e/vm/guest/phase-NAME.sh); for debugging the harness")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -86,13 +87,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log, err := vm.Boot(ctx, vm.BootConfig{
 		Tools: tools, Kernel: kernel, Initrd: initrd,
 		TPMDir: filepath.Join(work, "tpm"), StateDisk: disk,
-		Phase: "demo", Timeout: 3 * time.Minute, Console: console,
+		Phase: *phase, Timeout: 3 * time.Minute, Console: console,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "demo:", err)
 		return 1
 	}
-	res, ok := vm.Parse(log).Results["demo"]
+	res, ok := vm.Parse(log).Results[*phase]
 	if !ok || !res.Pass {
 		say("FAILED after %s (run with -raw to see the whole console)", time.Since(start).Round(time.Second))
 		return 1
