@@ -466,7 +466,7 @@ func (e *pinTestEnv) retries() (int, bool) {
 	return pinTestField[int](e.t, m, 3), pinTestField[bool](e.t, m, 4)
 }
 
-func wantStatus(t *testing.T, what string, got, want ctap.Status) {
+func wantStatus(t testing.TB, what string, got, want ctap.Status) {
 	t.Helper()
 	if got != want {
 		t.Fatalf("%s: status %v, want %v", what, got, want)
