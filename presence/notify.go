@@ -2,8 +2,10 @@ package presence
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/godbus/dbus/v5"
@@ -39,9 +41,26 @@ func NewNotification(busAddress string, timeout time.Duration, log *slog.Logger)
 	return &Notification{busAddress: busAddress, timeout: timeout, log: log}
 }
 
+// errNoSessionBus: neither $DBUS_SESSION_BUS_ADDRESS nor
+// $XDG_RUNTIME_DIR/bus names a session bus.
+var errNoSessionBus = errors.New("no session bus ($DBUS_SESSION_BUS_ADDRESS and $XDG_RUNTIME_DIR/bus are absent)")
+
+// dialBus connects to address, or to the session bus when address is
+// empty. It never autolaunches a bus (dbus-launch would start one that
+// no notification server listens on).
 func dialBus(address string) (*dbus.Conn, error) {
 	if address == "" {
-		return dbus.ConnectSessionBus()
+		address = os.Getenv("DBUS_SESSION_BUS_ADDRESS")
+	}
+	if address == "" {
+		if rt := os.Getenv("XDG_RUNTIME_DIR"); rt != "" {
+			if _, err := os.Stat(rt + "/bus"); err == nil {
+				address = "unix:path=" + rt + "/bus"
+			}
+		}
+	}
+	if address == "" {
+		return nil, errNoSessionBus
 	}
 	return dbus.Connect(address)
 }

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"golang.org/x/sys/unix"
+
+	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/udev"
+)
+
+// doctorEnv is where doctor looks; tests point it at fake trees.
+type doctorEnv struct {
+	uhid       string // /dev/uhid
+	sysModule  string // /sys/module/uhid
+	hidraw     string // /sys/class/hidraw
+	udevData   string // /run/udev/data
+	dev        string // /dev
+	tpm        string // --tpm
+	stateDir   string
+	presence   presence.Options
+	tpmTimeout time.Duration
+}
+
+type checkStatus int
+
+const (
+	checkOK checkStatus = iota
+	checkWarn
+	checkFail
+)
+
+// check is one finding: what was checked, what was found, how to fix it.
+type check struct {
+	status checkStatus
+	what   string
+	detail string
+	fix    string
+}
+
+func runDoctor(args []string, stdout, stderr io.Writer) int {
+	fl := newFlagSet("doctor", "doctor [--tpm T] [--state-dir D] [--pinentry PROGRAM]", stderr)
+	sf := addStoreFlags(fl)
+	pinentry := fl.String("pinentry", "", "pinentry program the daemon is given")
+	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if fl.NArg() != 0 {
+		fl.Usage()
+		return 2
+	}
+	env := doctorEnv{
+		uhid: "/dev/uhid", sysModule: "/sys/module/uhid", hidraw: "/sys/class/hidraw",
+		udevData: "/run/udev/data", dev: "/dev", tpm: sf.tpm, stateDir: sf.stateDir,
+		presence:   presence.Options{PinentryProgram: *pinentry},
+		tpmTimeout: 5 * time.Second,
+	}
+	return printChecks(stdout, env.run())
+}
+
+func printChecks(w io.Writer, checks []check) int {
+	fails, warns := 0, 0
+	for _, c := range checks {
+		tag := "ok  "
+		switch c.status {
+		case checkWarn:
+			tag = "WARN"
+			warns++
+		case checkFail:
+			tag = "FAIL"
+			fails++
+		}
+		fmt.Fprintf(w, "%s  %-8s %s\n", tag, c.what+":", c.detail)
+		if c.status != checkOK && c.fix != "" {
+			label := "fix:"
+			for _, l := range strings.Split(c.fix, "\n") {
+				fmt.Fprintf(w, "      %-8s %s\n", label, l)
+				label = ""
+			}
+		}
+	}
+	switch {
+	case fails > 0:
+		fmt.Fprintf(w, "\n%d problem(s), %d warning(s)\n", fails, warns)
+		return 1
+	case warns > 0:
+		fmt.Fprintf(w, "\nno problems, %d warning(s)\n", warns)
+	default:
+		fmt.Fprintln(w, "\nall checks passed")
+	}
+	return 0
+}
+
+func (e doctorEnv) run() []check {
+	var cs []check
+	cs = append(cs, e.checkUHID()...)
+	cs = append(cs, e.checkTPM()...)
+	cs = append(cs, e.checkStateDir())
+	cs = append(cs, e.checkPresence())
+	cs = append(cs, e.checkDevice())
+	return cs
+}
+
+func groupName(gid uint32) string {
+	if g, err := user.LookupGroupId(strconv.Itoa(int(gid))); err == nil {
+		return g.Name
+	}
+	return strconv.Itoa(int(gid))
+}
+
+func (e doctorEnv) checkUHID() []check {
+	const what = "uhid"
+	loadFix := "sudo modprobe uhid\nsudo tpm-fido setup   # loads it at every boot (modules-load.d)"
+	fi, err := os.Stat(e.uhid)
+	if err != nil {
+		c := check{checkFail, what, e.uhid + " does not exist", loadFix}
+		if !exists(e.sysModule) {
+			c.detail = "the uhid kernel module is not loaded and " + e.uhid + " does not exist"
+			c.fix += "\n(if modprobe fails, this kernel has no uhid (CONFIG_UHID): use a distribution kernel, or --transport unix:PATH for tests)"
+		}
+		return []check{c}
+	}
+	var cs []check
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode()&fs.ModeCharDevice == 0 || st == nil {
+		return []check{{checkFail, what, e.uhid + " is not a character device", "sudo rm " + e.uhid + " && sudo modprobe -r uhid && sudo modprobe uhid"}}
+	}
+	group := groupName(st.Gid)
+	mode := fi.Mode().Perm()
+	desc := fmt.Sprintf("%s (group %s, mode %04o)", e.uhid, group, mode)
+	if mode&0o006 != 0 {
+		cs = append(cs, check{checkWarn, what, desc + " is open to every local user, who could create a virtual keyboard",
+			"sudo tpm-fido setup && sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=misc --sysname-match=uhid   # group " + udev.Group + ", mode 0660"})
+	}
+	if err := unix.Access(e.uhid, unix.R_OK|unix.W_OK); err != nil {
+		fix := fmt.Sprintf("sudo usermod -aG %s \"$USER\", then log out and in again", group)
+		if group != udev.Group {
+			fix = "sudo tpm-fido setup   # gives " + e.uhid + " to group " + udev.Group + " at 0660\nsudo groupadd --system " + udev.Group + "\nsudo usermod -aG " + udev.Group + " \"$USER\", then log out and in again"
+		}
+		return append(cs, check{checkFail, what, desc + " is not writable by you", fix})
+	}
+	return append(cs, check{checkOK, what, desc + " is writable", ""})
+}
+
+func (e doctorEnv) checkTPM() []check {
+	const what = "tpm"
+	if !strings.HasPrefix(e.tpm, "swtpm:") {
+		fi, err := os.Stat(e.tpm)
+		if err != nil {
+			return []check{{checkFail, what, "no TPM at " + e.tpm,
+				"enable the TPM (fTPM/PTT) in the firmware setup, or give a VM a virtual TPM (qemu -tpmdev / swtpm)\nfor tests: --tpm swtpm:SOCKET with a swtpm socket"}}
+		}
+		if fi.Mode()&fs.ModeCharDevice == 0 {
+			return []check{{checkFail, what, e.tpm + " is not a device", "use --tpm swtpm:SOCKET for a swtpm socket"}}
+		}
+		if err := unix.Access(e.tpm, unix.R_OK|unix.W_OK); err != nil {
+			group := "?"
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				group = groupName(st.Gid)
+			}
+			return []check{{checkFail, what, fmt.Sprintf("%s (group %s, mode %04o) is not writable by you", e.tpm, group, fi.Mode().Perm()),
+				"sudo apt install tpm-udev   # gives the tss group rw on /dev/tpmrm0\nsudo usermod -aG tss \"$USER\", then log out and in again"}}
+		}
+	}
+	type result struct {
+		curves []tpm2.TPMECCCurve
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		t, err := openTPM(e.tpm)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer t.Close()
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapECCCurves, PropertyCount: 64}.Execute(t)
+		if err != nil {
+			done <- result{err: fmt.Errorf("TPM2_GetCapability(ECC curves): %w", err)}
+			return
+		}
+		l, err := rsp.CapabilityData.Data.ECCCurves()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		done <- result{curves: l.ECCCurves}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(e.tpmTimeout):
+		return []check{{checkFail, what, fmt.Sprintf("%s did not answer within %s", e.tpm, e.tpmTimeout),
+			"another program may hold the TPM (a swtpm socket serves one client at a time): stop it, or check `dmesg | grep -i tpm`"}}
+	}
+	if r.err != nil {
+		return []check{{checkFail, what, r.err.Error(), "check `dmesg | grep -i tpm`; the TPM must be a TPM 2.0"}}
+	}
+	if !slices.Contains(r.curves, tpm2.TPMECCNistP256) {
+		return []check{{checkFail, what, e.tpm + " does not support ECC P-256, which every credential key needs", "this TPM cannot be used; a TPM 2.0 with ECC P-256 (every PC Client TPM) is required"}}
+	}
+	return []check{{checkOK, what, e.tpm + " answers and supports ECC P-256", ""}}
+}
+
+func (e doctorEnv) checkStateDir() check {
+	const what = "state"
+	fi, err := os.Stat(e.stateDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return check{checkOK, what, e.stateDir + " does not exist yet; the daemon creates it (0700) on first start", ""}
+	case err != nil:
+		return check{checkFail, what, err.Error(), "check the permissions of " + filepath.Dir(e.stateDir)}
+	case !fi.IsDir():
+		return check{checkFail, what, e.stateDir + " is not a directory", "move it away: mv " + e.stateDir + " " + e.stateDir + ".bak"}
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
+		return check{checkFail, what, fmt.Sprintf("%s belongs to uid %d, not to you (uid %d)", e.stateDir, st.Uid, os.Getuid()),
+			fmt.Sprintf("sudo chown -R %d: %s", os.Getuid(), e.stateDir)}
+	}
+	if fi.Mode().Perm() != 0o700 {
+		return check{checkFail, what, fmt.Sprintf("%s has mode %04o; it must be 0700", e.stateDir, fi.Mode().Perm()),
+			"chmod 700 " + e.stateDir}
+	}
+	return check{checkOK, what, e.stateDir + " (0700, yours)", ""}
+}
+
+func (e doctorEnv) checkPresence() check {
+	const what = "prompt"
+	name, err := presence.Detect(e.presence)
+	if err != nil {
+		return check{checkFail, what, "no way to ask for user presence: " + err.Error(),
+			"run the daemon in a desktop session (notifications over D-Bus), or install a pinentry (sudo apt install pinentry-gnome3 or pinentry-curses)"}
+	}
+	detail := "--presence auto uses " + name
+	if name == presence.BackendTerminal {
+		detail += " (only useful when the daemon runs in this terminal)"
+	}
+	return check{checkOK, what, detail, ""}
+}
+
+func (e doctorEnv) checkDevice() check {
+	const what = "device"
+	entries, _ := os.ReadDir(e.hidraw)
+	for _, ent := range entries {
+		uevent, err := os.ReadFile(filepath.Join(e.hidraw, ent.Name(), "device", "uevent"))
+		if err != nil || !hasHIDName(uevent, udev.HIDName) {
+			continue
+		}
+		node := filepath.Join(e.dev, ent.Name())
+		devnum, _ := os.ReadFile(filepath.Join(e.hidraw, ent.Name(), "dev"))
+		db, err := os.ReadFile(filepath.Join(e.udevData, "c"+strings.TrimSpace(string(devnum))))
+		if err != nil {
+			return check{checkWarn, what, node + " is our key, but udev has no record of it",
+				"is systemd-udevd running? sudo udevadm trigger --subsystem-match=hidraw"}
+		}
+		if !udevTagged(db, "uaccess") {
+			return check{checkFail, what, node + " is our key but is not tagged uaccess, so browsers cannot open it",
+				"sudo tpm-fido setup && sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=hidraw"}
+		}
+		if err := unix.Access(node, unix.R_OK|unix.W_OK); err != nil {
+			return check{checkWarn, what, node + " is tagged uaccess but you cannot open it",
+				"uaccess grants the user of the active local session: log in on the seat (not over ssh), or check `loginctl`"}
+		}
+		return check{checkOK, what, node + " is our key, tagged uaccess, and you can open it", ""}
+	}
+	return check{checkWarn, what, "no virtual key in " + e.hidraw + " (is the daemon running?)",
+		"systemctl --user start tpm-fido; journalctl --user -u tpm-fido"}
+}
+
+// hasHIDName reports whether a hid device's uevent names our device.
+func hasHIDName(uevent []byte, prefix string) bool {
+	for _, l := range strings.Split(string(uevent), "\n") {
+		if v, ok := strings.CutPrefix(l, "HID_NAME="); ok && strings.HasPrefix(v, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// udevTagged reports whether a udev database record carries tag.
+func udevTagged(db []byte, tag string) bool {
+	for _, l := range strings.Split(string(db), "\n") {
+		if l == "G:"+tag || l == "Q:"+tag {
+			return true
+		}
+	}
+	return false
+}
