@@ -1,0 +1,105 @@
+package ctap2_test
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"testing"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
+)
+
+// TestWithTPMSimulator runs the authenticator on the real TPM store over
+// the in-process TPM simulator.
+func TestWithTPMSimulator(t *testing.T) {
+	if testing.Short() {
+		t.Skip("TPM simulator test skipped in -short mode")
+	}
+	sim, err := tpmsim.Open()
+	if err != nil {
+		t.Skipf("TPM simulator unavailable: %v", err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	counting := tpmstore.NewCountingTPM(sim)
+	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("tpmstore.Open: %v", err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e := newEnvWithStore(t, store)
+
+	plain := e.makeCredential(mcOpts{user: "plain"})
+	p := e.newPlatform(2)
+	p.setPIN("4321")
+	rk := e.makeCredential(mcOpts{user: "resident", rk: true, credProtect: 2, hmacSecret: true,
+		token: p.token("4321", 0x01, "example.org")})
+	if rk.auth.ext["credProtect"] != uint64(2) || rk.auth.ext["hmac-secret"] != true {
+		t.Errorf("extensions %v", rk.auth.ext)
+	}
+	if len(rk.id) > 255 {
+		t.Errorf("credential ID of %d bytes", len(rk.id))
+	}
+	pubs := map[string]*ecdsa.PublicKey{string(plain.id): plain.pub, string(rk.id): rk.pub}
+
+	h := cdh("tpm")
+	st, m := e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 3: allowList(plain.id)})
+	wantStatus(t, "getAssertion", st, ctap.StatusOK)
+	as := verifyAssertion(t, m, h, pubs)
+	if as.auth.counter <= rk.auth.counter {
+		t.Errorf("counter %d not above %d", as.auth.counter, rk.auth.counter)
+	}
+
+	// Foreign and other-RP IDs are rejected with no TPM command.
+	counting.Reset()
+	st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 5: map[string]bool{"up": false},
+		3: allowList(bytes.Repeat([]byte{0x42}, 80), []byte("short"))})
+	wantStatus(t, "foreign IDs", st, ctap.StatusNoCredentials)
+	st, _ = e.call(cGetAssertion, map[int]any{1: "other.example", 2: h, 5: map[string]bool{"up": false},
+		3: allowList(plain.id, rk.id)})
+	wantStatus(t, "other RP", st, ctap.StatusNoCredentials)
+	if n := counting.Total(); n != 0 {
+		t.Errorf("%d TPM commands for foreign credential IDs", n)
+	}
+
+	// Discoverable: level 2 needs UV.
+	st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: h})
+	wantStatus(t, "discoverable without UV", st, ctap.StatusNoCredentials)
+	hsGet := func(tok []byte) []byte {
+		t.Helper()
+		pp := e.newPlatform(2)
+		saltEnc := pp.encrypt(bytes.Repeat([]byte{9}, 32))
+		req := map[int]any{1: "example.org", 2: h, 4: map[string]any{"hmac-secret": map[int]any{
+			1: pp.coseKey(), 2: saltEnc, 3: authenticate(2, pp.shared, saltEnc), 4: 2}}}
+		if tok != nil {
+			req[6] = authenticate(2, tok, h)
+			req[7] = 2
+		} else {
+			req[3] = allowList(rk.id)
+		}
+		st, m := e.call(cGetAssertion, req)
+		wantStatus(t, "getAssertion hmac-secret", st, ctap.StatusOK)
+		as := verifyAssertion(t, m, h, pubs)
+		if !bytes.Equal(as.credID, rk.id) {
+			t.Fatal("wrong credential")
+		}
+		if tok != nil && as.user["name"] != "resident" {
+			t.Errorf("user %v", as.user)
+		}
+		out, _ := as.auth.ext["hmac-secret"].([]byte)
+		return pp.decrypt(out)
+	}
+	a, b := hsGet(nil), hsGet(nil)
+	uv := hsGet(p.token("4321", 0x02, "example.org"))
+	if len(a) != 32 || !bytes.Equal(a, b) {
+		t.Error("hmac-secret output not stable")
+	}
+	if bytes.Equal(a, uv) {
+		t.Error("hmac-secret output independent of UV")
+	}
+
+	st, _ = e.call(cReset, nil)
+	wantStatus(t, "reset", st, ctap.StatusOK)
+	st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 3: allowList(plain.id)})
+	wantStatus(t, "after reset", st, ctap.StatusNoCredentials)
+}
