@@ -2,6 +2,7 @@ package ctap2
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -338,4 +339,27 @@ func TestCredMgmtEmptyStore(t *testing.T) {
 	}
 	st, _ = e.cm(cmEnumerateRPsBegin, nil)
 	wantStatus(t, "enumerate RPs of an empty store", st, ctap.StatusNoCredentials)
+}
+
+// FuzzCredentialManagementRequest feeds arbitrary parameter bytes to
+// authenticatorCredentialManagement (both command codes) with no token
+// issued: never a panic, never an internal error, never success.
+func FuzzCredentialManagementRequest(f *testing.F) {
+	f.Add([]byte{0xa1, 0x01, 0x01})
+	f.Add([]byte{0xa4, 0x01, 0x04, 0x02, 0xa1, 0x01, 0x40, 0x03, 0x02, 0x04, 0x40})
+	f.Add([]byte{0xa3, 0x01, 0x06, 0x02, 0xa1, 0x02, 0xa2, 0x62, 0x69, 0x64, 0x40, 0x64, 0x74, 0x79, 0x70, 0x65, 0x60, 0x03, 0x01})
+	f.Add([]byte{0xa1, 0x01, 0x05})
+	e := newPINTestEnv(f)
+	f.Fuzz(func(t *testing.T, params []byte) {
+		e.t = t
+		for _, cmd := range []byte{cmdCredentialManagement, cmdCredentialMgmtPreview} {
+			resp, err := e.a.HandleRequest(context.Background(), append([]byte{cmd}, params...))
+			if err != nil || len(resp) != 1 {
+				t.Fatalf("resp %x, err %v", resp, err)
+			}
+			if s := ctap.Status(resp[0]); s == ctap.StatusOK || s == ctap.StatusOther {
+				t.Fatalf("params %x: status %v", params, s)
+			}
+		}
+	})
 }
