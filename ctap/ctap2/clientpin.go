@@ -136,7 +136,7 @@ func (a *Authenticator) cpProtocol(req *cpRequest) (pinuv.Protocol, error) {
 // getPINRetries (§6.5.5.2).
 func (a *Authenticator) cpGetPINRetries() ([]byte, error) {
 	retries := a.cfg.Store.PINRetries()
-	pc := a.pin.PowerCycleRequired()
+	pc := a.pin.PowerCycleRequired() && a.cfg.Store.PINIsSet()
 	return cpEncode(cpResponse{PINRetries: &retries, PowerCycleState: &pc})
 }
 
@@ -246,6 +246,11 @@ func (a *Authenticator) cpPINResult(err error) error {
 		st = ctap.StatusPINBlocked
 	case errors.Is(err, tpmstore.ErrPINNotSet):
 		return fmt.Errorf("%w: %w", ctap.StatusPINNotSet, err)
+	case errors.Is(err, tpmstore.ErrTPMLockout):
+		// The TPM's dictionary-attack lockout refused to look at the PIN
+		// (no retry spent): blocked for now, as after three wrong PINs.
+		a.log.Warn("TPM dictionary-attack lockout: PIN not checked", "err", err)
+		return fmt.Errorf("%w: %w", ctap.StatusPINAuthBlocked, err)
 	default:
 		return fmt.Errorf("clientPIN: store: %w", err)
 	}
@@ -284,6 +289,7 @@ func (a *Authenticator) cpSetPIN(req *cpRequest) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("clientPIN: setting PIN: %w", err)
 	}
+	a.pin.ClearPINAuthBlocked() // a new PIN (first, or after a reset)
 	a.log.Info("PIN set")
 	return nil, nil
 }

@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -35,6 +36,7 @@ type pinTestStore struct {
 	authBlocked bool
 	residents   []tpmstore.Resident
 	max         int
+	verifyErr   error // returned by VerifyPIN when set (TPM failures)
 }
 
 const pinTestMaxRetries = 8
@@ -143,6 +145,9 @@ func (s *pinTestStore) SetPIN(h [16]byte) error {
 }
 
 func (s *pinTestStore) verifyLocked(h [16]byte) error {
+	if s.verifyErr != nil {
+		return s.verifyErr
+	}
 	switch {
 	case s.pinHash == nil:
 		return tpmstore.ErrPINNotSet
@@ -193,6 +198,7 @@ func (s *pinTestStore) Reset() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pinHash, s.retries, s.residents = nil, pinTestMaxRetries, nil
+	s.consecutive, s.authBlocked = 0, false
 	return nil
 }
 
@@ -603,6 +609,45 @@ func TestClientPINWrongPINs(t *testing.T) {
 	if n, _ := e.retries(); n != pinTestMaxRetries-3 {
 		t.Fatalf("retries spent while blocked: %d", n)
 	}
+}
+
+func TestClientPINTPMLockoutAndReset(t *testing.T) {
+	e := newPINTestEnv(t)
+	p := e.platform(2)
+	wantStatus(t, "setPIN", p.setPIN([]byte("1234")), ctap.StatusOK)
+	e.store.verifyErr = fmt.Errorf("checking PIN: %w", tpmstore.ErrTPMLockout)
+	_, st := p.token("1234", pinuv.PermGetAssertion, "")
+	wantStatus(t, "TPM lockout", st, ctap.StatusPINAuthBlocked)
+	e.store.verifyErr = errors.New("TPM on fire")
+	_, st = p.token("1234", pinuv.PermGetAssertion, "")
+	wantStatus(t, "TPM failure", st, ctap.StatusOther)
+	e.store.verifyErr = nil
+	// Neither regenerated the key agreement key nor blocked the PIN.
+	_, st = p.token("1234", pinuv.PermGetAssertion, "")
+	wantStatus(t, "after lockout ends", st, ctap.StatusOK)
+
+	for range 3 {
+		p = e.platform(2)
+		p.token("bad", pinuv.PermGetAssertion, "")
+	}
+	if _, pc := e.retries(); !pc {
+		t.Fatal("no powerCycleState after 3 wrong PINs")
+	}
+	// authenticatorReset clears the store and regenerates; a new PIN
+	// works again without a restart.
+	if err := e.store.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.a.pin.Regenerate(); err != nil {
+		t.Fatal(err)
+	}
+	if n, pc := e.retries(); n != pinTestMaxRetries || pc {
+		t.Fatalf("after reset: retries %d, powerCycleState %v", n, pc)
+	}
+	p = e.platform(2)
+	wantStatus(t, "setPIN after reset", p.setPIN([]byte("abcd")), ctap.StatusOK)
+	_, st = p.token("abcd", pinuv.PermGetAssertion, "")
+	wantStatus(t, "token after reset", st, ctap.StatusOK)
 }
 
 func TestClientPINBlocked(t *testing.T) {

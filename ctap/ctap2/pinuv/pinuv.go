@@ -312,6 +312,14 @@ func (s *State) NotePINAuthBlocked() {
 	s.powerCycled = true
 }
 
+// ClearPINAuthBlocked forgets NotePINAuthBlocked: a new PIN was set
+// (after authenticatorReset, which also clears the store's count).
+func (s *State) ClearPINAuthBlocked() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.powerCycled = false
+}
+
 // PowerCycleRequired reports whether NotePINAuthBlocked was called since
 // this State was made (getPINRetries' powerCycleState).
 func (s *State) PowerCycleRequired() bool {

@@ -371,6 +371,10 @@ func TestPowerCycleFlag(t *testing.T) {
 	if !s.PowerCycleRequired() {
 		t.Fatal("flag lost")
 	}
+	s.ClearPINAuthBlocked()
+	if s.PowerCycleRequired() {
+		t.Fatal("flag not cleared")
+	}
 }
 
 type failingReader struct{}
