@@ -493,6 +493,11 @@ func TestGetNextAssertionState(t *testing.T) {
 	e.clock.advance(29 * time.Second)
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "within 30 s", st, ctap.StatusOK)
+	e.clock.advance(29 * time.Second) // the timer restarts with each call
+	st, _ = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "within 30 s of the previous one", st, ctap.StatusOK)
+	st, _ = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "past the last one", st, ctap.StatusNotAllowed)
 	// Replacing the credential of user "b" keeps three.
 	e.makeCredential(mcOpts{rk: true, user: "b"})
 	start()

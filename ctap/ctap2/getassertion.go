@@ -26,8 +26,8 @@ const (
 	gaPinUvAuthProtocol = 0x07
 )
 
-// nextAssertionTimeout is how long getNextAssertion may follow
-// getAssertion (§6.3: 30 seconds).
+// nextAssertionTimeout is how long getNextAssertion may follow the
+// previous getAssertion or getNextAssertion (§6.3: 30 seconds).
 const nextAssertionTimeout = 30 * time.Second
 
 // hmacSecretInput is a parsed hmac-secret getAssertion input.
@@ -287,6 +287,7 @@ func (a *Authenticator) getNextAssertion(raw []byte) ([]byte, error) {
 	}
 	c := n.creds[0]
 	n.creds = n.creds[1:]
+	n.deadline = a.cfg.Now().Add(nextAssertionTimeout)
 	resp, err := a.assertion(n.rpIDHash, n.clientDataHash, n.flags, n.uv, n.hmac, c)
 	if err != nil {
 		a.next = nil
