@@ -109,6 +109,8 @@ func TestVM(t *testing.T) {
 						for _, l := range res.Log {
 							t.Log(l)
 						}
+					default:
+						t.Logf("guest: %s", res.Detail)
 					}
 				})
 			}

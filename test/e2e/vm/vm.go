@@ -136,9 +136,17 @@ func ModuleRoot(ctx context.Context, dir string) (string, error) {
 	return filepath.Dir(mod), nil
 }
 
+// DaemonEnv names an environment variable that, when set, gives a
+// prebuilt static tpm-fido binary for BuildDaemon to use instead of
+// building one (for debugging the harness against a given binary).
+const DaemonEnv = "TPM_FIDO_E2E_DAEMON"
+
 // BuildDaemon builds ./cmd/tpm-fido of the module at root as a static
-// binary at out.
+// binary at out, or copies $TPM_FIDO_E2E_DAEMON there when that is set.
 func BuildDaemon(ctx context.Context, root, out string) error {
+	if prebuilt := os.Getenv(DaemonEnv); prebuilt != "" {
+		return copyFile(prebuilt, out, 0o755)
+	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./cmd/tpm-fido")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -14,7 +14,8 @@ mkdir -p "$LOGDIR"
 # t runs one command under a 60-second timeout.
 t() { timeout 60 "$@"; }
 
-log() { echo "$*" >&2; }
+# note records a fact the host shows with the PASS line (the last one wins).
+note() { echo "NOTE: $*"; }
 
 # fail prints its arguments as the failure reason and ends the scenario
 # (each scenario runs in its own shell).
@@ -137,7 +138,7 @@ scenario() {
 	rc=$?
 	secs=$(( $(date +%s) - start ))
 	if [ $rc -eq 0 ]; then
-		echo "E2E-RESULT $name PASS ${secs}s"
+		echo "E2E-RESULT $name PASS ${secs}s $(grep '^NOTE: ' "$LOGDIR/$name.log" | tail -n 1 | cut -c7-)"
 	else
 		why=$(grep '^FAIL: ' "$LOGDIR/$name.log" | tail -n 1 | cut -c7-)
 		[ $rc -eq 143 ] && why="timed out after ${limit}s"

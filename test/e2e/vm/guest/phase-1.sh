@@ -39,7 +39,7 @@ s_cred_assert() {
 	echo "$credid" >"$E2E/credid"
 	c=$(counter "$credid") || fail "cannot read the signature counter"
 	echo "$c" >"$E2E/counter-before"
-	echo "counter=$c"
+	note "assertion verified, signature counter $c"
 }
 
 # Issue 6 scenario 1.
@@ -49,7 +49,7 @@ s_ssh_basic() {
 	authorize "$KEYS/id_basic.pub"
 	login "$KEYS/id_basic" || fail "ssh login with the ecdsa-sk key failed"
 	grep -q 'Accepted publickey for user .*ECDSA-SK' "$LOGDIR/sshd.log" || fail "sshd log does not show an ECDSA-SK login"
-	grep 'Accepted publickey' "$LOGDIR/sshd.log" | tail -n 1
+	note "sshd: $(grep 'Accepted publickey' "$LOGDIR/sshd.log" | tail -n 1 | cut -d: -f1)"
 }
 
 # Issue 6 scenario 7.
@@ -60,6 +60,7 @@ s_ed25519_rejected() {
 	echo "$out"
 	[ $rc -ne 0 ] || fail "ssh-keygen -t ed25519-sk succeeded"
 	echo "$out" | grep -qi 'not supported' || fail "ssh-keygen did not say 'not supported'"
+	note "ssh-keygen: $(echo "$out" | grep -i 'not supported' | tail -n 1)"
 	daemon_alive || fail "the daemon died"
 	t fido2-token -I "$(dev)" >/dev/null || fail "the device no longer answers"
 }
@@ -117,7 +118,7 @@ s_verify_required() {
 	cp "$LOGDIR/ak.saved" "$E2E/authorized_keys"
 	[ $rc -ne 0 ] || fail "sshd accepted an assertion without UV for a verify-required key"
 	grep -qi 'verification' "$LOGDIR/sshd.log" || fail "sshd log does not name the missing user verification"
-	return 0
+	note "sshd: $(grep -i 'verification' "$LOGDIR/sshd.log" | tail -n 1)"
 }
 
 # Issue 6 scenario 4.
@@ -177,7 +178,7 @@ s_parallel() {
 s_counter_before() {
 	c=$(counter "$(cat "$E2E/credid")") || fail "cannot read the signature counter"
 	echo "$c" >"$E2E/counter-before"
-	echo "counter before reboot: $c"
+	note "signature counter before the reboot: $c"
 	sync
 }
 

@@ -15,7 +15,7 @@ s_reboot_login() {
 s_reboot_counter() {
 	before=$(cat "$E2E/counter-before") || fail "no counter saved before the reboot"
 	now=$(counter "$(cat "$E2E/credid")") || fail "fido2-assert failed after the reboot"
-	echo "before=$before after=$now"
+	note "signature counter $before before the reboot, $now after"
 	[ "$now" -gt "$before" ] || fail "counter $now is not higher than $before from before the reboot"
 }
 
