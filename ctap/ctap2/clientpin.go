@@ -24,7 +24,7 @@ const (
 	cpGetTokenUsingUVWithPerms   = 0x06
 	cpGetUVRetries               = 0x07
 	cpGetTokenUsingPINWithPerms  = 0x09
-	cpMinPINCodePoints           = 4
+	cpMinPINCodePoints           = minPINLength // as getInfo reports it
 	cpMaxPINBytes                = 63
 	cpPaddedPINLength            = 64
 	cpPINHashLength              = 16
