@@ -2,7 +2,14 @@
 
 show() {
 	echo
-	echo "guest# $*"
+	line="guest#"
+	for a in "$@"; do
+		case "$a" in
+		"" | *" "* | *'$'* | *'"'*) line="$line '$a'" ;;
+		*) line="$line $a" ;;
+		esac
+	done
+	echo "$line"
 	timeout 60 "$@" 2>&1
 	rc=$?
 	[ $rc -eq 0 ] || echo "(exit status $rc)"
@@ -25,7 +32,10 @@ demo() {
 		-o LogLevel=ERROR user@127.0.0.1 'echo "logged in as $(whoami) on $(hostname)"'
 	grep 'Accepted publickey' "$LOGDIR/sshd.log" | tail -n 1 | sed 's/^/sshd: /'
 	echo "== a PIN on the authenticator, then a resident key"
+	echo
+	echo "guest# fido2-token -S $d        (new PIN given twice on stdin)"
 	printf '%s\n%s\n' "$PIN" "$PIN" | timeout 60 setsid fido2-token -S "$d" >/dev/null 2>&1 && echo "PIN set"
+	echo "(ssh-keygen gets the PIN from SSH_ASKPASS=$SSH_ASKPASS, SSH_ASKPASS_REQUIRE=force)"
 	show ssh-keygen -t ecdsa-sk -O resident -N '' -f /root/.ssh/id_resident -C demo-resident </dev/null
 	cat /root/.ssh/id_resident.pub >>"$E2E/authorized_keys"
 	echo "== delete the local key files and recover them from the authenticator"
