@@ -223,3 +223,35 @@ func (c *Client) Init() (uint32, error) {
 	}
 	return binary.BigEndian.Uint32(f.Payload[8:12]), nil
 }
+
+// NetConn adapts a connected socket carrying one report per packet
+// (SOCK_SEQPACKET, or UDP) to Conn, with a read timeout (zero means five
+// seconds).
+func NetConn(c net.Conn, timeout time.Duration) Conn {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	return &netConn{c: c, timeout: timeout}
+}
+
+type netConn struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (n *netConn) WriteReport(p []byte) error {
+	_, err := n.c.Write(p)
+	return err
+}
+
+func (n *netConn) ReadReport(p []byte) (int, error) {
+	if err := n.c.SetReadDeadline(time.Now().Add(n.timeout)); err != nil {
+		return 0, err
+	}
+	k, err := n.c.Read(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return 0, fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	return k, err
+}
