@@ -60,6 +60,8 @@ func parseAPDU(b []byte) (apdu, error) {
 		// Case 1: no data, no Le.
 	case len(body) == 1:
 		// Case 2 short: Le only.
+	case body[0] == 0 && len(body) == 2:
+		return apdu{}, swError(SWWrongLength)
 	case body[0] == 0 && len(body) == 3:
 		// Case 2 extended: 0x00 ‖ Le(2).
 	case body[0] == 0:
