@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+)
+
+// serveTestArgs are the flags every serve test passes besides
+// --transport. Extra ones come from $TPM_FIDO_SERVE_TEST_ARGS
+// (space-separated), e.g. "--tpm simulator" once the handler is wired
+// to a TPM.
+func serveTestArgs(t *testing.T) []string {
+	args := []string{"--state-dir", t.TempDir(), "--presence", "fixed", "--insecure-test-mode", "--log-level", "debug"}
+	return append(args, strings.Fields(os.Getenv("TPM_FIDO_SERVE_TEST_ARGS"))...)
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildOut  []byte
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// daemonBinary builds ./cmd/tpm-fido once per test run.
+func daemonBinary(t *testing.T) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not found: cannot build the daemon")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tpm-fido-serve-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "tpm-fido")
+		buildOut, buildErr = exec.Command(goTool, "build", "-o", binPath, ".").CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("go build: %v\n%s", buildErr, buildOut)
+	}
+	return binPath
+}
+
+// startDaemon runs `tpm-fido serve` with args and waits for its
+// READY=1 on a NOTIFY_SOCKET the test owns.
+func startDaemon(t *testing.T, args ...string) (stop func() (exitCode int, stderr string)) {
+	t.Helper()
+	bin := daemonBinary(t)
+	notifyPath := filepath.Join(t.TempDir(), "notify")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	var stderr bytes.Buffer
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	var once sync.Once
+	stop = func() (int, string) {
+		once.Do(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+				t.Errorf("daemon ignored SIGTERM")
+			}
+		})
+		return cmd.ProcessState.ExitCode(), stderr.String()
+	}
+	t.Cleanup(func() { stop() })
+	notify.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 256)
+	n, err := notify.Read(buf)
+	if err != nil {
+		code, out := stop()
+		t.Fatalf("no READY=1 from the daemon (%v); exit %d, stderr:\n%s", err, code, out)
+	}
+	if got := string(buf[:n]); got != "READY=1" {
+		t.Fatalf("sd_notify sent %q, want READY=1", got)
+	}
+	return stop
+}
+
+// probe runs the transport probes the acceptance list names.
+func probe(t *testing.T, c *ctaphidtest.Client) {
+	t.Helper()
+	cid, err := c.Init()
+	if err != nil {
+		t.Fatalf("INIT: %v", err)
+	}
+	for _, n := range []int{0, 57, 58, ctaphid.MaxMessageSize} {
+		data := bytes.Repeat([]byte{byte(n)}, n)
+		f, err := c.Transact(cid, ctaphid.CmdPing, data)
+		if err != nil || f.Cmd != ctaphid.CmdPing || !bytes.Equal(f.Payload, data) {
+			t.Fatalf("PING %d: %v cmd 0x%02x len %d", n, err, f.Cmd, len(f.Payload))
+		}
+	}
+	// Only the init packet of an over-long message is needed.
+	over := make([]byte, ctaphid.ReportSize)
+	copy(over, []byte{byte(cid >> 24), byte(cid >> 16), byte(cid >> 8), byte(cid), 0x81, 0x1D, 0xBA})
+	if err := c.Conn.WriteReport(over); err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.RecvOn(cid)
+	if err != nil || f.Cmd != ctaphid.CmdError || !bytes.Equal(f.Payload, []byte{ctaphid.ErrInvalidLen}) {
+		t.Fatalf("PING 7610: %v cmd 0x%02x % x, want ERROR INVALID_LEN", err, f.Cmd, f.Payload)
+	}
+	f, err = c.Transact(cid, 0x2A, nil)
+	if err != nil || f.Cmd != ctaphid.CmdError || !bytes.Equal(f.Payload, []byte{ctaphid.ErrInvalidCmd}) {
+		t.Fatalf("unknown command: %v cmd 0x%02x % x, want ERROR INVALID_CMD", err, f.Cmd, f.Payload)
+	}
+	f, err = c.Transact(cid+1000, ctaphid.CmdPing, []byte{1})
+	if err != nil || f.Cmd != ctaphid.CmdError || !bytes.Equal(f.Payload, []byte{ctaphid.ErrInvalidChannel}) {
+		t.Fatalf("unallocated channel: %v cmd 0x%02x % x, want ERROR INVALID_CHANNEL", err, f.Cmd, f.Payload)
+	}
+	// authenticatorGetInfo: whatever the handler is, it answers with a
+	// CTAP status byte first, never silence.
+	f, err = c.Transact(cid, ctaphid.CmdCBOR, []byte{0x04})
+	if err != nil || f.Cmd != ctaphid.CmdCBOR || len(f.Payload) < 1 {
+		t.Fatalf("getInfo: %v cmd 0x%02x % x", err, f.Cmd, f.Payload)
+	}
+	t.Logf("getInfo status 0x%02x, %d bytes", f.Payload[0], len(f.Payload))
+	// U2F VERSION: an APDU answer ending in a status word.
+	f, err = c.Transact(cid, ctaphid.CmdMsg, []byte{0x00, 0x03, 0x00, 0x00, 0x00})
+	if err != nil || f.Cmd != ctaphid.CmdMsg || len(f.Payload) < 2 {
+		t.Fatalf("U2F VERSION: %v cmd 0x%02x % x", err, f.Cmd, f.Payload)
+	}
+}
+
+func TestServeUnix(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	stop := startDaemon(t, append([]string{"--transport", "unix:" + sock}, serveTestArgs(t)...)...)
+	conn, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	probe(t, &ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 10*time.Second)})
+	code, stderr := stop()
+	if code != 0 {
+		t.Errorf("exit code %d after SIGTERM, stderr:\n%s", code, stderr)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+func TestServeUDP(t *testing.T) {
+	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := l.LocalAddr().(*net.UDPAddr)
+	l.Close()
+	spec := "udp:" + listen.String() + "," + client.LocalAddr().String()
+	stop := startDaemon(t, append([]string{"--transport", spec}, serveTestArgs(t)...)...)
+	probe(t, &ctaphidtest.Client{Conn: udpConn{client, listen}})
+	if code, stderr := stop(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, stderr:\n%s", code, stderr)
+	}
+}
+
+type udpConn struct {
+	c  *net.UDPConn
+	to *net.UDPAddr
+}
+
+func (u udpConn) WriteReport(p []byte) error { _, err := u.c.WriteToUDP(p, u.to); return err }
+func (u udpConn) ReadReport(p []byte) (int, error) {
+	u.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, _, err := u.c.ReadFromUDP(p)
+	return n, err
+}
+
+func TestServeStartupErrors(t *testing.T) {
+	bin := daemonBinary(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--transport", "usb"}, "unknown transport"},
+		{[]string{"--transport", "udp:0.0.0.0:8111,127.0.0.1:7112"}, "loopback"},
+		{[]string{"--log-level", "loud"}, "--log-level"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, bin, append([]string{"serve", "--state-dir", t.TempDir()}, tc.args...)...).CombinedOutput()
+		cancel()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() == 0 {
+			t.Errorf("%v: err %v, want a non-zero exit", tc.args, err)
+		}
+		if !strings.Contains(string(out), tc.want) || strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
+			t.Errorf("%v: output %q, want one line mentioning %q", tc.args, out, tc.want)
+		}
+	}
+}
+
+func TestParseServeFlags(t *testing.T) {
+	t.Setenv("XDG_DATA_HOME", "/xdg")
+	cfg, err := parseServeFlags(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Transport != "uhid" || cfg.TPM != "/dev/tpmrm0" || cfg.StateDir != "/xdg/tpm-fido" ||
+		cfg.Presence != "auto" || cfg.PromptTimeout != 30*time.Second || cfg.InsecureTestMode || cfg.TestTransport {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	cfg, err = parseServeFlags([]string{"--transport", "unix:/x", "--log-level", "debug", "--insecure-test-mode"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.TestTransport || !cfg.InsecureTestMode || cfg.LogLevel.String() != "DEBUG" {
+		t.Errorf("parsed: %+v", cfg)
+	}
+	if _, err := parseServeFlags([]string{"--prompt-timeout", "0s"}, &bytes.Buffer{}); err == nil {
+		t.Error("zero prompt timeout accepted")
+	}
+}
+
+func TestSDNotifyAbstract(t *testing.T) {
+	name := "@tpm-fido-test-" + filepath.Base(t.TempDir())
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: "\x00" + name[1:], Net: "unixgram"})
+	if err != nil {
+		t.Skipf("abstract sockets unavailable: %v", err)
+	}
+	defer l.Close()
+	t.Setenv("NOTIFY_SOCKET", name)
+	if err := sdNotify("READY=1"); err != nil {
+		t.Fatal(err)
+	}
+	l.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, err := l.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("got %q, %v", buf[:n], err)
+	}
+}
