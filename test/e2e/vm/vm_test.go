@@ -64,7 +64,7 @@ func sshStr(b []byte) []byte {
 
 // makeAttestation builds an ssh-sk-attest-v01 file the way ssh-keygen
 // writes one for a packed self-attestation, with its .pub line.
-func makeAttestation(t *testing.T, app string, challenge []byte) (att []byte, pub string, key *ecdsa.PrivateKey) {
+func makeAttestation(t testing.TB, app string, challenge []byte) (att []byte, pub string, key *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
