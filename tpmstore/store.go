@@ -70,8 +70,9 @@ type Config struct {
 	Now    func() time.Time
 	// MaxResidents bounds the resident credentials (0: DefaultMaxResidents).
 	MaxResidents int
-	// MaxLoaded bounds the transient objects kept loaded in the TPM,
-	// storage primary included (0: DefaultMaxLoaded; at least 2).
+	// MaxLoaded bounds the transient objects kept loaded in the TPM: the
+	// storage primary and the HMAC key stay loaded, the rest is an LRU of
+	// credential keys (0: DefaultMaxLoaded; at least 3).
 	MaxLoaded int
 }
 
@@ -140,8 +141,8 @@ func Open(cfg Config) (*Store, error) {
 	if maxLoaded == 0 {
 		maxLoaded = DefaultMaxLoaded
 	}
-	if maxLoaded < 2 {
-		return nil, fmt.Errorf("tpmstore: Config.MaxLoaded %d: need at least 2", maxLoaded)
+	if maxLoaded < 3 {
+		return nil, fmt.Errorf("tpmstore: Config.MaxLoaded %d: need at least 3", maxLoaded)
 	}
 	s.slots.capacity = maxLoaded - 1
 

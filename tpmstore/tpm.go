@@ -51,14 +51,16 @@ func (c *slotCache) remove(key string) (tpm2.NamedHandle, bool) {
 	return tpm2.NamedHandle{}, false
 }
 
-// victim removes and returns the least recently used entry.
+// victim removes and returns the least recently used entry other than
+// the HMAC key, which stays loaded so hmac-secret costs one command.
 func (c *slotCache) victim() (slotEntry, bool) {
-	if len(c.entries) == 0 {
-		return slotEntry{}, false
+	for i := len(c.entries) - 1; i >= 0; i-- {
+		if e := c.entries[i]; e.key != slotHMAC {
+			c.entries = append(c.entries[:i], c.entries[i+1:]...)
+			return e, true
+		}
 	}
-	e := c.entries[len(c.entries)-1]
-	c.entries = c.entries[:len(c.entries)-1]
-	return e, true
+	return slotEntry{}, false
 }
 
 func (s *Store) srkAuth() tpm2.AuthHandle {
@@ -91,7 +93,10 @@ func (s *Store) createSRK() ([]byte, error) {
 // makeRoom flushes the least recently used object when the cache is full.
 func (s *Store) makeRoom() error {
 	for len(s.slots.entries) >= s.slots.capacity {
-		e, _ := s.slots.victim()
+		e, ok := s.slots.victim()
+		if !ok {
+			return errors.New("tpmstore: no TPM object slot can be freed")
+		}
 		if err := s.flush(e.handle.Handle); err != nil {
 			return err
 		}

@@ -1,0 +1,103 @@
+package tpmstore
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// foreignIDs returns n credential IDs this store did not make: random
+// bytes of a valid length with a valid version byte (the costliest case
+// for OpenCredential, which must run the AEAD to reject them).
+func foreignIDs(n int) [][]byte {
+	ids := make([][]byte, n)
+	for i := range ids {
+		ids[i] = make([]byte, 226)
+		rand.Read(ids[i])
+		ids[i][0] = credIDVersion
+	}
+	return ids
+}
+
+// TestCommandBudget checks the TPM command budget of issue 3 with the
+// counting wrapper.
+func TestCommandBudget(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			ct := NewCountingTPM(b.open(t))
+			dir := t.TempDir()
+			check := func(what string, max int, fn func()) int {
+				t.Helper()
+				ct.Reset()
+				fn()
+				n := ct.Total()
+				t.Logf("%-40s %d TPM commands %v", what, n, ct.Snapshot())
+				if n > max {
+					t.Errorf("%s: %d TPM commands, budget %d", what, n, max)
+				}
+				return n
+			}
+			var s *Store
+			check("first start", 3, func() { s = openStore(t, ct, dir) })
+			s.Close()
+			check("start", 3, func() { s = openStore(t, ct, dir) })
+			rp := rpHash("example.org")
+			d := sha256.Sum256([]byte("client data"))
+			var creds []*Credential
+			for i := 0; i < 3; i++ {
+				check("create credential + attestation sign", 3, func() {
+					c, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := s.Sign(c, d[:]); err != nil {
+						t.Fatal(err)
+					}
+					creds = append(creds, c)
+				})
+			}
+			last := creds[len(creds)-1]
+			assert := func(c *Credential, allow [][]byte) func() {
+				return func() {
+					var found *Credential
+					for _, id := range append(allow, c.ID) {
+						if o, err := s.OpenCredential(rp, id); err == nil {
+							found = o
+							break
+						}
+					}
+					if found == nil {
+						t.Fatal("own credential not found")
+					}
+					if _, err := s.Sign(found, d[:]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if n := check("assertion, credential used last", 1, assert(last, nil)); n != 1 {
+				t.Errorf("warm assertion: %d commands, want exactly 1", n)
+			}
+			check("assertion, cold credential", 3, assert(creds[0], nil))
+			warm := check("assertion, warm again", 1, assert(creds[0], nil))
+			withForeign := check("assertion, 64 foreign IDs + ours", 1, assert(creds[0], foreignIDs(64)))
+			if withForeign != warm {
+				t.Errorf("allowList of 64 foreign IDs costs %d, ours alone %d", withForeign, warm)
+			}
+			hmacN := check("assertion + hmac-secret", warm+2, func() {
+				assert(creds[0], nil)()
+				c, _ := s.OpenCredential(rp, creds[0].ID)
+				if _, err := s.CredRandom(c, true); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if hmacN-warm > 1 {
+				t.Errorf("hmac-secret adds %d commands, budget 1", hmacN-warm)
+			}
+			if ct.Count(tpm2.TPMCCHMAC) == 0 {
+				t.Error("CredRandom sent no TPM2_HMAC")
+			}
+		})
+	}
+}
