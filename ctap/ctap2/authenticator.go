@@ -38,7 +38,8 @@ type Config struct {
 	Logger   *slog.Logger
 	Rand     io.Reader        // crypto/rand.Reader when nil
 	Now      func() time.Time // time.Now when nil
-	// FirmwareVersion is reported by getInfo (0x0E); 0 omits it.
+	// FirmwareVersion is reported by getInfo (0x0E); 0 means
+	// DefaultFirmwareVersion.
 	FirmwareVersion uint64
 }
 
@@ -47,6 +48,10 @@ const (
 	maxMakeCredentialResponse = 4096
 	maxResponse               = 2048
 )
+
+// DefaultFirmwareVersion is the firmwareVersion getInfo reports unless
+// Config sets one.
+const DefaultFirmwareVersion = 1
 
 // resetWindow is how long after start authenticatorReset is allowed, as
 // a hardware key allows it only shortly after power-up (CTAP 2.1 §6.6).
@@ -67,6 +72,9 @@ func New(cfg Config) (*Authenticator, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.FirmwareVersion == 0 {
+		cfg.FirmwareVersion = DefaultFirmwareVersion
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

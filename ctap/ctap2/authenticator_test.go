@@ -70,6 +70,9 @@ func TestGetInfo(t *testing.T) {
 	if len(algs) != 1 || algs[0]["alg"] != int64(-7) || algs[0]["type"] != "public-key" {
 		t.Errorf("algorithms %v", algs)
 	}
+	if v := field[int](t, m, 0x0E); v != ctap2.DefaultFirmwareVersion {
+		t.Errorf("firmwareVersion %d", v)
+	}
 	if v := field[int](t, m, 0x14); v != 4 {
 		t.Errorf("remainingDiscoverableCredentials %d, want 4", v)
 	}

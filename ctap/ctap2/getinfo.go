@@ -71,10 +71,8 @@ func (a *Authenticator) getInfo(raw []byte) ([]byte, error) {
 		0x0A: []map[string]any{{"type": "public-key", "alg": -7}},
 		0x0C: false, // forcePINChange
 		0x0D: minPINLength,
+		0x0E: a.cfg.FirmwareVersion,
 		0x14: remaining,
-	}
-	if a.cfg.FirmwareVersion != 0 {
-		info[0x0E] = a.cfg.FirmwareVersion
 	}
 	return marshal(info)
 }
