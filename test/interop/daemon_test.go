@@ -4,16 +4,18 @@ package interop
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 
+	tpmtransport "github.com/google/go-tpm/tpm2/transport"
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
@@ -21,26 +23,16 @@ import (
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
+	"github.com/tpm-fido/tpm-fido/transport"
 )
 
 // daemon is the authenticator in-process: tpmstore on the TPM simulator,
-// ctap2 and u2f behind ctap.Mux, served by the CTAPHID server on a
-// SOCK_SEQPACKET Unix socket, one client connection at a time.
+// ctap2 and u2f behind ctap.Mux, served by the CTAPHID server on the
+// daemon's unix: transport (SOCK_SEQPACKET, one packet per report).
 type daemon struct {
 	path  string
 	store *tpmstore.Store
 }
-
-// seqpacketDevice is a ctaphid.ReportDevice over one accepted
-// SOCK_SEQPACKET connection: one packet is one 64-byte report.
-type seqpacketDevice struct{ c *net.UnixConn }
-
-func (d seqpacketDevice) ReadReport(p []byte) (int, error) { return d.c.Read(p) }
-func (d seqpacketDevice) WriteReport(p []byte) error {
-	_, err := d.c.Write(p)
-	return err
-}
-func (d seqpacketDevice) Close() error { return d.c.Close() }
 
 func requireLibfido2(t *testing.T) {
 	t.Helper()
@@ -69,6 +61,12 @@ func startDaemon(t *testing.T) *daemon {
 		t.Skipf("TPM simulator unavailable: %v", err)
 	}
 	t.Cleanup(func() { sim.Close() })
+	// The reference simulator starts with 3 tries and 1000 s recovery: a
+	// PIN test would hit TPM lockout, which a real TPM's larger budget
+	// does not. Give it a realistic budget (lockout auth is empty).
+	if err := daParameters(sim, 32, 10, 10); err != nil {
+		t.Fatalf("TPM2_DictionaryAttackParameters: %v", err)
+	}
 	log := testLogger(t)
 	store, err := tpmstore.Open(tpmstore.Config{TPM: sim, Dir: t.TempDir(), Logger: log})
 	if err != nil {
@@ -92,34 +90,21 @@ func startDaemon(t *testing.T) *daemon {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	path := filepath.Join(dir, "ctaphid.sock")
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	dev, err := transport.Open("unix:"+path, log)
 	if err != nil {
-		t.Fatalf("listen: %v", err)
+		t.Fatalf("transport.Open: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
+	done := make(chan error, 1)
 	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.AcceptUnix()
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					t.Errorf("accept: %v", err)
-				}
-				return
-			}
-			srv := ctaphid.NewServer(seqpacketDevice{c}, mux, ctaphid.Config{Logger: log})
-			if err := srv.Serve(ctx); err != nil && ctx.Err() == nil {
-				log.Debug("ctaphid server ended", "err", err)
-			}
-			c.Close()
-		}
+		done <- ctaphid.NewServer(dev, mux, ctaphid.Config{Logger: log}).Serve(ctx)
 	}()
 	t.Cleanup(func() {
 		cancel()
-		ln.Close()
-		wg.Wait()
+		dev.Close()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) {
+			t.Logf("ctaphid server: %v", err)
+		}
 	})
 	return &daemon{path: path, store: store}
 }
@@ -133,4 +118,41 @@ func (d *daemon) open(t *testing.T) *Device {
 	}
 	t.Cleanup(dev.Close)
 	return dev
+}
+
+// daParameters sends TPM2_DictionaryAttackParameters (TPM 2.0 Part 3
+// §25.3) authorised by TPM_RH_LOCKOUT with an empty password.
+func daParameters(tpm tpmtransport.TPM, maxTries, recoverySec, lockoutRecoverySec uint32) error {
+	const (
+		tagSessions   = 0x8002
+		ccDAParams    = 0x0000013A
+		rhLockout     = 0x4000000A
+		rsPassword    = 0x40000009
+		passwordAreaN = 4 + 2 + 1 + 2
+	)
+	be := binary.BigEndian
+	cmd := be.AppendUint16(nil, tagSessions)
+	cmd = be.AppendUint32(cmd, 0) // total size, set below
+	cmd = be.AppendUint32(cmd, ccDAParams)
+	cmd = be.AppendUint32(cmd, rhLockout)
+	cmd = be.AppendUint32(cmd, passwordAreaN)
+	cmd = be.AppendUint32(cmd, rsPassword)
+	cmd = be.AppendUint16(cmd, 0) // nonceCaller
+	cmd = append(cmd, 0)          // sessionAttributes
+	cmd = be.AppendUint16(cmd, 0) // hmac (the empty password)
+	for _, v := range []uint32{maxTries, recoverySec, lockoutRecoverySec} {
+		cmd = be.AppendUint32(cmd, v)
+	}
+	be.PutUint32(cmd[2:6], uint32(len(cmd)))
+	rsp, err := tpm.Send(cmd)
+	if err != nil {
+		return err
+	}
+	if len(rsp) < 10 {
+		return fmt.Errorf("response of %d bytes", len(rsp))
+	}
+	if rc := be.Uint32(rsp[6:10]); rc != 0 {
+		return fmt.Errorf("TPM response code %#x", rc)
+	}
+	return nil
 }
