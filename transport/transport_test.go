@@ -202,3 +202,36 @@ func TestUhidMissingNamesFix(t *testing.T) {
 		t.Fatalf("got %v, want an error naming modprobe uhid", err)
 	}
 }
+
+// BenchmarkUnixPingMax is the round trip of a 7609-byte PING (129
+// reports each way) through the unix SOCK_SEQPACKET transport.
+func BenchmarkUnixPingMax(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "s")
+	dev, err := ListenUnix(path, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := ctaphid.NewServer(dev, &ctap.Mux{}, ctaphid.Config{})
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-errc }()
+	conn, err := net.Dial("unixpacket", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	c := &ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 5*time.Second)}
+	cid, err := c.Init()
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0x42}, ctaphid.MaxMessageSize)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		f, err := c.Transact(cid, ctaphid.CmdPing, data)
+		if err != nil || len(f.Payload) != len(data) {
+			b.Fatalf("PING: %v len %d", err, len(f.Payload))
+		}
+	}
+}

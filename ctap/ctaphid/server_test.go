@@ -17,7 +17,7 @@ import (
 )
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *ctaphid.Server
 	client *ctaphidtest.Client
 	host   *ctaphidtest.Host
@@ -38,7 +38,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 // start runs a server on an in-memory pipe. If prepare is non-nil it is
 // called on the server before Serve starts.
-func start(t *testing.T, h ctaphid.Handler, cfg ctaphid.Config, prepare func(*ctaphid.Server)) *env {
+func start(t testing.TB, h ctaphid.Handler, cfg ctaphid.Config, prepare func(*ctaphid.Server)) *env {
 	t.Helper()
 	if h == nil {
 		h = &ctap.Mux{}
