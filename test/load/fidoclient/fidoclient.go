@@ -1,0 +1,381 @@
+// Package fidoclient is a small FIDO2 platform for measurements and
+// security tests: it frames CTAP2 requests over a CTAPHID channel, parses
+// the responses it needs, and plays the platform side of PIN/UV auth
+// protocol 2 (key agreement, setPIN, token, hmac-secret salts). It is
+// written from the CTAP 2.1 text, independently of the authenticator.
+package fidoclient
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdh"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+)
+
+// CTAP2 command bytes (CTAP 2.1 §6).
+const (
+	CmdMakeCredential byte = 0x01
+	CmdGetAssertion   byte = 0x02
+	CmdGetInfo        byte = 0x04
+	CmdClientPIN      byte = 0x06
+	CmdCredMgmt       byte = 0x0A
+)
+
+// ErrBusy is returned when the device answered CTAPHID_ERROR
+// ERR_CHANNEL_BUSY; the caller may retry.
+var ErrBusy = errors.New("fidoclient: channel busy")
+
+// HIDError is a CTAPHID_ERROR frame other than CHANNEL_BUSY.
+type HIDError byte
+
+func (e HIDError) Error() string { return fmt.Sprintf("fidoclient: CTAPHID error 0x%02x", byte(e)) }
+
+var enc, _ = cbor.CTAP2EncOptions().EncMode()
+
+// Channel is one CTAPHID channel of a client.
+type Channel struct {
+	C   *ctaphidtest.Client
+	CID uint32
+}
+
+// Open allocates a channel on c.
+func Open(c *ctaphidtest.Client) (*Channel, error) {
+	cid, err := c.Init()
+	if err != nil {
+		return nil, err
+	}
+	return &Channel{C: c, CID: cid}, nil
+}
+
+// Call sends a CTAP2 command with params (nil: none) and returns the
+// status and the raw CBOR body.
+func (ch *Channel) Call(cmd byte, params any) (ctap.Status, []byte, error) {
+	req := []byte{cmd}
+	if params != nil {
+		b, err := enc.Marshal(params)
+		if err != nil {
+			return 0, nil, err
+		}
+		req = append(req, b...)
+	}
+	f, err := ch.C.Transact(ch.CID, ctaphid.CmdCBOR, req)
+	if err != nil {
+		return 0, nil, err
+	}
+	if f.Cmd == ctaphid.CmdError {
+		if len(f.Payload) > 0 && f.Payload[0] == ctaphid.ErrChannelBusy {
+			return 0, nil, ErrBusy
+		}
+		if len(f.Payload) > 0 {
+			return 0, nil, HIDError(f.Payload[0])
+		}
+		return 0, nil, HIDError(0)
+	}
+	if f.Cmd != ctaphid.CmdCBOR || len(f.Payload) == 0 {
+		return 0, nil, fmt.Errorf("fidoclient: unexpected response cmd 0x%02x len %d", f.Cmd, len(f.Payload))
+	}
+	return ctap.Status(f.Payload[0]), f.Payload[1:], nil
+}
+
+// CallOK is Call that turns a non-OK status into an error and decodes
+// the body into out (when out is not nil).
+func (ch *Channel) CallOK(cmd byte, params, out any) error {
+	st, body, err := ch.Call(cmd, params)
+	if err != nil {
+		return err
+	}
+	if st != ctap.StatusOK {
+		return fmt.Errorf("fidoclient: command 0x%02x: %w", cmd, st)
+	}
+	if out != nil {
+		if err := cbor.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("fidoclient: command 0x%02x response: %w", cmd, err)
+		}
+	}
+	return nil
+}
+
+// MakeCredentialParams builds makeCredential parameters (CTAP 2.1 §6.1).
+// token, when not nil, is a pinUvAuthToken (protocol 2).
+func MakeCredentialParams(rpID string, userID []byte, cdh []byte, rk, hmacSecret bool, token []byte) map[int]any {
+	m := map[int]any{
+		1: cdh,
+		2: map[string]any{"id": rpID, "name": rpID},
+		3: map[string]any{"id": userID, "name": "user", "displayName": "User"},
+		4: []map[string]any{{"alg": -7, "type": "public-key"}},
+	}
+	if rk {
+		m[7] = map[string]bool{"rk": true}
+	}
+	if hmacSecret {
+		m[6] = map[string]any{"hmac-secret": true}
+	}
+	if token != nil {
+		m[8] = Authenticate(token, cdh)
+		m[9] = 2
+	}
+	return m
+}
+
+// AllowList builds a getAssertion allowList.
+func AllowList(ids ...[]byte) []map[string]any {
+	l := make([]map[string]any, len(ids))
+	for i, id := range ids {
+		l[i] = map[string]any{"id": id, "type": "public-key"}
+	}
+	return l
+}
+
+// GetAssertionParams builds getAssertion parameters (CTAP 2.1 §6.2).
+func GetAssertionParams(rpID string, cdh []byte, up bool, allow ...[]byte) map[int]any {
+	m := map[int]any{1: rpID, 2: cdh}
+	if len(allow) > 0 {
+		m[3] = AllowList(allow...)
+	}
+	if !up {
+		m[5] = map[string]bool{"up": false}
+	}
+	return m
+}
+
+// AuthData is a parsed authenticatorData (WebAuthn §6.1).
+type AuthData struct {
+	RPIDHash   [32]byte
+	Flags      byte
+	Counter    uint32
+	CredID     []byte // with attested credential data
+	Extensions map[string]any
+	Raw        []byte
+}
+
+// ParseAuthData parses authenticator data.
+func ParseAuthData(b []byte) (*AuthData, error) {
+	if len(b) < 37 {
+		return nil, fmt.Errorf("fidoclient: authData of %d bytes", len(b))
+	}
+	a := &AuthData{Flags: b[32], Counter: binary.BigEndian.Uint32(b[33:37]), Raw: b}
+	copy(a.RPIDHash[:], b)
+	rest := b[37:]
+	if a.Flags&0x40 != 0 {
+		if len(rest) < 18 {
+			return nil, errors.New("fidoclient: short attested credential data")
+		}
+		n := int(binary.BigEndian.Uint16(rest[16:18]))
+		if len(rest) < 18+n {
+			return nil, errors.New("fidoclient: short credential ID")
+		}
+		a.CredID = append([]byte(nil), rest[18:18+n]...)
+		var pk cbor.RawMessage
+		r, err := cbor.UnmarshalFirst(rest[18+n:], &pk)
+		if err != nil {
+			return nil, fmt.Errorf("fidoclient: credential public key: %w", err)
+		}
+		rest = r
+	}
+	if a.Flags&0x80 != 0 {
+		if err := cbor.Unmarshal(rest, &a.Extensions); err != nil {
+			return nil, fmt.Errorf("fidoclient: extensions: %w", err)
+		}
+	}
+	return a, nil
+}
+
+// MakeCredential registers a credential and returns its ID.
+func (ch *Channel) MakeCredential(params map[int]any) (*AuthData, error) {
+	var r struct {
+		AuthData []byte `cbor:"2,keyasint"`
+	}
+	if err := ch.CallOK(CmdMakeCredential, params, &r); err != nil {
+		return nil, err
+	}
+	return ParseAuthData(r.AuthData)
+}
+
+// Assertion is a parsed getAssertion response.
+type Assertion struct {
+	CredID    []byte
+	AuthData  *AuthData
+	Signature []byte
+}
+
+// GetAssertion runs getAssertion with params.
+func (ch *Channel) GetAssertion(params map[int]any) (*Assertion, error) {
+	var r struct {
+		Cred struct {
+			ID []byte `cbor:"id"`
+		} `cbor:"1,keyasint"`
+		AuthData []byte `cbor:"2,keyasint"`
+		Sig      []byte `cbor:"3,keyasint"`
+	}
+	if err := ch.CallOK(CmdGetAssertion, params, &r); err != nil {
+		return nil, err
+	}
+	ad, err := ParseAuthData(r.AuthData)
+	if err != nil {
+		return nil, err
+	}
+	return &Assertion{CredID: r.Cred.ID, AuthData: ad, Signature: r.Sig}, nil
+}
+
+// COSEKey is a P-256 key-agreement key in COSE form.
+type COSEKey struct {
+	Kty int64  `cbor:"1,keyasint"`
+	Alg int64  `cbor:"3,keyasint"`
+	Crv int64  `cbor:"-1,keyasint"`
+	X   []byte `cbor:"-2,keyasint"`
+	Y   []byte `cbor:"-3,keyasint"`
+}
+
+// Session is one key agreement of PIN/UV auth protocol 2: the platform
+// key and the shared secret (HMAC key ‖ AES key).
+type Session struct {
+	Key    COSEKey // the platform's public key, for requests
+	Shared []byte  // 64 bytes
+}
+
+// KeyAgreement runs clientPIN getKeyAgreement and derives a shared secret
+// (CTAP 2.1 §6.5.6).
+func (ch *Channel) KeyAgreement() (*Session, error) {
+	var r struct {
+		Key COSEKey `cbor:"1,keyasint"`
+	}
+	if err := ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 2}, &r); err != nil {
+		return nil, err
+	}
+	if len(r.Key.X) != 32 || len(r.Key.Y) != 32 {
+		return nil, errors.New("fidoclient: bad key-agreement key")
+	}
+	peer, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, r.Key.X...), r.Key.Y...))
+	if err != nil {
+		return nil, fmt.Errorf("fidoclient: key-agreement key: %w", err)
+	}
+	priv, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	z, err := priv.ECDH(peer)
+	if err != nil {
+		return nil, err
+	}
+	salt := make([]byte, 32)
+	hk, err := hkdf.Key(sha256.New, z, salt, "CTAP2 HMAC key", 32)
+	if err != nil {
+		return nil, err
+	}
+	ak, err := hkdf.Key(sha256.New, z, salt, "CTAP2 AES key", 32)
+	if err != nil {
+		return nil, err
+	}
+	pub := priv.PublicKey().Bytes()
+	return &Session{
+		Key:    COSEKey{Kty: 2, Alg: -25, Crv: 1, X: pub[1:33], Y: pub[33:65]},
+		Shared: append(hk, ak...),
+	}, nil
+}
+
+// Encrypt is protocol 2's encrypt: AES-256-CBC with a random IV, IV first.
+func (s *Session) Encrypt(pt []byte) []byte {
+	blk, _ := aes.NewCipher(s.Shared[32:])
+	out := make([]byte, aes.BlockSize+len(pt))
+	_, _ = rand.Read(out[:aes.BlockSize])
+	cipher.NewCBCEncrypter(blk, out[:aes.BlockSize]).CryptBlocks(out[aes.BlockSize:], pt)
+	return out
+}
+
+// Decrypt is protocol 2's decrypt.
+func (s *Session) Decrypt(ct []byte) ([]byte, error) {
+	if len(ct) < 2*aes.BlockSize || len(ct)%aes.BlockSize != 0 {
+		return nil, fmt.Errorf("fidoclient: ciphertext of %d bytes", len(ct))
+	}
+	blk, _ := aes.NewCipher(s.Shared[32:])
+	out := make([]byte, len(ct)-aes.BlockSize)
+	cipher.NewCBCDecrypter(blk, ct[:aes.BlockSize]).CryptBlocks(out, ct[aes.BlockSize:])
+	return out, nil
+}
+
+// Auth is protocol 2's authenticate with the session's HMAC key.
+func (s *Session) Auth(msg []byte) []byte { return Authenticate(s.Shared[:32], msg) }
+
+// Authenticate is protocol 2's authenticate: HMAC-SHA-256 with the first
+// 32 bytes of key.
+func Authenticate(key, msg []byte) []byte {
+	m := hmac.New(sha256.New, key[:32])
+	m.Write(msg)
+	return m.Sum(nil)
+}
+
+// PINHash is LEFT(SHA-256(pin), 16).
+func PINHash(pin string) []byte {
+	h := sha256.Sum256([]byte(pin))
+	return h[:16]
+}
+
+// SetPIN sets the first PIN (clientPIN setPIN, protocol 2).
+func (ch *Channel) SetPIN(pin string) error {
+	s, err := ch.KeyAgreement()
+	if err != nil {
+		return err
+	}
+	padded := make([]byte, 64)
+	copy(padded, pin)
+	newPinEnc := s.Encrypt(padded)
+	return ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 3, 3: s.Key, 4: s.Auth(newPinEnc), 5: newPinEnc}, nil)
+}
+
+// TokenRequest builds getPinUvAuthTokenUsingPinWithPermissions for pin.
+func TokenRequest(s *Session, pin string, perms uint8, rpID string) map[int]any {
+	m := map[int]any{1: 2, 2: 9, 3: s.Key, 6: s.Encrypt(PINHash(pin)), 9: perms}
+	if rpID != "" {
+		m[10] = rpID
+	}
+	return m
+}
+
+// Token gets a pinUvAuthToken with perms (bound to rpID when not empty)
+// and returns it in clear.
+func (ch *Channel) Token(pin string, perms uint8, rpID string) ([]byte, error) {
+	s, err := ch.KeyAgreement()
+	if err != nil {
+		return nil, err
+	}
+	return ch.TokenWith(s, pin, perms, rpID)
+}
+
+// TokenWith is Token over an existing key agreement.
+func (ch *Channel) TokenWith(s *Session, pin string, perms uint8, rpID string) ([]byte, error) {
+	var r struct {
+		Token []byte `cbor:"2,keyasint"`
+	}
+	if err := ch.CallOK(CmdClientPIN, TokenRequest(s, pin, perms, rpID), &r); err != nil {
+		return nil, err
+	}
+	return s.Decrypt(r.Token)
+}
+
+// PINRetries returns clientPIN getPINRetries' count.
+func (ch *Channel) PINRetries() (int, error) {
+	var r struct {
+		Retries int `cbor:"3,keyasint"`
+	}
+	err := ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 1}, &r)
+	return r.Retries, err
+}
+
+// HMACSecretExt builds the hmac-secret getAssertion input for salt
+// (32 or 64 bytes) under session s.
+func HMACSecretExt(s *Session, salt []byte) map[string]any {
+	se := s.Encrypt(salt)
+	return map[string]any{"hmac-secret": map[int]any{1: s.Key, 2: se, 3: s.Auth(se), 4: 2}}
+}
