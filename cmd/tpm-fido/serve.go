@@ -90,8 +90,15 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 // serve opens the handler and the transport, tells systemd it is ready
 // and serves until ctx is done.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
+	// The transport first: a bad --transport is reported before the TPM
+	// is touched, and the device exists before systemd hears READY.
+	dev, err := transport.Open(cfg.Transport, log)
+	if err != nil {
+		return err
+	}
 	h, closeHandler, err := newHandler(ctx, cfg, log)
 	if err != nil {
+		dev.Close()
 		return err
 	}
 	defer func() {
@@ -99,10 +106,6 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 			log.Error("closing the authenticator", "err", err)
 		}
 	}()
-	dev, err := transport.Open(cfg.Transport, log)
-	if err != nil {
-		return err
-	}
 	srv := ctaphid.NewServer(dev, h, ctaphid.Config{
 		Logger:  log,
 		Version: [3]byte{0, 1, 0},

@@ -22,7 +22,7 @@ import (
 // (space-separated), e.g. "--tpm simulator" once the handler is wired
 // to a TPM.
 func serveTestArgs(t *testing.T) []string {
-	args := []string{"--state-dir", t.TempDir(), "--presence", "fixed", "--insecure-test-mode", "--log-level", "debug"}
+	args := []string{"--state-dir", t.TempDir(), "--tpm", "simulator", "--presence", "always-allow", "--insecure-test-mode", "--log-level", "debug"}
 	return append(args, strings.Fields(os.Getenv("TPM_FIDO_SERVE_TEST_ARGS"))...)
 }
 

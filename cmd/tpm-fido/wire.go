@@ -2,16 +2,66 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/ctap/u2f"
+	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
-// newHandler builds the authenticator behind the CTAPHID server and a
-// function that releases it. For now it answers as a device without
-// CTAP2 or U2F support: CBOR with CTAP1_ERR_INVALID_COMMAND, MSG with
-// SW_INS_NOT_SUPPORTED.
+// newHandler builds the authenticator behind the CTAPHID server: the TPM
+// connection, the key store, the presence prompter, and the CTAP2 and U2F
+// handlers routed by a ctap.Mux. The returned function releases the store
+// and the TPM in that order.
 func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() error, error) {
-	return &ctap.Mux{}, func() error { return nil }, nil
+	if isFixedPresence(cfg.Presence) && !cfg.InsecureTestMode {
+		return nil, nil, fmt.Errorf("--presence %s answers every prompt without asking anyone; it needs --insecure-test-mode", cfg.Presence)
+	}
+	prompter, err := presence.New(cfg.Presence, presence.Options{
+		Timeout:          cfg.PromptTimeout,
+		InsecureTestMode: cfg.InsecureTestMode,
+		Logger:           log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("presence backend %q: %w", cfg.Presence, err)
+	}
+
+	tpm, err := openTPM(cfg.TPM)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: cfg.StateDir, Logger: log})
+	if err != nil {
+		tpm.Close()
+		if errors.Is(err, tpmstore.ErrForeignTPM) {
+			return nil, nil, fmt.Errorf("%w: the credentials in %s belong to another TPM (or this TPM was cleared); they were left untouched — move the directory away to start afresh", err, cfg.StateDir)
+		}
+		return nil, nil, fmt.Errorf("opening the state in %s: %w", cfg.StateDir, err)
+	}
+	closeAll := func() error {
+		return errors.Join(store.Close(), tpm.Close())
+	}
+
+	auth, err := ctap2.New(ctap2.Config{Store: store, Presence: prompter, Logger: log})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	u, err := u2f.New(u2f.Config{Store: store, Presence: prompter, Logger: log, PromptTimeout: cfg.PromptTimeout})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return &ctap.Mux{CBOR: auth, MSG: u}, closeAll, nil
+}
+
+// isFixedPresence reports whether name selects a fixed test answer.
+func isFixedPresence(name string) bool {
+	return strings.HasPrefix(name, "always-")
 }
