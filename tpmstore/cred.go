@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Credential ID layout (version 1), at most 255 bytes:
@@ -315,7 +316,7 @@ func (s *Store) Reset() error {
 		return err
 	}
 	err = s.update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketResidents); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+		if err := tx.DeleteBucket(bucketResidents); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 			return err
 		}
 		if _, err := tx.CreateBucket(bucketResidents); err != nil {

@@ -1,0 +1,206 @@
+package tpmstore
+
+import (
+	"crypto/sha256"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Benchmarks report TPM commands per operation ("tpmcmds/op") from the
+// counting wrapper next to the latency. Run:
+//
+//	go test -run '^$' -bench . -benchtime 200x ./tpmstore/
+func benchBackends(b *testing.B, fn func(b *testing.B, ct *CountingTPM)) {
+	for _, be := range backends(b) {
+		b.Run(be.name, func(b *testing.B) {
+			fn(b, NewCountingTPM(be.open(b)))
+		})
+	}
+}
+
+func reportCmds(b *testing.B, ct *CountingTPM) {
+	b.ReportMetric(float64(ct.Total())/float64(b.N), "tpmcmds/op")
+}
+
+func BenchmarkStart(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+		dir := b.TempDir()
+		s, err := Open(Config{TPM: ct, Dir: dir})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+		n := 0
+		b.ResetTimer()
+		for b.Loop() {
+			ct.Reset()
+			s, err := Open(Config{TPM: ct, Dir: dir})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += ct.Total()
+			b.StopTimer()
+			s.Close()
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(n)/float64(b.N), "tpmcmds/op")
+	})
+}
+
+func BenchmarkCreateCredential(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+		s := openStore(b, ct, b.TempDir())
+		rp := rpHash("example.org")
+		d := sha256.Sum256([]byte("attestation"))
+		// Steady state: the cache is full, as in a running daemon.
+		for range 3 {
+			if _, err := s.CreateCredential(rp, CredentialOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ct.Reset()
+		for b.Loop() {
+			c, err := s.CreateCredential(rp, CredentialOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.Sign(c, d[:]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportCmds(b, ct)
+	})
+}
+
+func benchAssert(b *testing.B, ct *CountingTPM, cold bool, allow [][]byte, hmacSecret bool) {
+	s := openStore(b, ct, b.TempDir())
+	rp := rpHash("example.org")
+	d := sha256.Sum256([]byte("client data"))
+	a, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	other, err := s.CreateCredential(rp, CredentialOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := append(allow, a.ID)
+	if _, err := s.Sign(a, d[:]); err != nil { // a is the credential used last
+		b.Fatal(err)
+	}
+	ct.Reset()
+	for b.Loop() {
+		if cold {
+			// Use the other credential so a is evicted (not counted).
+			b.StopTimer()
+			n := ct.Snapshot()
+			if _, err := s.Sign(other, d[:]); err != nil {
+				b.Fatal(err)
+			}
+			ct.Reset()
+			restore(ct, n)
+			b.StartTimer()
+		}
+		var c *Credential
+		for _, id := range ids {
+			if o, err := s.OpenCredential(rp, id); err == nil {
+				c = o
+				break
+			}
+		}
+		if c == nil {
+			b.Fatal("credential not found")
+		}
+		if _, err := s.Sign(c, d[:]); err != nil {
+			b.Fatal(err)
+		}
+		if hmacSecret {
+			if _, err := s.CredRandom(c, true); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := s.NextCounter(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportCmds(b, ct)
+}
+
+// restore puts counts back after an uncounted operation.
+func restore(ct *CountingTPM, m map[tpm2.TPMCC]int) {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	for k, v := range m {
+		ct.counts[k] += v
+	}
+}
+
+func BenchmarkAssertionWarm(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, false, nil, false) })
+}
+
+func BenchmarkAssertionCold(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, true, nil, false) })
+}
+
+func BenchmarkAssertionAllowList64Foreign(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, false, foreignIDs(64), false) })
+}
+
+func BenchmarkAssertionHMACSecret(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, false, nil, true) })
+}
+
+// BenchmarkCounter reports fsyncs (committed write transactions) per 256
+// NextCounter calls.
+func BenchmarkCounter(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+		s := openStore(b, ct, b.TempDir())
+		s.mu.Lock()
+		start := s.syncs
+		s.mu.Unlock()
+		for b.Loop() {
+			if _, err := s.NextCounter(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		s.mu.Lock()
+		syncs := s.syncs - start
+		s.mu.Unlock()
+		b.ReportMetric(float64(syncs)*256/float64(b.N), "fsyncs/256ops")
+	})
+}
+
+// BenchmarkBareSign is the floor: one TPM2_Sign with a loaded key and
+// nothing else, on the same TPM.
+func BenchmarkBareSign(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+		s := openStore(b, ct, b.TempDir())
+		c, err := s.CreateCredential(rpHash("example.org"), CredentialOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, ok := s.slots.get(credSlot(c.ID))
+		if !ok {
+			b.Fatal("credential not loaded")
+		}
+		d := sha256.Sum256([]byte("x"))
+		cmd := tpm2.Sign{
+			KeyHandle: authOf(h, nil),
+			Digest:    tpm2.TPM2BDigest{Buffer: d[:]},
+			InScheme: tpm2.TPMTSigScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+		}
+		ct.Reset()
+		for b.Loop() {
+			if _, err := cmd.Execute(ct); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportCmds(b, ct)
+	})
+}
