@@ -147,7 +147,7 @@ func BuildDaemon(ctx context.Context, root, out string) error {
 	if prebuilt := os.Getenv(DaemonEnv); prebuilt != "" {
 		return copyFile(prebuilt, out, 0o755)
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./cmd/tpm-fido")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/tpm-fido")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
