@@ -44,12 +44,23 @@ func ListenUnix(path string, log *slog.Logger) (*Unix, error) {
 			return nil, fmt.Errorf("transport: removing stale socket: %w", err)
 		}
 	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	// Bind under a temporary name, restrict it to 0600, then rename it
+	// into place: nobody else can connect in between.
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
 	if err != nil {
 		return nil, fmt.Errorf("transport: listening on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		os.Remove(tmp)
 		return nil, fmt.Errorf("transport: %w", err)
 	}
 	u := &Unix{
@@ -164,7 +175,10 @@ func (u *Unix) Close() error {
 			c.Close()
 		}
 		u.mu.Unlock()
-		err = u.ln.Close() // also unlinks the socket file
+		err = u.ln.Close()
+		if rerr := os.Remove(u.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+			err = fmt.Errorf("transport: removing socket: %w", rerr)
+		}
 		u.wg.Wait()
 	})
 	return err
