@@ -58,7 +58,7 @@ func FetchKernel(ctx context.Context, cacheDir string, logw io.Writer) (*Kernel,
 		}
 	}
 	if pkg == "" {
-		return nil, fmt.Errorf("%w: apt-cache names no kernel for %s (is this Debian with apt sources?)", ErrUnavailable, KernelMetaPackage)
+		return nil, fmt.Errorf("%w: apt-cache names no kernel for %s (run apt-get update; Debian apt sources are needed)", ErrUnavailable, KernelMetaPackage)
 	}
 	dir := filepath.Join(cacheDir, pkg)
 	if k, err := loadKernel(pkg, dir); err == nil {
