@@ -80,3 +80,29 @@ func TestDecodeRejects(t *testing.T) {
 		t.Errorf("nil key: %v", err)
 	}
 }
+
+// FuzzDecodeES256 checks that any input either fails with ErrInvalidKey
+// or decodes to a key that re-encodes and decodes to the same key.
+func FuzzDecodeES256(f *testing.F) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	good, _ := EncodeES256(&k.PublicKey)
+	f.Add(good)
+	f.Add([]byte{0xa0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pub, err := DecodeES256(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidKey) {
+				t.Fatalf("error does not wrap ErrInvalidKey: %v", err)
+			}
+			return
+		}
+		again, err := EncodeES256(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub2, err := DecodeES256(again)
+		if err != nil || !pub2.Equal(pub) {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
+}
