@@ -50,6 +50,12 @@ type Config struct {
 // runs out and the server keeps no per-channel table: a channel is
 // "allocated" when the counter has passed it (after the first wrap-around
 // every id is). All protocol state lives in the goroutine running Serve.
+//
+// The handler is never called concurrently: after CANCEL or an INIT that
+// aborts a request, other requests get ERR_CHANNEL_BUSY until the
+// cancelled handler has returned (handlers must honour ctx promptly).
+// Timers run only while a message is partial, a request is outstanding
+// or a LOCK is held, so an idle server causes no wake-ups.
 type Server struct {
 	dev ReportDevice
 	h   Handler
