@@ -171,3 +171,23 @@ func TestNotificationNoServer(t *testing.T) {
 		t.Fatalf("New(notification) = %v, want ErrUnavailable", err)
 	}
 }
+
+func TestAutoPicksNotification(t *testing.T) {
+	addr := privateBus(t)
+	startNotifier(t, addr, "allow")
+	opts := Options{
+		BusAddress: addr,
+		LookPath:   func(n string) (string, error) { return "/usr/bin/" + n, nil },
+	}
+	got, err := Detect(opts)
+	if err != nil || got != BackendNotification {
+		t.Fatalf("Detect with a notification server = %q, %v; want notification", got, err)
+	}
+	p, err := New(BackendAuto, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Confirm(context.Background(), Request{Op: OpSelect}); err != nil {
+		t.Fatalf("auto prompt answered allow: %v", err)
+	}
+}
