@@ -379,3 +379,6 @@ func HMACSecretExt(s *Session, salt []byte) map[string]any {
 	se := s.Encrypt(salt)
 	return map[string]any{"hmac-secret": map[int]any{1: s.Key, 2: se, 3: s.Auth(se), 4: 2}}
 }
+
+// Encode encodes v as canonical CTAP2 CBOR.
+func Encode(v any) ([]byte, error) { return enc.Marshal(v) }
