@@ -235,3 +235,31 @@ func BenchmarkUnixPingMax(b *testing.B) {
 		}
 	}
 }
+
+// TestUnixStalledClient: a client that never reads is dropped and does
+// not block the others.
+func TestUnixStalledClient(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	dev, err := ListenUnix(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, dev)
+	stalled, err := net.Dial("unixpacket", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	c := dialUnix(t, path)
+	cid, err := c.Init()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{1}, ctaphid.MaxMessageSize)
+	for i := 0; i < 40; i++ { // far more than a socket buffer holds
+		f, err := c.Transact(cid, ctaphid.CmdPing, data)
+		if err != nil || len(f.Payload) != len(data) {
+			t.Fatalf("PING %d: %v", i, err)
+		}
+	}
+}

@@ -8,9 +8,14 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 )
+
+// writeTimeout bounds how long one client's full socket buffer may hold
+// up a report; the client is dropped after that.
+const writeTimeout = time.Second
 
 // Unix serves 64-byte reports on a SOCK_SEQPACKET socket. Every accepted
 // connection is like one process that opened the hidraw node: reports
@@ -157,6 +162,8 @@ func (u *Unix) WriteReport(p []byte) error {
 	}
 	u.mu.Unlock()
 	for _, c := range conns {
+		// A client that stops reading must not stall the others.
+		c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := c.Write(p); err != nil {
 			u.log.Debug("transport: dropping client after write error", "err", err)
 			c.Close() // its reader goroutine removes it
