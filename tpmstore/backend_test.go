@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"os"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -70,7 +70,9 @@ func startSWTPM(t testing.TB) (transport.TPMCloser, string) {
 		}
 	})
 	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
+		// The socket file appears before swtpm accepts on it.
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		if i > 500 {

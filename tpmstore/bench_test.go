@@ -204,3 +204,21 @@ func BenchmarkBareSign(b *testing.B) {
 		reportCmds(b, ct)
 	})
 }
+
+// BenchmarkOpenCredentialForeign is the software cost of rejecting one
+// foreign credential ID (no TPM command).
+func BenchmarkOpenCredentialForeign(b *testing.B) {
+	ct := NewCountingTPM(openSimulator(b))
+	s := openStore(b, ct, b.TempDir())
+	ids := foreignIDs(64)
+	rp := rpHash("example.org")
+	ct.Reset()
+	i := 0
+	for b.Loop() {
+		if _, err := s.OpenCredential(rp, ids[i%len(ids)]); err == nil {
+			b.Fatal("foreign ID accepted")
+		}
+		i++
+	}
+	reportCmds(b, ct)
+}
