@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -61,6 +62,17 @@ func unwrapAuthData(t *testing.T, wrapped []byte) []byte {
 // JSON a browser would send, and the RP's verification.
 func register(t *testing.T, rp *webauthn.WebAuthn, user *rpUser, dev *Device) *webauthn.Credential {
 	t.Helper()
+	cred, err := registerWith(t, rp, user, dev, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cred
+}
+
+// registerWith is register; with tamper set, one bit of the attestation
+// signature is flipped on the way to the RP.
+func registerWith(t *testing.T, rp *webauthn.WebAuthn, user *rpUser, dev *Device, tamper bool) (*webauthn.Credential, error) {
+	t.Helper()
 	creation, session, err := rp.BeginRegistration(user, webauthn.WithConveyancePreference(protocol.PreferDirectAttestation))
 	if err != nil {
 		t.Fatalf("BeginRegistration: %v", err)
@@ -69,6 +81,9 @@ func register(t *testing.T, rp *webauthn.WebAuthn, user *rpUser, dev *Device) *w
 	c, err := dev.MakeCred(CredRequest{RPID: rpID, RPName: "Example", UserID: user.id, UserName: "alice", DisplayName: "Alice", ClientDataHash: cdh})
 	if err != nil {
 		t.Fatalf("makeCredential: %v", err)
+	}
+	if tamper {
+		c.Sig[len(c.Sig)-1] ^= 1
 	}
 	attStmt := map[string]any{"sig": c.Sig}
 	if len(c.X5C) > 0 {
@@ -100,13 +115,13 @@ func register(t *testing.T, rp *webauthn.WebAuthn, user *rpUser, dev *Device) *w
 	}
 	cred, err := rp.CreateCredential(user, *session, parsed)
 	if err != nil {
-		t.Fatalf("CreateCredential (%s attestation): %v", c.Fmt, err)
+		return nil, fmt.Errorf("CreateCredential (%s attestation): %w", c.Fmt, err)
 	}
 	if cred.AttestationFormat != c.Fmt {
 		t.Errorf("RP recorded attestation format %q, authenticator sent %q", cred.AttestationFormat, c.Fmt)
 	}
 	user.creds = append(user.creds, *cred)
-	return cred
+	return cred, nil
 }
 
 // login runs an authentication ceremony and returns the RP's updated record.
@@ -169,6 +184,9 @@ func TestWebAuthnRelyingParty(t *testing.T) {
 				t.Fatalf("webauthn.New: %v", err)
 			}
 			user := &rpUser{id: []byte("alice-" + mode)}
+			if _, err := registerWith(t, rp, user, dev, true); err == nil {
+				t.Fatal("the RP accepted a registration with a tampered attestation signature")
+			}
 			reg := register(t, rp, user, dev)
 			want := map[string]string{"ctap2": "packed", "u2f": "fido-u2f"}[mode]
 			if reg.AttestationFormat != want {
