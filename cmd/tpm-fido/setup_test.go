@@ -177,3 +177,25 @@ func TestSetupUnitVerifies(t *testing.T) {
 		t.Fatalf("systemd-analyze verify warned:\n%s", out)
 	}
 }
+
+func TestSetupUser(t *testing.T) {
+	cfg := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", cfg)
+	out, e, rc := runCmd(t, "setup", "--user", "--binary", "/usr/bin/tpm-fido")
+	if rc != 0 {
+		t.Fatal(e)
+	}
+	files := readTree(t, cfg)
+	if len(files) != 1 || files["systemd/user/tpm-fido.service"] == "" {
+		t.Fatalf("--user wrote %v", files)
+	}
+	if !strings.Contains(files["systemd/user/tpm-fido.service"], "ExecStart=/usr/bin/tpm-fido serve") {
+		t.Errorf("ExecStart not filled in")
+	}
+	if strings.Contains(out, "groupadd") || strings.Contains(out, "udevadm") {
+		t.Errorf("--user output mentions system steps:\n%s", out)
+	}
+	if _, _, rc := runCmd(t, "setup", "--binary", "relative/path", "--dry-run"); rc != 2 {
+		t.Errorf("relative --binary accepted: rc %d", rc)
+	}
+}
