@@ -57,7 +57,10 @@ func TestCancelOnOneChannelOnly(t *testing.T) {
 		t.Fatalf("A after CANCEL: cmd 0x%02x % x, want CBOR KEEPALIVE_CANCEL", f.Cmd, f.Payload)
 	}
 	e.prompt.set(nil)
-	if err := retryBusy(func() error { _, err := b.GetAssertion(fidoclient.GetAssertionParams("a.example", cdh("g"), true, id)); return err }); err != nil {
+	if err := retryBusy(func() error {
+		_, err := b.GetAssertion(fidoclient.GetAssertionParams("a.example", cdh("g"), true, id))
+		return err
+	}); err != nil {
 		t.Fatalf("B after A's cancel: %v", err)
 	}
 }
