@@ -24,6 +24,7 @@ type serveConfig struct {
 	TPM              string        // /dev/tpmrm0, swtpm:PATH, simulator
 	StateDir         string        // credential database, sealed keys
 	Presence         string        // user-presence backend (auto, pinentry, ...)
+	Pinentry         string        // pinentry program; "" = $PINENTRY_PROGRAM, then the usual names
 	PromptTimeout    time.Duration // how long a presence prompt waits
 	InsecureTestMode bool          // allow a fixed presence answer etc. (tests only)
 	LogLevel         slog.Level
@@ -45,6 +46,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fl.StringVar(&cfg.TPM, "tpm", "/dev/tpmrm0", "TPM: a device path, swtpm:SOCKET or simulator")
 	fl.StringVar(&cfg.StateDir, "state-dir", manageStateDir(), "state directory")
 	fl.StringVar(&cfg.Presence, "presence", "auto", "user-presence prompt backend")
+	fl.StringVar(&cfg.Pinentry, "pinentry", "", "pinentry program for --presence pinentry (default $PINENTRY_PROGRAM, then the usual names)")
 	fl.DurationVar(&cfg.PromptTimeout, "prompt-timeout", 30*time.Second, "how long a presence prompt waits for the user")
 	fl.BoolVar(&cfg.InsecureTestMode, "insecure-test-mode", false, "allow test-only behaviour such as a fixed presence answer; never use it for real keys")
 	level := fl.String("log-level", "info", "log level: debug, info, warn or error")

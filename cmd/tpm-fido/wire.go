@@ -27,6 +27,7 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 		Timeout:          cfg.PromptTimeout,
 		InsecureTestMode: cfg.InsecureTestMode,
 		Logger:           log,
+		PinentryProgram:  cfg.Pinentry,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("presence backend %q: %w", cfg.Presence, err)
