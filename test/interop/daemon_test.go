@@ -1,4 +1,4 @@
-//go:build cgo
+//go:build cgo && !nolibfido2
 
 package interop
 

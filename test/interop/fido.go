@@ -1,10 +1,5 @@
-//go:build cgo
+//go:build cgo && !nolibfido2
 
-// Package interop proves the authenticator against clients nobody on the
-// project wrote: the system libfido2 (through cgo, over the daemon's
-// SOCK_SEQPACKET report transport), the go-webauthn relying-party library
-// and x/crypto/ssh's sk-ecdsa verifier. The non-test code here is a thin
-// Go wrapper over libfido2; the scenarios live in the _test.go files.
 package interop
 
 /*

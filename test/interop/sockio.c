@@ -1,3 +1,5 @@
+//go:build cgo && !nolibfido2
+
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
