@@ -1,0 +1,86 @@
+// Command tpm-fido-bench measures the authenticator: TPM commands and
+// latency per CTAP operation through the unix: transport, the ratio of an
+// assertion to a bare TPM2_Sign on the same TPM, and the real daemon's
+// start-up time, resident memory and idle wake-ups. It runs against swtpm
+// (which it starts itself) and/or the in-process TPM simulator.
+//
+// Usage:
+//
+//	tpm-fido-bench [--tpm swtpm|simulator|both] [-n 200] [--markdown]
+//	               [--daemon PATH] [--load 2000] [--idle 10s]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+)
+
+type options struct {
+	TPM      string
+	N        int
+	Markdown bool
+	Daemon   string
+	Load     int
+	Idle     time.Duration
+	Starts   int
+}
+
+func main() {
+	var o options
+	fl := flag.NewFlagSet("tpm-fido-bench", flag.ContinueOnError)
+	fl.StringVar(&o.TPM, "tpm", "both", "TPM to measure: swtpm, simulator or both")
+	fl.IntVar(&o.N, "n", 200, "iterations per operation")
+	fl.BoolVar(&o.Markdown, "markdown", false, "print markdown tables")
+	fl.StringVar(&o.Daemon, "daemon", "", "tpm-fido binary for the start-up, memory and idle figures (empty: build ./cmd/tpm-fido; \"none\": skip)")
+	fl.IntVar(&o.Load, "load", 2000, "requests sent to the daemon between the idle and loaded memory readings")
+	fl.DurationVar(&o.Idle, "idle", 10*time.Second, "idle window for counting wake-ups")
+	fl.IntVar(&o.Starts, "starts", 5, "daemon starts timed")
+	verbose := fl.Bool("v", false, "log progress to stderr")
+	if err := fl.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	var logw io.Writer = io.Discard
+	if *verbose {
+		logw = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := run(context.Background(), o, os.Stdout, log); err != nil {
+		fmt.Fprintln(os.Stderr, "tpm-fido-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, out io.Writer, log *slog.Logger) error {
+	var backends []string
+	switch o.TPM {
+	case "swtpm", "simulator":
+		backends = []string{o.TPM}
+	case "both":
+		backends = []string{"swtpm", "simulator"}
+	default:
+		return fmt.Errorf("--tpm %q: want swtpm, simulator or both", o.TPM)
+	}
+	if o.N < 2 {
+		return fmt.Errorf("-n must be at least 2")
+	}
+	daemon, cleanup, err := findDaemon(o.Daemon, log)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	rep := &report{markdown: o.Markdown, w: out, n: o.N}
+	rep.header()
+	for _, b := range backends {
+		res, err := measureBackend(ctx, b, o, daemon, log)
+		if err != nil {
+			return fmt.Errorf("%s: %w", b, err)
+		}
+		rep.backend(res)
+	}
+	return nil
+}
