@@ -21,6 +21,7 @@ const (
 	DefaultKeepaliveInterval   = 75 * time.Millisecond
 	DefaultContinuationTimeout = 500 * time.Millisecond
 	maxLockSeconds             = 10
+	shutdownGrace              = 5 * time.Second
 )
 
 // Config tunes a Server. The zero value is usable.
@@ -129,8 +130,9 @@ func NewServer(dev ReportDevice, h Handler, cfg Config) *Server {
 
 // Serve runs the protocol until ctx is cancelled or the device fails. It
 // closes the device before returning, cancels an outstanding request and
-// waits for its handler to return. It returns nil after a cancelled ctx
-// or a closed device, and the device's error otherwise.
+// waits (up to five seconds) for its handler to return. It returns nil
+// after a cancelled ctx or a closed device, and the device's error
+// otherwise.
 func (s *Server) Serve(ctx context.Context) error {
 	reports := make(chan []byte)
 	readErr := make(chan error, 1)
@@ -208,7 +210,15 @@ func (s *Server) shutdown() {
 	if err := s.dev.Close(); err != nil {
 		s.log.Debug("ctaphid: closing device", "err", err)
 	}
-	s.wg.Wait()
+	// A handler that ignores its cancelled context must not keep the
+	// daemon from exiting.
+	waited := make(chan struct{})
+	go func() { s.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(shutdownGrace):
+		s.log.Warn("ctaphid: handler still running at shutdown; not waiting for it")
+	}
 }
 
 // handleReport is §11.2.4's packet dispatch. It returns an error only
