@@ -389,8 +389,15 @@ func TestU2F(t *testing.T) {
 		}
 		last = as[0].SigCount
 	}
+	// (libfido2 has no up=false over U2F; P1 0x08 is covered by ctap/u2f's
+	// unit tests.)
+	// check-only (P1 0x07) finds the key handle, so registering again with
+	// it excluded is refused.
+	_, err := dev.MakeCred(CredRequest{RPID: "https://u2f.example", UserID: []byte("u"), UserName: "again",
+		ClientDataHash: hash("again"), ExcludeList: [][]byte{c.ID}})
+	wantErr(t, "U2F register with the key handle excluded", err, ErrCredentialExcl)
 	// A key handle for another appId is not ours.
-	_, err := dev.GetAssert(AssertRequest{RPID: "https://other.example", ClientDataHash: hash("x"), AllowList: [][]byte{c.ID}, UP: OptTrue})
+	_, err = dev.GetAssert(AssertRequest{RPID: "https://other.example", ClientDataHash: hash("x"), AllowList: [][]byte{c.ID}, UP: OptTrue})
 	wantErr(t, "U2F authenticate for another appId", err, ErrNoCredentials)
 
 	// The CTAP2 side accepts the U2F credential for the same RP ID.
