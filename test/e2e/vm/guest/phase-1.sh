@@ -49,7 +49,7 @@ s_ssh_basic() {
 	authorize "$KEYS/id_basic.pub"
 	login "$KEYS/id_basic" || fail "ssh login with the ecdsa-sk key failed"
 	grep -q 'Accepted publickey for user .*ECDSA-SK' "$LOGDIR/sshd.log" || fail "sshd log does not show an ECDSA-SK login"
-	note "sshd: $(grep 'Accepted publickey' "$LOGDIR/sshd.log" | tail -n 1 | cut -d: -f1)"
+	note "sshd: $(grep 'Accepted publickey' "$LOGDIR/sshd.log" | tail -n 1)"
 }
 
 # Issue 6 scenario 7.
