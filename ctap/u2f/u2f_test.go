@@ -11,10 +11,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/u2f"
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
@@ -546,5 +548,32 @@ func TestAbandonedPromptIsClosed(t *testing.T) {
 	// Nobody retries: the prompt must be closed (blocks until it is).
 	if err := <-gp.closed; !errors.Is(err, context.Canceled) {
 		t.Errorf("abandoned prompt closed with %v, want context.Canceled", err)
+	}
+}
+
+func TestKeepaliveWhilePrompting(t *testing.T) {
+	gp := newGatedPrompter()
+	h, err := u2f.New(u2f.Config{Store: newFakeStore(), Presence: gp, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	statuses := make(chan ctap.KeepaliveStatus, 4)
+	ctx := ctap.WithKeepalive(context.Background(), func(s ctap.KeepaliveStatus) { statuses <- s })
+	app, ch := sha256.Sum256([]byte("a")), sha256.Sum256([]byte("c"))
+	result := make(chan []byte)
+	go func() {
+		resp, _ := h.HandleRequest(ctx, extAPDU(1, 0, append(ch[:], app[:]...)))
+		result <- resp
+	}()
+	r := <-gp.opened
+	if s := <-statuses; s != ctap.KeepaliveUPNeeded {
+		t.Errorf("keepalive status %d while prompting, want UPNEEDED", s)
+	}
+	if r.Op != presence.OpRegister || !strings.HasPrefix(r.RPID, "U2F site ") {
+		t.Errorf("prompt %+v (%q)", r, r.Message())
+	}
+	gp.answers <- nil
+	if _, sw := split(t, <-result); sw != u2f.SWNoError {
+		t.Errorf("REGISTER: %04x", sw)
 	}
 }
