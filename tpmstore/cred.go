@@ -94,7 +94,12 @@ func (s *Store) CreateCredential(rpIDHash [32]byte, opts CredentialOptions) (*Cr
 	if _, err := io.ReadFull(s.rand, nonce); err != nil {
 		return nil, fmt.Errorf("tpmstore: random: %w", err)
 	}
-	obj, err := s.createLoaded(credKeyTemplate(nil, nil), nil)
+	var obj createdObject
+	err = s.withReload(func() error {
+		var err error
+		obj, err = s.createLoaded(credKeyTemplate(nil, nil), nil)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("tpmstore: create credential key: %w", err)
 	}
@@ -216,21 +221,28 @@ func (s *Store) Sign(c *Credential, digest []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	h, err := s.loaded(credSlot(c.ID), c.priv.public, c.priv.private)
+	var rsp *tpm2.SignResponse
+	err := s.withReload(func() error {
+		h, err := s.loaded(credSlot(c.ID), c.priv.public, c.priv.private)
+		if err != nil {
+			return err
+		}
+		rsp, err = tpm2.Sign{
+			KeyHandle: authOf(h, nil),
+			Digest:    tpm2.TPM2BDigest{Buffer: digest},
+			InScheme: tpm2.TPMTSigScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+		}.Execute(s.tpm)
+		if err != nil {
+			return fmt.Errorf("tpmstore: TPM2_Sign: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	rsp, err := tpm2.Sign{
-		KeyHandle: authOf(h, nil),
-		Digest:    tpm2.TPM2BDigest{Buffer: digest},
-		InScheme: tpm2.TPMTSigScheme{
-			Scheme:  tpm2.TPMAlgECDSA,
-			Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256}),
-		},
-		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
-	}.Execute(s.tpm)
-	if err != nil {
-		return nil, fmt.Errorf("tpmstore: TPM2_Sign: %w", err)
 	}
 	sig, err := rsp.Signature.Signature.ECDSA()
 	if err != nil {

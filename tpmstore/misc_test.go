@@ -2,13 +2,17 @@ package tpmstore
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 type recordTPM struct{ got [][]byte }
@@ -81,4 +85,127 @@ func FuzzOpenCredential(f *testing.F) {
 			t.Fatalf("altered ID: err = %v", err)
 		}
 	})
+}
+
+// flushAllTransient flushes every transient object behind the store's
+// back, as a TPM restart or another process would.
+func flushAllTransient(t *testing.T, tpm transport.TPM) int {
+	t.Helper()
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient) << 24, PropertyCount: 64}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := rsp.CapabilityData.Data.Handles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs.Handle {
+		if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(tpm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return len(hs.Handle)
+}
+
+func TestRecoverLostObjects(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tpm := b.open(t)
+			s := openStore(t, tpm, t.TempDir())
+			rp := rpHash("example.org")
+			c, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r1, err := s.CredRandom(c, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetPIN(pinHash("1234")); err != nil {
+				t.Fatal(err)
+			}
+			if n := flushAllTransient(t, tpm); n < 2 {
+				t.Fatalf("flushed %d objects, want at least SRK and HMAC key", n)
+			}
+			d := sha256.Sum256([]byte("x"))
+			sig, err := s.Sign(c, d[:])
+			if err != nil {
+				t.Fatalf("Sign after the TPM lost the objects: %v", err)
+			}
+			if !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+				t.Fatal("bad signature after recovery")
+			}
+			flushAllTransient(t, tpm)
+			r2, err := s.CredRandom(c, false)
+			if err != nil || !bytes.Equal(r1, r2) {
+				t.Fatalf("CredRandom after recovery: %v, equal=%v", err, bytes.Equal(r1, r2))
+			}
+			flushAllTransient(t, tpm)
+			if err := s.VerifyPIN(pinHash("1234")); err != nil || s.PINRetries() != 8 {
+				t.Fatalf("VerifyPIN after recovery: %v, retries %d", err, s.PINRetries())
+			}
+			flushAllTransient(t, tpm)
+			if _, err := s.CreateCredential(rp, CredentialOptions{}); err != nil {
+				t.Fatalf("CreateCredential after recovery: %v", err)
+			}
+		})
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	tpm := openSimulator(t)
+	s := openStore(t, tpm, t.TempDir())
+	rp := rpHash("example.org")
+	var creds []*Credential
+	for range 3 {
+		c, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds = append(creds, c)
+	}
+	const workers, rounds = 4, 20
+	counters := make(chan uint32, workers*rounds)
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			d := sha256.Sum256([]byte{byte(w)})
+			for i := range rounds {
+				c := creds[(w+i)%len(creds)]
+				sig, err := s.Sign(c, d[:])
+				if err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+					errs <- fmt.Errorf("worker %d sign: %v", w, err)
+					return
+				}
+				if _, err := s.CredRandom(c, i%2 == 0); err != nil {
+					errs <- err
+					return
+				}
+				n, err := s.NextCounter()
+				if err != nil {
+					errs <- err
+					return
+				}
+				counters <- n
+				if _, err := s.ResidentCount(); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(counters)
+	seen := map[uint32]bool{}
+	for n := range counters {
+		if seen[n] {
+			t.Fatalf("counter value %d handed out twice", n)
+		}
+		seen[n] = true
+	}
 }

@@ -62,18 +62,23 @@ func (s *Store) replacePIN(pinHash [16]byte) error {
 	if _, err := io.ReadFull(s.rand, secret); err != nil {
 		return fmt.Errorf("tpmstore: random: %w", err)
 	}
-	// TPM2_Create needs a free object slot while it builds the object.
-	if err := s.makeRoom(); err != nil {
+	var rsp *tpm2.CreateResponse
+	err := s.withReload(func() error {
+		// TPM2_Create needs a free object slot while it builds the object.
+		if err := s.makeRoom(); err != nil {
+			return err
+		}
+		var err error
+		rsp, err = tpm2.Create{
+			ParentHandle: s.srkAuth(),
+			InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+				UserAuth: tpm2.TPM2BAuth{Buffer: pinHash[:]},
+				Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
+			}},
+			InPublic: tpm2.New2B(pinObjectTemplate()),
+		}.Execute(s.tpm)
 		return err
-	}
-	rsp, err := tpm2.Create{
-		ParentHandle: s.srkAuth(),
-		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-			UserAuth: tpm2.TPM2BAuth{Buffer: pinHash[:]},
-			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
-		}},
-		InPublic: tpm2.New2B(pinObjectTemplate()),
-	}.Execute(s.tpm)
+	})
 	if err != nil {
 		return fmt.Errorf("tpmstore: create PIN object: %w", err)
 	}
@@ -128,7 +133,7 @@ func (s *Store) verifyPIN(pinHash [16]byte) error {
 	if err := s.setRetries(before - 1); err != nil {
 		return err
 	}
-	err := s.checkPINInTPM(pinHash)
+	err := s.withReload(func() error { return s.checkPINInTPM(pinHash) })
 	switch {
 	case err == nil:
 		s.pinFails = 0

@@ -89,6 +89,7 @@ type Store struct {
 	mu       sync.Mutex
 	closed   bool
 	srk      tpm2.NamedHandle
+	srkFP    []byte // SHA-256 of the SRK public area
 	hmacPub  []byte
 	hmacPriv []byte
 	wrapKey  []byte // 32 bytes, derived in the TPM at Open
@@ -283,6 +284,7 @@ func (s *Store) start() error {
 		return err
 	}
 	fp := sha256.Sum256(srkPub)
+	s.srkFP = fp[:]
 	if p.fresh {
 		return s.initialise(fp[:])
 	}

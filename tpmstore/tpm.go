@@ -1,6 +1,8 @@
 package tpmstore
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -305,17 +307,24 @@ func pinObjectTemplate() tpm2.TPMTPublic {
 
 // tpmHMAC computes HMAC-SHA256 with the TPM-resident HMAC key.
 func (s *Store) tpmHMAC(data []byte) ([]byte, error) {
-	h, err := s.loaded(slotHMAC, s.hmacPub, s.hmacPriv)
+	var rsp *tpm2.HmacResponse
+	err := s.withReload(func() error {
+		h, err := s.loaded(slotHMAC, s.hmacPub, s.hmacPriv)
+		if err != nil {
+			return err
+		}
+		rsp, err = tpm2.Hmac{
+			Handle:  authOf(h, nil),
+			Buffer:  tpm2.TPM2BMaxBuffer{Buffer: data},
+			HashAlg: tpm2.TPMAlgSHA256,
+		}.Execute(s.tpm)
+		if err != nil {
+			return fmt.Errorf("tpmstore: TPM2_HMAC: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	rsp, err := tpm2.Hmac{
-		Handle:  authOf(h, nil),
-		Buffer:  tpm2.TPM2BMaxBuffer{Buffer: data},
-		HashAlg: tpm2.TPMAlgSHA256,
-	}.Execute(s.tpm)
-	if err != nil {
-		return nil, fmt.Errorf("tpmstore: TPM2_HMAC: %w", err)
 	}
 	if len(rsp.OutHMAC.Buffer) != 32 {
 		return nil, fmt.Errorf("tpmstore: TPM2_HMAC returned %d bytes", len(rsp.OutHMAC.Buffer))
@@ -335,4 +344,44 @@ func (s *Store) deriveWrapKey(salt []byte) ([]byte, error) {
 	in := append([]byte{hmacDomainWrap}, "tpm-fido credential-id wrapping key"...)
 	in = append(in, salt...)
 	return s.tpmHMAC(in)
+}
+
+// isStaleHandle reports whether err says that a handle the store holds
+// no longer names a loaded object.
+func isStaleHandle(err error) bool {
+	return errors.Is(err, tpm2.TPMRCHandle) || errors.Is(err, tpm2.TPMRCReferenceH0) ||
+		errors.Is(err, tpm2.TPMRCReferenceH1)
+}
+
+// withReload runs fn; if the TPM has lost the store's objects (the TPM
+// was restarted, e.g. resume from hibernation, or someone flushed them)
+// it re-creates the storage primary, reloads the HMAC key and runs fn
+// once more. fn must look its handles up afresh.
+func (s *Store) withReload(fn func() error) error {
+	err := fn()
+	if err == nil || !isStaleHandle(err) {
+		return err
+	}
+	s.log.Warn("the TPM lost the store's objects; re-creating them", "err", err)
+	if rerr := s.reload(); rerr != nil {
+		return fmt.Errorf("%w (while recovering from: %w)", rerr, err)
+	}
+	return fn()
+}
+
+// reload forgets every cached handle and rebuilds the SRK and HMAC key
+// (CreatePrimary + Load). The handles are not flushed: after a TPM
+// restart their numbers may belong to someone else.
+func (s *Store) reload() error {
+	s.slots.entries = nil
+	s.srk = tpm2.NamedHandle{}
+	pub, err := s.createSRK()
+	if err != nil {
+		return err
+	}
+	if fp := sha256.Sum256(pub); !bytes.Equal(fp[:], s.srkFP) {
+		return fmt.Errorf("%w: the storage key changed while running (TPM cleared?)", ErrForeignTPM)
+	}
+	_, err = s.loaded(slotHMAC, s.hmacPub, s.hmacPriv)
+	return err
 }
