@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -207,5 +208,43 @@ func TestConcurrentUse(t *testing.T) {
 			t.Fatalf("counter value %d handed out twice", n)
 		}
 		seen[n] = true
+	}
+}
+
+// failUnseal passes commands on, but "crashes" on TPM2_Unseal: the
+// command is never answered, as when the daemon dies mid-check.
+type failUnseal struct {
+	transport.TPM
+	fail bool
+}
+
+func (f *failUnseal) Send(b []byte) ([]byte, error) {
+	if f.fail && len(b) >= 10 && tpm2.TPMCC(binary.BigEndian.Uint32(b[6:10])) == tpm2.TPMCCUnseal {
+		return nil, errors.New("connection lost")
+	}
+	return f.TPM.Send(b)
+}
+
+// TestPINRetryPersistedBeforeCheck: the decremented retry count is on
+// disk before the TPM sees the PIN, so dying mid-check costs a retry.
+func TestPINRetryPersistedBeforeCheck(t *testing.T) {
+	tpm := openSimulator(t)
+	f := &failUnseal{TPM: tpm}
+	dir := t.TempDir()
+	s := openStore(t, f, dir)
+	if err := s.SetPIN(pinHash("1234")); err != nil {
+		t.Fatal(err)
+	}
+	f.fail = true
+	if err := s.VerifyPIN(pinHash("1234")); err == nil {
+		t.Fatal("VerifyPIN succeeded without an answer from the TPM")
+	}
+	s.Close()
+	s = openStore(t, tpm, dir)
+	if r := s.PINRetries(); r != 7 {
+		t.Fatalf("retries after an unanswered check: %d, want 7", r)
+	}
+	if err := s.VerifyPIN(pinHash("1234")); err != nil || s.PINRetries() != 8 {
+		t.Fatalf("right PIN: %v, retries %d", err, s.PINRetries())
 	}
 }
