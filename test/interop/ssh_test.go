@@ -93,3 +93,33 @@ func TestSSHSecurityKeySignature(t *testing.T) {
 		t.Error("the signature verified under another application")
 	}
 }
+
+// TestSSHVerifyRequired is `ssh-keygen -O resident -O verify-required`:
+// credProtect 3 and a PIN; the signature carries UP and UV, which sshd's
+// verify-required policy checks.
+func TestSSHVerifyRequired(t *testing.T) {
+	d := startDaemon(t)
+	dev := d.open(t)
+	const app, pin = "ssh:work", "123456"
+	if err := dev.SetPIN(pin); err != nil {
+		t.Fatalf("fido_dev_set_pin: %v", err)
+	}
+	c := makeCred(t, dev, CredRequest{RPID: app, UserName: "openssh", UserID: make([]byte, 32), CredProtect: CredProtUVRequired, RK: true, PIN: pin})
+	pub := sshSKPublicKey(t, c.PubKey, app)
+	msg := []byte("verify-required login")
+	h := sha256.Sum256(msg)
+	// Without UV the credential is invisible, as ssh sees it without a PIN.
+	_, err := dev.GetAssert(AssertRequest{RPID: app, ClientDataHash: h[:], AllowList: [][]byte{c.ID}, UP: OptTrue})
+	wantErr(t, "verify-required key without a PIN", err, ErrNoCredentials)
+	as, err := dev.GetAssert(AssertRequest{RPID: app, ClientDataHash: h[:], AllowList: [][]byte{c.ID}, UP: OptTrue, UV: OptTrue, PIN: pin})
+	if err != nil || len(as) != 1 {
+		t.Fatalf("getAssertion with PIN: %v", err)
+	}
+	sig := sshSKSignature(t, unwrapAuthData(t, as[0].AuthData), as[0].Sig)
+	if err := pub.Verify(msg, sig); err != nil {
+		t.Fatalf("ssh.PublicKey.Verify: %v", err)
+	}
+	if sig.Rest[0]&(flagUP|flagUV) != flagUP|flagUV {
+		t.Errorf("verify-required signature flags %#x, want UP|UV", sig.Rest[0])
+	}
+}
