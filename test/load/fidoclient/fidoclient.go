@@ -34,7 +34,8 @@ const (
 )
 
 // ErrBusy is returned when the device answered CTAPHID_ERROR
-// ERR_CHANNEL_BUSY; the caller may retry.
+// ERR_CHANNEL_BUSY; the channel has been resynchronised and the caller
+// may retry.
 var ErrBusy = errors.New("fidoclient: channel busy")
 
 // HIDError is a CTAPHID_ERROR frame other than CHANNEL_BUSY.
@@ -50,13 +51,44 @@ type Channel struct {
 	CID uint32
 }
 
-// Open allocates a channel on c.
+// Open allocates a channel on c with a broadcast INIT carrying a random
+// nonce, so that concurrent clients sharing a transport (every client
+// sees every report, as with hidraw) never take each other's channel.
 func Open(c *ctaphidtest.Client) (*Channel, error) {
-	cid, err := c.Init()
+	payload, err := initOn(c, ctaphid.BroadcastCID)
 	if err != nil {
 		return nil, err
 	}
-	return &Channel{C: c, CID: cid}, nil
+	return &Channel{C: c, CID: binary.BigEndian.Uint32(payload[8:12])}, nil
+}
+
+// initOn sends INIT on cid with a fresh nonce and reads until the answer
+// carrying that nonce; everything before it on cid is discarded.
+func initOn(c *ctaphidtest.Client, cid uint32) ([]byte, error) {
+	nonce := make([]byte, 8)
+	_, _ = rand.Read(nonce)
+	if err := c.Send(cid, ctaphid.CmdInit, nonce); err != nil {
+		return nil, err
+	}
+	for {
+		f, err := c.RecvOn(cid)
+		if err != nil {
+			return nil, err
+		}
+		if f.Cmd == ctaphid.CmdInit && len(f.Payload) >= 17 && string(f.Payload[:8]) == string(nonce) {
+			return f.Payload, nil
+		}
+	}
+}
+
+// Resync sends INIT on the channel and discards every frame before its
+// answer. The server handles a channel's reports in order and always
+// answers INIT, so afterwards no stale frame (such as a second
+// CHANNEL_BUSY for a continuation packet of a refused message) can be
+// taken for the answer to the next request.
+func (ch *Channel) Resync() error {
+	_, err := initOn(ch.C, ch.CID)
+	return err
 }
 
 // Call sends a CTAP2 command with params (nil: none) and returns the
@@ -76,6 +108,9 @@ func (ch *Channel) Call(cmd byte, params any) (ctap.Status, []byte, error) {
 	}
 	if f.Cmd == ctaphid.CmdError {
 		if len(f.Payload) > 0 && f.Payload[0] == ctaphid.ErrChannelBusy {
+			if err := ch.Resync(); err != nil {
+				return 0, nil, fmt.Errorf("fidoclient: resync after CHANNEL_BUSY: %w", err)
+			}
 			return 0, nil, ErrBusy
 		}
 		if len(f.Payload) > 0 {

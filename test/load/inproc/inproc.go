@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"time"
@@ -50,7 +49,8 @@ func StartSwtpm(dir string) (*Swtpm, error) {
 		"--ctrl", "type=unixio,path="+filepath.Join(dir, "ctrl.sock"),
 		"--flags", "not-need-init,startup-clear",
 		"--tpmstate", "dir="+dir)
-	s.cmd.Stderr = os.Stderr
+	// swtpm logs every client disconnect on stderr; not wanted here.
+	s.cmd.Stderr = nil
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("inproc: start swtpm: %w", err)
 	}
