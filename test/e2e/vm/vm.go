@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 )
 
@@ -87,6 +88,7 @@ func LookTools() (Tools, error) {
 		for k := range pkgs {
 			list = append(list, k)
 		}
+		sort.Strings(list)
 		return nil, fmt.Errorf("%w: missing %s (apt-get install %s)", ErrUnavailable,
 			strings.Join(missing, ", "), strings.Join(list, " "))
 	}
