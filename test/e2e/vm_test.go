@@ -90,7 +90,7 @@ func TestVM(t *testing.T) {
 			log, bootErr := vm.Boot(ctx, vm.BootConfig{
 				Tools: tools, Kernel: kernel, Initrd: initrd,
 				TPMDir: filepath.Join(work, ph.tpm), StateDisk: disk,
-				Phase: ph.name, Timeout: 150 * time.Second,
+				Phase: ph.name, Timeout: 4 * time.Minute,
 			})
 			t.Logf("boot %s took %s", ph.name, time.Since(step).Round(time.Millisecond))
 			saveLog(t, ph.name, log)
