@@ -24,7 +24,10 @@ import (
 // daemonResult holds the figures of the real daemon binary.
 type daemonResult struct {
 	FirstStart time.Duration   // new state directory
-	Restarts   []time.Duration // existing state
+	Restarts   []time.Duration // existing state (new state with the simulator)
+	// FreshState: every start had a new state directory, because the
+	// simulator is a new TPM on every start.
+	FreshState bool
 	RSSIdleKB  int
 	RSSLoadKB  int
 	LoadN      int
@@ -127,15 +130,19 @@ func (d *daemon) stop() {
 func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *slog.Logger) (*daemonResult, error) {
 	stateDir := filepath.Join(dir, "state-daemon")
 	sock := filepath.Join(dir, "daemon.sock")
-	res := &daemonResult{}
+	res := &daemonResult{FreshState: spec == "simulator"}
 	var d *daemon
 	for i := range max(o.Starts, 2) {
 		if d != nil {
 			d.stop()
 		}
+		sd := stateDir
+		if res.FreshState {
+			sd = fmt.Sprintf("%s-%d", stateDir, i)
+		}
 		var took time.Duration
 		var err error
-		d, took, err = startDaemon(bin, spec, stateDir, sock)
+		d, took, err = startDaemon(bin, spec, sd, sock)
 		if err != nil {
 			return nil, err
 		}
