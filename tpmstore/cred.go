@@ -162,7 +162,28 @@ func (s *Store) OpenCredential(rpIDHash [32]byte, id []byte) (*Credential, error
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	return s.openID(rpIDHash, id)
+	c, err := s.openID(rpIDHash, id)
+	if err != nil || !c.Options.Resident {
+		return c, err
+	}
+	// A discoverable credential lives only as long as its record: once
+	// deleted (credentialManagement, or replaced by a new credential for
+	// the same RP and user) its ID must stop working too, as it would on
+	// a key that erases the private key. One database read, no TPM command.
+	var present bool
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketResidents); b != nil {
+			present = b.Get(id) != nil
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tpmstore: reading resident credentials: %w", err)
+	}
+	if !present {
+		return nil, fmt.Errorf("%w: the resident credential was deleted", ErrCredentialInvalid)
+	}
+	return c, nil
 }
 
 func (s *Store) openID(rpIDHash [32]byte, id []byte) (*Credential, error) {

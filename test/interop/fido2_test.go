@@ -303,6 +303,9 @@ func TestCredentialManagement(t *testing.T) {
 			t.Error("discoverable assertion returned the deleted credential")
 		}
 	}
+	// Deleting revokes: the deleted ID no longer signs even when named.
+	_, err = dev.GetAssert(AssertRequest{RPID: "example.org", ClientDataHash: hash("y"), AllowList: [][]byte{rks[0].ID}, UP: OptTrue, UV: OptTrue, PIN: pin})
+	wantErr(t, "assertion naming the deleted credential", err, ErrNoCredentials)
 	wantErr(t, "credential management with a wrong PIN", func() error { _, err := dev.RPs("0000"); return err }(), ErrPINInvalid)
 }
 
