@@ -41,7 +41,7 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 	if err != nil {
 		tpm.Close()
 		if errors.Is(err, tpmstore.ErrForeignTPM) {
-			return nil, nil, fmt.Errorf("%w: the credentials in %s belong to another TPM (or this TPM was cleared); they were left untouched — move the directory away to start afresh", err, cfg.StateDir)
+			return nil, nil, fmt.Errorf("%w; the files were left untouched: move %s away to start afresh", err, cfg.StateDir)
 		}
 		return nil, nil, fmt.Errorf("opening the state in %s: %w", cfg.StateDir, err)
 	}
