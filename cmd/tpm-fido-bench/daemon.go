@@ -32,6 +32,9 @@ type daemonResult struct {
 	RSSLoadKB  int
 	LoadN      int
 	LoadTime   time.Duration
+	// LoadSwitches are the context switches during the load: a check
+	// that the idle counts below measure something.
+	LoadSwitches int
 	IdleBefore idleSample // after start, before the load
 	IdleAfter  idleSample // after the load
 }
@@ -179,6 +182,11 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 		conn.Close()
 		return nil, err
 	}
+	before, err := sampleProc(pid)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	t0 := time.Now()
 	for i := range o.Load {
 		if i%20 == 19 {
@@ -193,6 +201,14 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 	}
 	res.LoadTime = time.Since(t0)
 	res.LoadN = o.Load
+	after, err := sampleProc(pid)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	for tid, n := range after.switches {
+		res.LoadSwitches += n - before.switches[tid]
+	}
 	conn.Close()
 	time.Sleep(time.Second)
 	if res.RSSLoadKB, err = vmRSS(pid); err != nil {

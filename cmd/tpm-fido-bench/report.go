@@ -110,6 +110,8 @@ func (r *report) daemon(d *daemonResult) {
 		{"resident memory (VmRSS), idle after start", fmt.Sprintf("%d kB", d.RSSIdleKB)},
 		{fmt.Sprintf("resident memory after %d requests (%s)", d.LoadN, d.LoadTime.Round(time.Millisecond)), fmt.Sprintf("%d kB (%+d kB)", d.RSSLoadKB, d.RSSLoadKB-d.RSSIdleKB)},
 	}
+	rows = append(rows, [2]string{fmt.Sprintf("context switches during those %d requests (the counter works)", d.LoadN),
+		fmt.Sprintf("%d (%.1f per request)", d.LoadSwitches, float64(d.LoadSwitches)/float64(max(d.LoadN, 1)))})
 	for _, s := range []struct {
 		name string
 		v    idleSample
