@@ -574,12 +574,19 @@ func TestHMACSecret(t *testing.T) {
 			if out, as := get(plain.id, salt1, true); out != nil || as.auth.flags&0x80 != 0 {
 				t.Error("hmac-secret output for a credential without it")
 			}
-			// Bad saltAuth.
+			// hmac-secret needs user presence (CTAP 2.1 §12.5): up=false
+			// must not yield the secret silently.
 			saltEnc := p.encrypt(salt1)
+			ext := map[int]any{1: p.coseKey(), 2: saltEnc, 3: authenticate(proto, p.shared, saltEnc), 4: proto}
+			st, _ := e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
+				4: map[string]any{"hmac-secret": ext}, 5: map[string]bool{"up": false}})
+			wantStatus(t, "hmac-secret with up=false", st, ctap.StatusUnsupportedOption)
+			// Bad saltAuth.
+			saltEnc = p.encrypt(salt1)
 			bad := authenticate(proto, p.shared, saltEnc)
 			bad[0] ^= 1
-			ext := map[int]any{1: p.coseKey(), 2: saltEnc, 3: bad, 4: proto}
-			st, _ := e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
+			ext = map[int]any{1: p.coseKey(), 2: saltEnc, 3: bad, 4: proto}
+			st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
 				4: map[string]any{"hmac-secret": ext}})
 			wantStatus(t, "bad saltAuth", st, ctap.StatusPINAuthInvalid)
 			// Wrong salt length.

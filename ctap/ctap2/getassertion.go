@@ -218,6 +218,11 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 	if r.options["uv"] && !r.pua.present {
 		return nil, ctap.StatusInvalidOption
 	}
+	// hmac-secret needs user presence (§12.5): up=false must not hand
+	// out the secret without a touch.
+	if r.hmacSecret != nil && !up {
+		return nil, ctap.StatusUnsupportedOption
+	}
 	// Step 6: verify the token: ga permission, bound to this RP.
 	uv := false
 	if r.pua.present {
