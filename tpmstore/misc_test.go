@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -69,6 +70,9 @@ func FuzzOpenCredential(f *testing.F) {
 	rp := rpHash("example.org")
 	c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 3, HMACSecret: true, Resident: true})
 	if err != nil {
+		f.Fatal(err)
+	}
+	if err := s.PutResident(testResident(f, c, "alice", time.Now())); err != nil {
 		f.Fatal(err)
 	}
 	f.Add(c.ID)
