@@ -342,7 +342,13 @@ func (a *Authenticator) cmUpdateUser(params *cmParams) ([]byte, error) {
 	if !bytes.Equal(r.User.ID, params.User.ID) {
 		return nil, ctap.StatusInvalidParameter
 	}
-	u := tpmstore.User{ID: r.User.ID, Name: params.User.Name, DisplayName: params.User.DisplayName}
+	// Cut like makeCredential does, so stored names cannot push later
+	// answers past the response size limit.
+	u := tpmstore.User{
+		ID:          r.User.ID,
+		Name:        truncateUTF8(params.User.Name, maxNameLength),
+		DisplayName: truncateUTF8(params.User.DisplayName, maxNameLength),
+	}
 	if err := a.cfg.Store.UpdateResidentUser(r.CredentialID, u); err != nil {
 		if errors.Is(err, tpmstore.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %w", ctap.StatusNoCredentials, err)

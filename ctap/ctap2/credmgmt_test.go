@@ -363,3 +363,30 @@ func FuzzCredentialManagementRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestCredMgmtUpdateUserTruncatesNames: names set by updateUserInformation
+// are cut to 64 bytes like makeCredential's, so one oversized name cannot
+// push later enumerateCredentials (and getAssertion) answers past the
+// 2048-byte response limit.
+func TestCredMgmtUpdateUserTruncatesNames(t *testing.T) {
+	e := newCMTestEnv(t, 2, cmdCredentialManagement)
+	var target tpmstore.Resident
+	for _, r := range e.byID {
+		if r.RPID == "b.example" {
+			target = r
+		}
+	}
+	desc := map[string]any{"id": target.CredentialID, "type": "public-key"}
+	long := string(bytes.Repeat([]byte("é"), 1500)) // 3000 bytes
+	st, _ := e.cm(cmUpdateUserInformation, map[int]any{2: desc, 3: map[string]any{"id": target.User.ID, "name": long, "displayName": long}})
+	wantStatus(t, "updateUserInformation", st, ctap.StatusOK)
+	got, err := e.store.Residents(target.RPIDHash)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("residents: %v %v", got, err)
+	}
+	if u := got[0].User; len(u.Name) > maxNameLength || len(u.DisplayName) > maxNameLength || u.Name != long[:maxNameLength] {
+		t.Fatalf("names not truncated to %d bytes: %d, %d", maxNameLength, len(u.Name), len(u.DisplayName))
+	}
+	st, _ = e.cm(cmEnumerateCredentialsBegin, map[int]any{1: target.RPIDHash[:]})
+	wantStatus(t, "enumerateCredentialsBegin after update", st, ctap.StatusOK)
+}
