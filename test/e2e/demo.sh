@@ -7,7 +7,7 @@
 set -eu
 cd "$(dirname "$0")/../.."
 
-pkgs="qemu-system-x86 swtpm swtpm-tools busybox-static fido2-tools openssh-server openssh-client zstd"
+pkgs="qemu-system-x86 swtpm swtpm-tools busybox-static fido2-tools openssh-server openssh-client zstd pinentry-curses"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

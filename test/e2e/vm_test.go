@@ -30,8 +30,11 @@ var phases = []struct {
 	}},
 	// issue 6 scenario 8: same TPM, same state disk.
 	{"2", "tpm-a", []string{"reboot-daemon", "reboot-login", "reboot-counter", "reboot-resident-list"}},
-	// issue 6 scenario 9: a cleared TPM with the old state disk.
-	{"3", "tpm-b", []string{"other-tpm"}},
+	// issue 6 scenario 9: a cleared TPM with the old state disk; then
+	// issue 5 acceptance 3 and 4: setup, udevd with the installed rules,
+	// a non-root daemon and ssh-keygen, doctor.
+	{"3", "tpm-b", []string{"other-tpm",
+		"udev-setup", "user-daemon", "udev-hidraw", "fido-id", "user-ssh-keygen", "doctor"}},
 }
 
 func TestVM(t *testing.T) {
@@ -60,6 +63,14 @@ func TestVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("kernel %s ready in %s", kernel.Package, time.Since(start).Round(time.Millisecond))
+	udev, err := vm.FetchUdev(ctx, vm.DefaultCacheDir(), testWriter{t})
+	if errors.Is(err, vm.ErrUnavailable) {
+		t.Skipf("cannot get udev for the guest: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("udev %s ready", udev.Version)
 
 	root, err := vm.ModuleRoot(ctx, ".")
 	if err != nil {
@@ -72,7 +83,7 @@ func TestVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	initrd := filepath.Join(work, "initrd.cpio.zst")
-	if err := vm.BuildInitramfs(ctx, vm.InitramfsConfig{Tools: tools, Kernel: kernel, Daemon: daemon, Out: initrd}); err != nil {
+	if err := vm.BuildInitramfs(ctx, vm.InitramfsConfig{Tools: tools, Kernel: kernel, Daemon: daemon, Out: initrd, Udev: udev}); err != nil {
 		t.Fatal(err)
 	}
 	disk := filepath.Join(work, "state.img")

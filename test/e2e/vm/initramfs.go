@@ -21,6 +21,7 @@ type InitramfsConfig struct {
 	Kernel *Kernel
 	Daemon string // the static tpm-fido binary
 	Out    string // the .cpio.zst to write
+	Udev   *Udev  // Debian's udev for the udev scenarios; nil leaves it out
 }
 
 // Guest programs copied from the host, with their guest directory.
@@ -32,6 +33,10 @@ var guestPrograms = []struct{ tool, dir string }{
 	{"ssh-keygen", "usr/bin"},
 	{"sshd", "usr/sbin"},
 	{"ssh-sk-helper", "usr/lib/openssh"},
+	// Only so that doctor finds a presence backend, as on a desktop
+	// without a notification server; the daemons under test use
+	// --presence always-allow/always-deny.
+	{"pinentry-curses", "usr/bin"},
 }
 
 const sshdConfig = `# sshd for the tpm-fido end-to-end guest
@@ -132,6 +137,21 @@ func stageRoot(ctx context.Context, cfg InitramfsConfig, stage string) error {
 		}
 		for _, l := range deps {
 			libs[l] = true
+		}
+	}
+	if cfg.Udev != nil {
+		progs, err := stageUdev(cfg.Udev, stage)
+		if err != nil {
+			return err
+		}
+		for _, p := range progs {
+			deps, err := lddLibs(ctx, p)
+			if err != nil {
+				return err
+			}
+			for _, l := range deps {
+				libs[l] = true
+			}
 		}
 	}
 	for l := range libs {

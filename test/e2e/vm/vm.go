@@ -38,9 +38,11 @@ var HostPrograms = []struct{ Name, Package string }{
 	{"ssh", "openssh-client"},
 	{"ssh-keygen", "openssh-client"},
 	{"sshd", "openssh-server"},
+	{"pinentry-curses", "pinentry-curses"},
 	{"apt-get", "apt"},
 	{"apt-cache", "apt"},
 	{"dpkg-deb", "dpkg"},
+	{"dpkg-query", "dpkg"},
 	{"ldd", "libc-bin"},
 }
 
