@@ -90,9 +90,6 @@ type envOpts struct {
 
 func openTPM(t *testing.T) transport.TPMCloser {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("TPM simulator tests skipped in -short mode")
-	}
 	tpm, err := tpmsim.Open()
 	if err != nil {
 		t.Skipf("TPM simulator unavailable: %v", err)
