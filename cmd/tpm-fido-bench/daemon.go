@@ -35,8 +35,8 @@ type daemonResult struct {
 	// LoadSwitches are the context switches during the load: a check
 	// that the idle counts below measure something.
 	LoadSwitches int
-	IdleBefore idleSample // after start, before the load
-	IdleAfter  idleSample // after the load
+	IdleBefore   idleSample // after start, before the load
+	IdleAfter    idleSample // after the load
 }
 
 // idleSample is what the daemon did during an idle window.
