@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"unicode"
 )
 
 // Errors a Prompter returns besides ctx.Err().
@@ -42,7 +43,11 @@ type Request struct {
 func (r Request) IsSSH() bool { return strings.HasPrefix(r.RPID, "ssh:") }
 
 // Message is the one-line text a prompt shows: who asks and for what.
+// The RP ID comes from the client, so any character in it that is not
+// printable (control characters, terminal escapes, bidirectional
+// overrides) is shown as U+FFFD instead.
 func (r Request) Message() string {
+	r.RPID = printable(r.RPID)
 	switch r.Op {
 	case OpRegister:
 		if r.IsSSH() {
@@ -60,6 +65,16 @@ func (r Request) Message() string {
 		return "Select this security key"
 	}
 	return "Confirm security key operation"
+}
+
+// printable replaces every rune of s that unicode.IsPrint rejects.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return unicode.ReplacementChar
+	}, s)
 }
 
 // Prompter asks the user to approve req. It returns nil when the user
