@@ -67,7 +67,8 @@ s_udev_setup() {
 	# The seat stand-in (see the top of this file).
 	echo 'SUBSYSTEM=="hidraw", TAG=="uaccess", OWNER="user"' >/etc/udev/rules.d/99-e2e-seat-stand-in.rules
 	ls -l /etc/udev/rules.d /usr/lib/udev/rules.d
-	stat -c 'before udev: /dev/uhid %a %U:%G' /dev/uhid
+	before=$(stat -c '%a %U:%G' /dev/uhid)
+	echo "before udev: /dev/uhid $before"
 	t /usr/lib/systemd/systemd-udevd --daemon || fail "systemd-udevd --daemon failed"
 	t udevadm trigger --action=add || fail "udevadm trigger failed"
 	t udevadm settle --timeout=50 || fail "udevadm settle timed out"
@@ -76,7 +77,7 @@ s_udev_setup() {
 	echo "/dev/uhid $uhid, /dev/tpmrm0 $tpm"
 	[ "$uhid" = "660 uhid" ] || fail "/dev/uhid is '$uhid', want '660 uhid'"
 	[ "$tpm" = "660 tss:tss" ] || fail "/dev/tpmrm0 is '$tpm', want '660 tss:tss'"
-	note "setup installed the rules (second run: nothing changed); udevd: /dev/uhid $uhid, /dev/tpmrm0 $tpm"
+	note "setup installed the rules (second run: nothing changed); udevd: /dev/uhid $before -> $uhid, /dev/tpmrm0 $tpm"
 }
 
 s_user_daemon() {
@@ -100,7 +101,7 @@ s_user_daemon() {
 	grep -E '^(Uid|Groups):' "/proc/$pid/status"
 	[ "$who" = user ] || fail "the daemon runs as '$who', not as user"
 	state=$(stat -c '%a %U' $USER_HOME/.local/share/tpm-fido 2>&1)
-	note "daemon pid $pid runs as $who ($(grep '^Groups:' "/proc/$pid/status" | tr '\t' ' ')), state dir ~/.local/share/tpm-fido $state, node $(ls /dev/hidraw*)"
+	note "daemon pid $pid runs as $who (groups $(sed -n 's/^Groups:[[:space:]]*//p' "/proc/$pid/status" | xargs)), state dir ~/.local/share/tpm-fido $state, node $(ls /dev/hidraw*)"
 }
 
 s_udev_hidraw() {
@@ -130,7 +131,7 @@ s_fido_id() {
 	echo "$out"
 	[ $rc -eq 0 ] || fail "fido_id exited $rc: $out"
 	echo "$out" | grep -q '^ID_FIDO_TOKEN=1$' || fail "systemd's fido_id does not see a FIDO device: $out"
-	note "systemd's fido_id on ${h#/dev/}: $(echo "$out" | tr '\n' ' ')"
+	note "systemd's fido_id on ${h#/dev/}: $(echo "$out" | xargs)"
 }
 
 s_user_ssh_keygen() {
@@ -151,7 +152,7 @@ s_doctor() {
 	bad=$(echo "$out" | grep -E '^(FAIL|WARN)' | head -n 2 | tr '\n' ' ')
 	[ $rc -eq 0 ] || fail "doctor exited $rc: $bad"
 	echo "$out" | grep -q '^all checks passed' || fail "doctor did not pass every check: $bad"
-	note "doctor as user, exit 0: $(echo "$out" | grep -c '^ok') checks ok ($(echo "$out" | sed -n 's/^ok  *\([a-z]*\):.*/\1/p' | tr '\n' ' '))"
+	note "doctor as user, exit 0: $(echo "$out" | grep -c '^ok') checks ok ($(echo "$out" | sed -n 's/^ok  *\([a-z]*\):.*/\1/p' | xargs))"
 }
 
 if [ -z "$E2E_DEFINE_ONLY" ]; then
