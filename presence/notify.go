@@ -107,14 +107,24 @@ func (n *Notification) Confirm(ctx context.Context, req Request) error {
 	}
 	defer conn.Close()
 
+	// Any program on the bus can emit ActionInvoked: only the server's
+	// own signals count, so talk to it by its unique name and accept
+	// signals from that name only.
+	var owner string
+	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, notifyName).Store(&owner); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: no notification server: %w", ErrUnavailable, err)
+	}
 	// Subscribe before Notify, so no answer can slip past.
 	signals := make(chan *dbus.Signal, 16)
 	conn.Signal(signals)
-	if err := conn.AddMatchSignal(dbus.WithMatchObjectPath(notifyPath), dbus.WithMatchInterface(notifyIface)); err != nil {
+	if err := conn.AddMatchSignal(dbus.WithMatchSender(owner), dbus.WithMatchObjectPath(notifyPath), dbus.WithMatchInterface(notifyIface)); err != nil {
 		return fmt.Errorf("%w: notification signals: %w", ErrUnavailable, err)
 	}
 
-	obj := conn.Object(notifyName, notifyPath)
+	obj := conn.Object(owner, notifyPath)
 	body := "Allow this request? It times out in " + n.timeout.Round(time.Second).String() + "."
 	hints := map[string]dbus.Variant{
 		"urgency":  dbus.MakeVariant(byte(2)), // critical: stays until answered
@@ -141,7 +151,7 @@ func (n *Notification) Confirm(ctx context.Context, req Request) error {
 			if !ok {
 				return fmt.Errorf("%w: session bus connection lost", ErrUnavailable)
 			}
-			if len(s.Body) < 2 {
+			if len(s.Body) < 2 || s.Sender != owner {
 				continue
 			}
 			if sid, _ := s.Body[0].(uint32); sid != id {

@@ -191,3 +191,35 @@ func TestAutoPicksNotification(t *testing.T) {
 		t.Fatalf("auto prompt answered allow: %v", err)
 	}
 }
+
+// TestNotificationIgnoresForgedAnswer: any program on the session bus can
+// emit an ActionInvoked signal; only the notification server's own
+// answer counts, so a forged "allow" must not approve the request.
+func TestNotificationIgnoresForgedAnswer(t *testing.T) {
+	addr := privateBus(t)
+	f := startNotifier(t, addr, "")
+	forger, err := dbus.Connect(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forger.Close()
+	n := NewNotification(addr, 2*time.Second, nil)
+	errc := make(chan error, 1)
+	go func() { errc <- n.Confirm(context.Background(), Request{Op: OpAuthenticate, RPID: "example.org"}) }()
+	for {
+		f.mu.Lock()
+		shown := len(f.summary)
+		f.mu.Unlock()
+		if shown > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The notification id is 1; forge the server's answer for it.
+	if err := forger.Emit(notifyPath, notifyIface+".ActionInvoked", uint32(1), "allow"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Confirm after a forged allow = %v, want ErrTimeout (the real server never answered)", err)
+	}
+}
