@@ -35,8 +35,8 @@ type daemonResult struct {
 	// LoadSwitches are the context switches during the load: a check
 	// that the idle counts below measure something.
 	LoadSwitches int
-	IdleBefore   idleSample // after start, before the load
-	IdleAfter    idleSample // after the load
+	IdleBefore   idleSample   // after start, before the load
+	IdleAfter    []idleSample // consecutive windows after the load
 }
 
 // idleSample is what the daemon did during an idle window.
@@ -214,8 +214,15 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 	if res.RSSLoadKB, err = vmRSS(pid); err != nil {
 		return nil, err
 	}
-	if res.IdleAfter, err = idleWindow(ctx, pid, o.Idle); err != nil {
-		return nil, err
+	for range max(o.IdleWindows, 1) {
+		w, err := idleWindow(ctx, pid, o.Idle)
+		if err != nil {
+			return nil, err
+		}
+		res.IdleAfter = append(res.IdleAfter, w)
+	}
+	if d.stderr.Len() > 0 {
+		log.Info("daemon stderr", "text", d.stderr.String())
 	}
 	return res, nil
 }

@@ -28,6 +28,8 @@ type options struct {
 	Load     int
 	Idle     time.Duration
 	Starts   int
+	// IdleWindows is the number of consecutive idle windows after the load.
+	IdleWindows int
 }
 
 func main() {
@@ -40,6 +42,7 @@ func main() {
 	fl.IntVar(&o.Load, "load", 2000, "requests sent to the daemon between the idle and loaded memory readings")
 	fl.DurationVar(&o.Idle, "idle", 10*time.Second, "idle window for counting wake-ups")
 	fl.IntVar(&o.Starts, "starts", 5, "daemon starts timed")
+	fl.IntVar(&o.IdleWindows, "idle-windows", 1, "consecutive idle windows measured after the load")
 	verbose := fl.Bool("v", false, "log progress to stderr")
 	if err := fl.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)

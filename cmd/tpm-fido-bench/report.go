@@ -112,10 +112,21 @@ func (r *report) daemon(d *daemonResult) {
 	}
 	rows = append(rows, [2]string{fmt.Sprintf("context switches during those %d requests (the counter works)", d.LoadN),
 		fmt.Sprintf("%d (%.1f per request)", d.LoadSwitches, float64(d.LoadSwitches)/float64(max(d.LoadN, 1)))})
-	for _, s := range []struct {
+	windows := []struct {
 		name string
 		v    idleSample
-	}{{"idle after start", d.IdleBefore}, {"idle after the load", d.IdleAfter}} {
+	}{{"idle after start", d.IdleBefore}}
+	for i, w := range d.IdleAfter {
+		name := "idle after the load"
+		if len(d.IdleAfter) > 1 {
+			name = fmt.Sprintf("idle after the load, window %d", i+1)
+		}
+		windows = append(windows, struct {
+			name string
+			v    idleSample
+		}{name, w})
+	}
+	for _, s := range windows {
 		rows = append(rows, [2]string{
 			fmt.Sprintf("context switches, %s (%s, %d threads)", s.name, s.v.Window, s.v.Threads),
 			fmt.Sprintf("%d (%.2f/s; busiest threads %s), CPU %d ticks", s.v.CtxSwitch, float64(s.v.CtxSwitch)/s.v.Window.Seconds(), busiest(s.v.PerThreads), s.v.CPUTicks),
