@@ -50,7 +50,7 @@ const (
 type Config struct {
 	Store    Store
 	Presence presence.Prompter
-	Logger   *slog.Logger     // slog.Default() when nil
+	Logger   *slog.Logger     // discards when nil
 	Rand     io.Reader        // crypto/rand.Reader when nil; used for certificate serials
 	Now      func() time.Time // time.Now when nil
 	// ApprovalWindow is how long an answer to a prompt stays valid for the
@@ -75,7 +75,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("u2f: Config.Store and Config.Presence are required")
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader

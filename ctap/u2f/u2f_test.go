@@ -298,6 +298,28 @@ func TestStoreFailureIsGenericError(t *testing.T) {
 	}
 }
 
+// TestNilLoggerDiscards: without Config.Logger the handler logs nowhere,
+// never to the process-wide default logger.
+func TestNilLoggerDiscards(t *testing.T) {
+	var buf bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	st := newFakeStore()
+	st.failNew = errors.New("tpm on fire")
+	h, err := u2f.New(u2f.Config{Store: st, Presence: presence.Fixed{Allow: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, ch := sha256.Sum256([]byte("a")), sha256.Sum256([]byte("c"))
+	if _, sw := do(t, h, extAPDU(1, 0, append(ch[:], app[:]...))); sw != u2f.SWUnknown {
+		t.Fatalf("REGISTER with failing store: %04x, want 6F00", sw)
+	}
+	if buf.Len() != 0 {
+		t.Errorf("logged to the default logger: %q", buf.String())
+	}
+}
+
 func TestCredProtectUVRequiredRefused(t *testing.T) {
 	st := newFakeStore()
 	h := newHandler(t, st, presence.Fixed{Allow: true})
