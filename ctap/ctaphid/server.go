@@ -282,7 +282,11 @@ func (s *Server) handleContinuation(pk packet) error {
 		if !s.allocated(pk.cid) {
 			return s.sendError(pk.cid, ErrInvalidChannel)
 		}
-		return s.sendError(pk.cid, ErrChannelBusy)
+		// The rest of a message whose init packet was already refused
+		// with CHANNEL_BUSY: one refusal per message, or a client that
+		// retries after the first would read the others as answers.
+		s.log.Debug("ctaphid: continuation of a refused message ignored", "cid", pk.cid)
+		return nil
 	}
 	if pk.seq != s.asm.seq {
 		s.dropAssembly()

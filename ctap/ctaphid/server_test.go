@@ -304,13 +304,28 @@ func TestChannelBusy(t *testing.T) {
 	// Busy while another channel is mid-message, too.
 	e.raw(initPacket(a, ctaphid.CmdPing, 100, pattern(57)))
 	expectError(t, e.transact(other, ctaphid.CmdPing, []byte{1}), other, ctaphid.ErrChannelBusy)
-	e.raw(contPacket(a, 0, pattern(100)[57:]))
-	f, err = e.client.RecvOn(a)
+	// A refused multi-packet message draws one CHANNEL_BUSY, not one per
+	// packet: its continuation is ignored.
+	e.raw(initPacket(other, ctaphid.CmdPing, 100, pattern(57)))
+	f, err = e.client.RecvOn(other)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Cmd != ctaphid.CmdPing || !bytes.Equal(f.Payload, pattern(100)) {
-		t.Fatalf("PING after busy: cmd 0x%02x len %d", f.Cmd, len(f.Payload))
+	expectError(t, f, other, ctaphid.ErrChannelBusy)
+	e.raw(contPacket(other, 0, pattern(100)[57:]))
+	e.raw(contPacket(a, 0, pattern(100)[57:]))
+	// The very next frame on the wire must be a's answer, not another
+	// refusal for other.
+	f, err = e.client.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.CID != a || f.Cmd != ctaphid.CmdPing || !bytes.Equal(f.Payload, pattern(100)) {
+		t.Fatalf("after a refused message: frame on 0x%08x cmd 0x%02x len %d, want a's PING", f.CID, f.Cmd, len(f.Payload))
+	}
+	// Nothing else is queued for other: its next request gets its answer.
+	if f := e.transact(other, ctaphid.CmdPing, []byte{7}); f.Cmd != ctaphid.CmdPing || !bytes.Equal(f.Payload, []byte{7}) {
+		t.Fatalf("PING after a refused message: cmd 0x%02x % x", f.Cmd, f.Payload)
 	}
 }
 
