@@ -5,6 +5,8 @@
 package ctaphidtest
 
 import (
+	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -210,18 +212,28 @@ func (c *Client) RecvOn(cid uint32) (Frame, error) {
 
 // Init allocates a channel with a broadcast INIT and checks the nonce.
 func (c *Client) Init() (uint32, error) {
-	nonce := []byte{1, 2, 3, 4, 5, 6, 7, 8}
-	f, err := c.Transact(ctaphid.BroadcastCID, ctaphid.CmdInit, nonce)
-	if err != nil {
+	// A random nonce, and answers with another nonce skipped: INIT
+	// answers go out on the broadcast channel, which other hosts on the
+	// same device see too.
+	nonce := make([]byte, 8)
+	if _, err := rand.Read(nonce); err != nil {
 		return 0, err
 	}
-	if f.Cmd != ctaphid.CmdInit || len(f.Payload) < 17 {
-		return 0, fmt.Errorf("ctaphidtest: bad INIT response cmd 0x%02x % x", f.Cmd, f.Payload)
+	if err := c.Send(ctaphid.BroadcastCID, ctaphid.CmdInit, nonce); err != nil {
+		return 0, err
 	}
-	if string(f.Payload[:8]) != string(nonce) {
-		return 0, fmt.Errorf("ctaphidtest: INIT nonce mismatch % x", f.Payload[:8])
+	for {
+		f, err := c.RecvOn(ctaphid.BroadcastCID)
+		if err != nil {
+			return 0, err
+		}
+		if f.Cmd != ctaphid.CmdInit || len(f.Payload) < 17 {
+			return 0, fmt.Errorf("ctaphidtest: bad INIT response cmd 0x%02x % x", f.Cmd, f.Payload)
+		}
+		if bytes.Equal(f.Payload[:8], nonce) {
+			return binary.BigEndian.Uint32(f.Payload[8:12]), nil
+		}
 	}
-	return binary.BigEndian.Uint32(f.Payload[8:12]), nil
 }
 
 // NetConn adapts a connected socket carrying one report per packet
