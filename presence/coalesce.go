@@ -8,14 +8,14 @@ import (
 )
 
 // DefaultReuseWindow is how long after a "yes" the same request (same
-// operation, same relying party) may be answered again without a second
-// prompt, once. It covers a client that retries one request.
+// operation, relying party and challenge) may be answered again without a
+// second prompt, once. It covers a client that retries one request.
 const DefaultReuseWindow = 2 * time.Second
 
 // Coalescer wraps a Prompter so that only one prompt is open at a time and
 // one request retried by a client shows one prompt:
 //
-//   - A request identical (same Op and RPID) to the prompt now open waits
+//   - A request identical (same Op, RPID and Challenge) to the prompt now open waits
 //     for that prompt and shares its answer.
 //   - A request identical to one approved less than the reuse window ago is
 //     approved without a prompt, once: the approval is used up by it.
@@ -37,8 +37,9 @@ type Coalescer struct {
 }
 
 type key struct {
-	op   Operation
-	rpID string
+	op        Operation
+	rpID      string
+	challenge string
 }
 
 type flight struct {
@@ -61,7 +62,7 @@ func NewCoalescer(p Prompter, window time.Duration, now func() time.Time) *Coale
 
 // Confirm implements Prompter.
 func (c *Coalescer) Confirm(ctx context.Context, req Request) error {
-	k := key{req.Op, req.RPID}
+	k := key{req.Op, req.RPID, string(req.Challenge)}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

@@ -203,3 +203,35 @@ func TestDetectNothing(t *testing.T) {
 		t.Fatalf("Detect with pinentry = %q, %v", got, err)
 	}
 }
+
+func TestCoalesceReuseNeedsSameChallenge(t *testing.T) {
+	g := newGate()
+	c := NewCoalescer(g, 2*time.Second, (&fakeClock{t: time.Unix(1, 0)}).now)
+	ask := func(r Request) chan error {
+		e := make(chan error, 1)
+		go func() { e <- c.Confirm(context.Background(), r) }()
+		return e
+	}
+	a := Request{Op: OpAuthenticate, RPID: "ssh:", Challenge: []byte("host A")}
+	b := Request{Op: OpAuthenticate, RPID: "ssh:", Challenge: []byte("host B")}
+	e := ask(a)
+	<-g.shown
+	g.answer <- nil
+	if err := <-e; err != nil {
+		t.Fatal(err)
+	}
+	// Another request for the same RP gets its own prompt.
+	e = ask(b)
+	select {
+	case <-g.shown:
+	case err := <-e:
+		t.Fatalf("other challenge answered %v without a prompt (approval reused)", err)
+	}
+	g.answer <- ErrDenied
+	if err := <-e; !errors.Is(err, ErrDenied) {
+		t.Fatalf("other challenge = %v, want its own prompt answered ErrDenied", err)
+	}
+	if n := g.calls.Load(); n != 2 {
+		t.Fatalf("%d prompts, want 2", n)
+	}
+}

@@ -36,6 +36,10 @@ type Request struct {
 	Op       Operation
 	RPID     string // relying party ID, e.g. "github.com" or "ssh:"
 	UserName string // optional, shown when known
+	// Challenge identifies the exact request (CTAP2: its clientDataHash;
+	// U2F: challenge and application). It is not shown; a Coalescer shares
+	// an answer only between requests with equal Op, RPID and Challenge.
+	Challenge []byte
 }
 
 // IsSSH reports whether the relying party is an OpenSSH application

@@ -704,3 +704,31 @@ func TestInternalErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovalNotReusedForAnotherChallenge: behind the daemon's prompt
+// coalescer, a "yes" for one getAssertion must not approve a different
+// getAssertion for the same RP (every SSH host is RP "ssh:"); only the
+// same request retried (same clientDataHash) may reuse it.
+func TestApprovalNotReusedForAnotherChallenge(t *testing.T) {
+	rec := &prompter{}
+	e := newEnv(t)
+	a, err := ctap2.New(ctap2.Config{Store: e.fake, Presence: presence.NewCoalescer(rec, time.Minute, nil), Now: e.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.a = a
+	c := e.makeCredential(mcOpts{})
+	pubs := map[string]*ecdsa.PublicKey{string(c.id): c.pub}
+	before := rec.count()
+	for _, h := range [][]byte{cdh("login to host A"), cdh("login to host B")} {
+		st, m := e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 3: allowList(c.id)})
+		wantStatus(t, "getAssertion", st, ctap.StatusOK)
+		verifyAssertion(t, m, h, pubs)
+	}
+	if n := rec.count() - before; n != 2 {
+		t.Fatalf("%d prompts for two assertions over different challenges, want 2", n)
+	}
+	if got := rec.last().Challenge; !bytes.Equal(got, cdh("login to host B")) {
+		t.Errorf("prompt carries challenge %x, want the clientDataHash", got)
+	}
+}

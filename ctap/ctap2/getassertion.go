@@ -189,7 +189,7 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	prompt := presence.Request{Op: presence.OpAuthenticate, RPID: r.rpID}
+	prompt := presence.Request{Op: presence.OpAuthenticate, RPID: r.rpID, Challenge: r.clientDataHash}
 
 	// Step 1: zero-length pinUvAuthParam asks for a touch only.
 	if err := a.checkEmptyPinUvAuth(ctx, r.pua, prompt); err != nil {

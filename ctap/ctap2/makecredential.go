@@ -199,7 +199,7 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	prompt := presence.Request{Op: presence.OpRegister, RPID: r.rpID, UserName: r.user.Name}
+	prompt := presence.Request{Op: presence.OpRegister, RPID: r.rpID, UserName: r.user.Name, Challenge: r.clientDataHash}
 
 	// Step 1: zero-length pinUvAuthParam asks for a touch only.
 	if err := a.checkEmptyPinUvAuth(ctx, r.pua, prompt); err != nil {

@@ -152,7 +152,7 @@ func (g *presenceGate) start(op presence.Operation, app [32]byte, key gateKeyT) 
 	pctx, cancel := context.WithTimeout(context.Background(), g.timeout)
 	p := &pendingPrompt{key: key, done: make(chan struct{}), cancel: cancel}
 	g.current = p
-	req := presence.Request{Op: op, RPID: siteLabel(app)}
+	req := presence.Request{Op: op, RPID: siteLabel(app), Challenge: key[:]}
 	go func() {
 		err := g.prompter.Confirm(pctx, req)
 		cancel()
