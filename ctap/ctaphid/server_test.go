@@ -464,47 +464,44 @@ func TestWinkAndLock(t *testing.T) {
 }
 
 // TestKeepalive checks that KEEPALIVE frames with the handler's status
-// keep coming while it waits. Timing on a loaded machine is loose, so
-// the assertion is on the count relative to the elapsed time with
-// generous slack; the gaps are logged.
+// keep coming while it waits. It counts frames instead of timing them
+// (a loaded machine stretches any interval): the handler is released
+// after the fifth frame, or after 10 s, when the test fails.
 func TestKeepalive(t *testing.T) {
+	const want = 5
 	b := newBlocker()
 	b.status = ctap.KeepaliveUPNeeded
 	e := start(t, b, ctaphid.Config{}, nil)
 	cid := e.init()
 	var frames []ctaphidtest.Frame
-	e.client.OnKeepalive = func(f ctaphidtest.Frame) { frames = append(frames, f) }
-	begin := time.Now()
+	var release sync.Once
+	free := func() { release.Do(func() { go func() { b.release <- []byte{0} }() }) }
+	e.client.OnKeepalive = func(f ctaphidtest.Frame) {
+		frames = append(frames, f)
+		if len(frames) == want {
+			free()
+		}
+	}
 	if err := e.client.Send(cid, ctaphid.CmdCBOR, []byte{0x01}); err != nil {
 		t.Fatal(err)
 	}
 	<-b.started
-	go func() {
-		time.Sleep(800 * time.Millisecond)
-		b.release <- []byte{0}
-	}()
+	backstop := time.AfterFunc(10*time.Second, free)
+	defer backstop.Stop()
 	f, err := e.client.RecvOn(cid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	elapsed := time.Since(begin)
 	if f.Cmd != ctaphid.CmdCBOR {
 		t.Fatalf("response cmd 0x%02x", f.Cmd)
 	}
-	var maxGap time.Duration
-	prev := begin
+	if len(frames) < want {
+		t.Fatalf("got %d KEEPALIVE frames in 10 s, want at least %d", len(frames), want)
+	}
 	for _, k := range frames {
 		if len(k.Payload) != 1 || k.Payload[0] != byte(ctap.KeepaliveUPNeeded) {
 			t.Errorf("KEEPALIVE payload % x, want 02", k.Payload)
 		}
-		maxGap = max(maxGap, k.At.Sub(prev))
-		prev = k.At
-	}
-	t.Logf("%d KEEPALIVE frames in %v, largest gap %v", len(frames), elapsed, maxGap)
-	// At one frame per 100 ms there would be elapsed/100ms frames; the
-	// server aims at 75 ms. Allow for a scheduler hiccup or two.
-	if want := int(elapsed/(100*time.Millisecond)) - 2; len(frames) < want {
-		t.Errorf("got %d KEEPALIVE frames in %v, want at least %d", len(frames), elapsed, want)
 	}
 	if ctaphid.DefaultKeepaliveInterval >= 100*time.Millisecond {
 		t.Errorf("DefaultKeepaliveInterval %v is not below 100ms", ctaphid.DefaultKeepaliveInterval)
