@@ -732,3 +732,22 @@ func TestApprovalNotReusedForAnotherChallenge(t *testing.T) {
 		t.Errorf("prompt carries challenge %x, want the clientDataHash", got)
 	}
 }
+
+// A makeCredential that would replace a resident credential but fails
+// before answering (here: the attestation signature) must leave the old
+// credential in place.
+func TestFailedReplacementKeepsResident(t *testing.T) {
+	e := newEnv(t)
+	old := e.makeCredential(mcOpts{rk: true, user: "a"})
+	e.fake.Fail["Sign"] = true
+	st, _ := e.call(cMakeCredential, mcRequest(mcOpts{rk: true, user: "a"}, cdh("again")))
+	delete(e.fake.Fail, "Sign")
+	wantStatus(t, "replacement whose signature fails", st, ctap.StatusOther)
+	rs, err := e.fake.Residents(sha256.Sum256([]byte("example.org")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 || !bytes.Equal(rs[0].CredentialID, old.id) {
+		t.Fatalf("residents after a failed replacement: %d, want the old credential only", len(rs))
+	}
+}

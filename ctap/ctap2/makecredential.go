@@ -300,29 +300,6 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("ctap2: makeCredential: create: %w", err)
 	}
-	if rk {
-		res := tpmstore.Resident{
-			CredentialID: cred.ID,
-			RPID:         r.rpID,
-			RPIDHash:     hash,
-			RPName:       truncateUTF8(r.rpName, maxNameLength),
-			User: tpmstore.User{
-				ID:          r.user.ID,
-				Name:        truncateUTF8(r.user.Name, maxNameLength),
-				DisplayName: truncateUTF8(r.user.DisplayName, maxNameLength),
-			},
-			PublicKey:   cred.PublicKey,
-			CredProtect: opts.CredProtect,
-			Created:     a.cfg.Now(),
-		}
-		if err := a.cfg.Store.PutResident(res); err != nil {
-			if errors.Is(err, tpmstore.ErrStoreFull) {
-				return nil, ctap.StatusKeyStoreFull
-			}
-			return nil, fmt.Errorf("ctap2: makeCredential: store resident: %w", err)
-		}
-	}
-
 	// Extension outputs: exactly what was asked and processed.
 	var extOut []byte
 	if r.credProtect != 0 || r.hmacSecret {
@@ -357,6 +334,30 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ctap2: makeCredential: %w", err)
+	}
+	// Stored last: a resident credential replaces any older one for the
+	// same RP and user, so nothing that can still fail may come after it.
+	if rk {
+		res := tpmstore.Resident{
+			CredentialID: cred.ID,
+			RPID:         r.rpID,
+			RPIDHash:     hash,
+			RPName:       truncateUTF8(r.rpName, maxNameLength),
+			User: tpmstore.User{
+				ID:          r.user.ID,
+				Name:        truncateUTF8(r.user.Name, maxNameLength),
+				DisplayName: truncateUTF8(r.user.DisplayName, maxNameLength),
+			},
+			PublicKey:   cred.PublicKey,
+			CredProtect: opts.CredProtect,
+			Created:     a.cfg.Now(),
+		}
+		if err := a.cfg.Store.PutResident(res); err != nil {
+			if errors.Is(err, tpmstore.ErrStoreFull) {
+				return nil, ctap.StatusKeyStoreFull
+			}
+			return nil, fmt.Errorf("ctap2: makeCredential: store resident: %w", err)
+		}
 	}
 	return marshal(map[int]any{
 		0x01: attestation.FormatPacked,
