@@ -92,6 +92,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 // serve opens the handler and the transport, tells systemd it is ready
 // and serves until ctx is done.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
+	if err := cfg.checkTestModes(); err != nil {
+		return err
+	}
 	// The transport first: a bad --transport is reported before the TPM
 	// is touched, and the device exists before systemd hears READY.
 	dev, err := transport.Open(cfg.Transport, log)

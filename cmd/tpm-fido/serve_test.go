@@ -216,6 +216,8 @@ func TestServeStartupErrors(t *testing.T) {
 		{[]string{"--transport", "usb"}, "unknown transport"},
 		{[]string{"--transport", "udp:0.0.0.0:8111,127.0.0.1:7112"}, "loopback"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "s"), "--tpm", "simulator"}, "--tpm simulator keeps every key in this process's memory"},
+		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "s"), "--tpm", "swtpm:/nonexistent", "--presence", "always-allow"}, "needs --insecure-test-mode"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		out, err := exec.CommandContext(ctx, bin, append([]string{"serve", "--state-dir", t.TempDir()}, tc.args...)...).CombinedOutput()

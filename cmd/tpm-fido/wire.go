@@ -20,9 +20,6 @@ import (
 // handlers routed by a ctap.Mux. The returned function releases the store
 // and the TPM in that order.
 func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() error, error) {
-	if isFixedPresence(cfg.Presence) && !cfg.InsecureTestMode {
-		return nil, nil, fmt.Errorf("--presence %s answers every prompt without asking anyone; it needs --insecure-test-mode", cfg.Presence)
-	}
 	prompter, err := presence.New(cfg.Presence, presence.Options{
 		Timeout:          cfg.PromptTimeout,
 		InsecureTestMode: cfg.InsecureTestMode,
@@ -60,6 +57,22 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 		return nil, nil, err
 	}
 	return &ctap.Mux{CBOR: auth, MSG: u}, closeAll, nil
+}
+
+// checkTestModes refuses the settings that are only for tests unless
+// --insecure-test-mode says so: a fixed presence answer, and the
+// in-process TPM simulator (whose keys live in this process's memory).
+func (cfg serveConfig) checkTestModes() error {
+	if cfg.InsecureTestMode {
+		return nil
+	}
+	if cfg.TPM == "simulator" {
+		return fmt.Errorf("--tpm simulator keeps every key in this process's memory, not in a TPM; it needs --insecure-test-mode")
+	}
+	if isFixedPresence(cfg.Presence) {
+		return fmt.Errorf("--presence %s answers every prompt without asking anyone; it needs --insecure-test-mode", cfg.Presence)
+	}
+	return nil
 }
 
 // isFixedPresence reports whether name selects a fixed test answer.
