@@ -47,6 +47,30 @@ func (p params) pinUvAuth(paramKey, protoKey uint64) (pinUvAuth, error) {
 }
 
 // checkEmptyPinUvAuth is step 1 of makeCredential and getAssertion
+
+// checkPinUvAuthPrelude is the common start of makeCredential (§6.1.2)
+// and getAssertion (§6.2.2): step 1, a zero-length pinUvAuthParam asks
+// for a touch only; step 2, pinUvAuthProtocol must come with
+// pinUvAuthParam and be one we speak; then clientDataHash must be 32
+// bytes.
+func (a *Authenticator) checkPinUvAuthPrelude(ctx context.Context, pua pinUvAuth, clientDataHash []byte, req presence.Request) error {
+	if err := a.checkEmptyPinUvAuth(ctx, pua, req); err != nil {
+		return err
+	}
+	if pua.present {
+		if !pua.protoSet {
+			return ctap.StatusMissingParameter
+		}
+		if _, err := a.pin.Protocol(pua.protocol); err != nil {
+			return ctap.StatusInvalidParameter
+		}
+	}
+	if len(clientDataHash) != 32 {
+		return ctap.StatusInvalidLength
+	}
+	return nil
+}
+
 // (CTAP 2.1 §6.1.2, §6.2.2): a zero-length pinUvAuthParam is how a
 // platform asks the user to touch a key (libfido2 selects a device this
 // way). After the touch the answer is PIN_INVALID if a PIN is set, else

@@ -191,21 +191,8 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 	}
 	prompt := presence.Request{Op: presence.OpAuthenticate, RPID: r.rpID, Challenge: r.clientDataHash}
 
-	// Step 1: zero-length pinUvAuthParam asks for a touch only.
-	if err := a.checkEmptyPinUvAuth(ctx, r.pua, prompt); err != nil {
+	if err := a.checkPinUvAuthPrelude(ctx, r.pua, r.clientDataHash, prompt); err != nil {
 		return nil, err
-	}
-	// Step 2: pinUvAuthProtocol.
-	if r.pua.present {
-		if !r.pua.protoSet {
-			return nil, ctap.StatusMissingParameter
-		}
-		if _, err := a.pin.Protocol(r.pua.protocol); err != nil {
-			return nil, ctap.StatusInvalidParameter
-		}
-	}
-	if len(r.clientDataHash) != 32 {
-		return nil, ctap.StatusInvalidLength
 	}
 	// Step 5: options. "rk" is not an option of getAssertion.
 	if _, ok := r.options["rk"]; ok {

@@ -201,21 +201,8 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 	}
 	prompt := presence.Request{Op: presence.OpRegister, RPID: r.rpID, UserName: r.user.Name, Challenge: r.clientDataHash}
 
-	// Step 1: zero-length pinUvAuthParam asks for a touch only.
-	if err := a.checkEmptyPinUvAuth(ctx, r.pua, prompt); err != nil {
+	if err := a.checkPinUvAuthPrelude(ctx, r.pua, r.clientDataHash, prompt); err != nil {
 		return nil, err
-	}
-	// Step 2: pinUvAuthProtocol must come with pinUvAuthParam and be ours.
-	if r.pua.present {
-		if !r.pua.protoSet {
-			return nil, ctap.StatusMissingParameter
-		}
-		if _, err := a.pin.Protocol(r.pua.protocol); err != nil {
-			return nil, ctap.StatusInvalidParameter
-		}
-	}
-	if len(r.clientDataHash) != 32 {
-		return nil, ctap.StatusInvalidLength
 	}
 	if r.rpID == "" || len(r.rpID) > maxRPIDLength {
 		return nil, ctap.StatusInvalidParameter
