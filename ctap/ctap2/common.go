@@ -46,8 +46,6 @@ func (p params) pinUvAuth(paramKey, protoKey uint64) (pinUvAuth, error) {
 	return v, nil
 }
 
-// checkEmptyPinUvAuth is step 1 of makeCredential and getAssertion
-
 // checkPinUvAuthPrelude is the common start of makeCredential (§6.1.2)
 // and getAssertion (§6.2.2): step 1, a zero-length pinUvAuthParam asks
 // for a touch only; step 2, pinUvAuthProtocol must come with
@@ -71,6 +69,7 @@ func (a *Authenticator) checkPinUvAuthPrelude(ctx context.Context, pua pinUvAuth
 	return nil
 }
 
+// checkEmptyPinUvAuth is step 1 of makeCredential and getAssertion
 // (CTAP 2.1 §6.1.2, §6.2.2): a zero-length pinUvAuthParam is how a
 // platform asks the user to touch a key (libfido2 selects a device this
 // way). After the touch the answer is PIN_INVALID if a PIN is set, else
