@@ -98,16 +98,32 @@ type Authenticator struct {
 	pin     *pinuv.State
 	cm      credMgmtState  // enumeration state of credentialManagement (credmgmt.go)
 	next    *nextAssertion // getNextAssertion state (getassertion.go)
+	owner   uint32         // CTAPHID channel that cm and next belong to
 	mu      sync.Mutex
 	started time.Time
 }
 
-// HandleRequest implements ctap.RequestHandler: req[0] is the command
-// byte, the rest its CBOR parameters. The response is a status byte
-// followed, on success, by the CBOR response.
-func (a *Authenticator) HandleRequest(ctx context.Context, req []byte) ([]byte, error) {
+var _ ctap.Handler = (*Authenticator)(nil)
+
+// Handle implements ctap.Handler for CTAPHID_CBOR: the payload's first
+// byte is the command byte, the rest its CBOR parameters. The response is
+// a status byte followed, on success, by the CBOR response; the error is
+// always nil.
+//
+// State that spans requests (getNextAssertion, credentialManagement's
+// enumerations) belongs to the channel that started it: a request from
+// any other channel ends it first, so a continuation from another
+// channel is CTAP2_ERR_NOT_ALLOWED. Any other command from the same
+// channel ends it too (§6.3, §6.8).
+func (a *Authenticator) Handle(ctx context.Context, r ctap.Request) ([]byte, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	req := r.Payload
+	if r.CID != a.owner {
+		a.cm = credMgmtState{}
+		a.next = nil
+		a.owner = r.CID
+	}
 	if len(req) == 0 {
 		return []byte{byte(ctap.StatusInvalidLength)}, nil
 	}

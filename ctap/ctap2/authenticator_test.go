@@ -506,6 +506,48 @@ func TestGetNextAssertionState(t *testing.T) {
 	start()
 }
 
+// A getNextAssertion walk belongs to the channel that started it: a
+// continuation from another channel is NOT_ALLOWED and ends the walk;
+// the 30 s timer still applies to the owner.
+func TestGetNextAssertionBelongsToChannel(t *testing.T) {
+	e := newEnv(t)
+	for _, u := range []string{"a", "b", "c"} {
+		e.clock.advance(time.Second)
+		e.makeCredential(mcOpts{rk: true, user: u})
+	}
+	start := func() {
+		t.Helper()
+		e.cid = 7
+		st, m := e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x")})
+		wantStatus(t, "getAssertion", st, ctap.StatusOK)
+		if n := field[int](t, m, 5); n != 3 {
+			t.Fatalf("numberOfCredentials %d", n)
+		}
+	}
+	start()
+	e.cid = 8
+	st, _ := e.call(cGetNextAssertion, nil)
+	wantStatus(t, "getNextAssertion from another channel", st, ctap.StatusNotAllowed)
+	e.cid = 7
+	st, _ = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "owner after another channel asked", st, ctap.StatusNotAllowed)
+
+	start()
+	e.cid = 8
+	e.call(cGetInfo, nil)
+	e.cid = 7
+	st, _ = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "owner after another channel's getInfo", st, ctap.StatusNotAllowed)
+
+	start()
+	e.clock.advance(29 * time.Second)
+	st, _ = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "owner within 30 s", st, ctap.StatusOK)
+	e.clock.advance(31 * time.Second)
+	st, _ = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "owner after 31 s", st, ctap.StatusNotAllowed)
+}
+
 func TestResidentStoreFull(t *testing.T) {
 	e := newEnv(t) // capacity 4
 	for _, u := range []string{"a", "b", "c", "d"} {

@@ -225,6 +225,7 @@ type pinTestEnv struct {
 	a     *Authenticator
 	store *pinTestStore
 	clock *pinTestClock
+	cid   uint32 // CTAPHID channel the requests come on
 }
 
 func newPINTestEnv(t testing.TB) *pinTestEnv {
@@ -240,7 +241,7 @@ func newPINTestEnv(t testing.TB) *pinTestEnv {
 		log: slog.New(slog.DiscardHandler),
 		pin: ps,
 	}
-	return &pinTestEnv{t: t, a: a, store: st, clock: clk}
+	return &pinTestEnv{t: t, a: a, store: st, clock: clk, cid: 1}
 }
 
 var pinTestEnc, _ = cbor.CTAP2EncOptions().EncMode()
@@ -262,9 +263,9 @@ func (e *pinTestEnv) call(cmd byte, params any) (ctap.Status, map[int]cbor.RawMe
 
 func (e *pinTestEnv) callRaw(req []byte) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	resp, err := e.a.HandleRequest(context.Background(), req)
+	resp, err := e.a.Handle(context.Background(), ctap.Request{CID: e.cid, Cmd: ctap.CmdCBOR, Payload: req})
 	if err != nil {
-		e.t.Fatalf("HandleRequest: %v", err)
+		e.t.Fatalf("Handle: %v", err)
 	}
 	if len(resp) == 0 {
 		e.t.Fatal("empty response")
@@ -862,7 +863,7 @@ func FuzzClientPINKeyAgreement(f *testing.F) {
 				if err != nil {
 					return // ka is not well-formed CBOR: the encoder refuses it
 				}
-				resp, err := e.a.HandleRequest(context.Background(), append([]byte{cmdClientPIN}, b...))
+				resp, err := e.a.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdCBOR, Payload: append([]byte{cmdClientPIN}, b...)})
 				if err != nil || len(resp) != 1 {
 					t.Fatalf("sub %d: resp %x, err %v", sub, resp, err)
 				}

@@ -216,6 +216,36 @@ func TestCredMgmtEnumerateCredentials(t *testing.T) {
 	}
 }
 
+// An enumeration belongs to the channel that began it: GetNext from
+// another channel is NOT_ALLOWED and ends it; the owner continues only
+// while no other channel has spoken.
+func TestCredMgmtEnumerationBelongsToChannel(t *testing.T) {
+	for _, cmd := range []byte{cmdCredentialManagement, cmdCredentialMgmtPreview} {
+		e := newCMTestEnv(t, 2, cmd)
+		ha := sha256.Sum256([]byte("a.example"))
+		e.cid = 7
+		st, _ := e.cm(cmEnumerateCredentialsBegin, map[int]any{1: ha[:]})
+		wantStatus(t, "enumerateCredentialsBegin on 7", st, ctap.StatusOK)
+		e.cid = 8
+		st, _ = e.next(cmEnumerateCredentialsNext)
+		wantStatus(t, "GetNextCredential from another channel", st, ctap.StatusNotAllowed)
+		e.cid = 7
+		st, _ = e.next(cmEnumerateCredentialsNext)
+		wantStatus(t, "GetNextCredential by the owner after another channel asked", st, ctap.StatusNotAllowed)
+
+		st, _ = e.cm(cmEnumerateRPsBegin, nil)
+		wantStatus(t, "enumerateRPsBegin on 7", st, ctap.StatusOK)
+		e.cid = 8
+		st, _ = e.next(cmEnumerateRPsGetNextRP)
+		wantStatus(t, "GetNextRP from another channel", st, ctap.StatusNotAllowed)
+		e.cid = 7
+		st, _ = e.cm(cmEnumerateRPsBegin, nil)
+		wantStatus(t, "enumerateRPsBegin on 7 again", st, ctap.StatusOK)
+		st, _ = e.next(cmEnumerateRPsGetNextRP)
+		wantStatus(t, "GetNextRP by the owner", st, ctap.StatusOK)
+	}
+}
+
 func TestCredMgmtDeleteAndUpdate(t *testing.T) {
 	for _, cmd := range []byte{cmdCredentialManagement, cmdCredentialMgmtPreview} {
 		for _, proto := range []uint64{1, 2} {
@@ -353,7 +383,7 @@ func FuzzCredentialManagementRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, params []byte) {
 		e.t = t
 		for _, cmd := range []byte{cmdCredentialManagement, cmdCredentialMgmtPreview} {
-			resp, err := e.a.HandleRequest(context.Background(), append([]byte{cmd}, params...))
+			resp, err := e.a.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdCBOR, Payload: append([]byte{cmd}, params...)})
 			if err != nil || len(resp) != 1 {
 				t.Fatalf("resp %x, err %v", resp, err)
 			}

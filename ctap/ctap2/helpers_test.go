@@ -114,6 +114,7 @@ type env struct {
 	prompt *prompter
 	clock  *clock
 	logs   *logBuf
+	cid    uint32 // CTAPHID channel the requests come on
 }
 
 func newEnv(t testing.TB) *env {
@@ -126,7 +127,7 @@ func newEnv(t testing.TB) *env {
 
 func newEnvWithStore(t testing.TB, s ctap2.Store) *env {
 	t.Helper()
-	e := &env{t: t, store: s, prompt: &prompter{},
+	e := &env{t: t, store: s, prompt: &prompter{}, cid: 1,
 		clock: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, logs: &logBuf{}}
 	a, err := ctap2.New(ctap2.Config{
 		Store:    s,
@@ -164,9 +165,9 @@ func enc(t testing.TB, v any) []byte {
 // response map. It checks the CBOR is canonical.
 func (e *env) rawCallCtx(ctx context.Context, req []byte) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	resp, err := e.a.HandleRequest(ctx, req)
+	resp, err := e.a.Handle(ctx, ctap.Request{CID: e.cid, Cmd: ctap.CmdCBOR, Payload: req})
 	if err != nil {
-		e.t.Fatalf("HandleRequest error: %v", err)
+		e.t.Fatalf("Handle error: %v", err)
 	}
 	if len(resp) == 0 {
 		e.t.Fatal("empty response")

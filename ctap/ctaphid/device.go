@@ -4,7 +4,7 @@
 // a request is outstanding, and hands MSG and CBOR requests to a Handler.
 package ctaphid
 
-import "context"
+import "github.com/tpm-fido/tpm-fido/ctap"
 
 // ReportSize is the size of every CTAPHID report, in and out.
 const ReportSize = 64
@@ -22,19 +22,7 @@ type ReportDevice interface {
 	Close() error
 }
 
-// Handler processes one MSG (cmd 0x03) or CBOR (cmd 0x10) request. It is
-// called from a goroutine of its own with a context that is cancelled
-// when the client sends CTAPHID_CANCEL or the server shuts down, and that
-// carries a keepalive reporter (see ctap.SetKeepalive). The returned bytes
-// are the response payload for the same command.
-type Handler interface {
-	Handle(ctx context.Context, cmd byte, payload []byte) ([]byte, error)
-}
-
-// HandlerFunc adapts a function to Handler.
-type HandlerFunc func(ctx context.Context, cmd byte, payload []byte) ([]byte, error)
-
-// Handle calls f.
-func (f HandlerFunc) Handle(ctx context.Context, cmd byte, payload []byte) ([]byte, error) {
-	return f(ctx, cmd, payload)
-}
+// Handler processes one MSG or CBOR request (see ctap.Handler for the
+// contract). The server passes the channel the request came on in
+// ctap.Request.CID.
+type Handler = ctap.Handler

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"log/slog"
 	"testing"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
 )
 
 // recorder is a ReportDevice that records what the server writes.
@@ -73,7 +75,11 @@ func FuzzServer(f *testing.F) {
 	f.Add(seed(initMsg, EncodeMessage(1, CmdCancel, nil), EncodeMessage(1, CmdWink, nil)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rec := &recorder{}
-		h := HandlerFunc(func(ctx context.Context, cmd byte, p []byte) ([]byte, error) {
+		h := ctap.HandlerFunc(func(ctx context.Context, req ctap.Request) ([]byte, error) {
+			if req.CID == 0 || req.CID == BroadcastCID || (req.Cmd != CmdMsg && req.Cmd != CmdCBOR) {
+				t.Errorf("handler called for channel %08x, command 0x%02x", req.CID, req.Cmd)
+			}
+			p := req.Payload
 			switch {
 			case len(p) > 0 && p[0] == 0xEE:
 				return nil, errors.New("handler failure")

@@ -440,14 +440,14 @@ func (s *Server) startRequest(a *assembly) {
 	s.reqTick = time.NewTicker(s.cfg.KeepaliveInterval)
 	s.log.Debug("ctaphid: request", "cid", a.cid, "cmd", a.cmd, "len", len(a.buf))
 	s.wg.Add(1)
-	go func(gen uint64, cmd byte, payload []byte) {
+	go func(gen uint64, req ctap.Request) {
 		defer s.wg.Done()
-		resp, err := s.h.Handle(ctx, cmd, payload)
+		resp, err := s.h.Handle(ctx, req)
 		select {
 		case s.results <- result{gen: gen, resp: resp, err: err}:
 		case <-s.done:
 		}
-	}(r.gen, a.cmd, a.buf)
+	}(r.gen, ctap.Request{CID: a.cid, Cmd: a.cmd, Payload: a.buf})
 }
 
 func (s *Server) stopKeepalive() {

@@ -262,7 +262,7 @@ func newBlocker() *blocker {
 	return &blocker{started: make(chan struct{}, 16), release: make(chan []byte, 1)}
 }
 
-func (b *blocker) Handle(ctx context.Context, cmd byte, payload []byte) ([]byte, error) {
+func (b *blocker) Handle(ctx context.Context, req ctap.Request) ([]byte, error) {
 	if b.status != 0 {
 		ctap.SetKeepalive(ctx, b.status)
 	}
@@ -412,7 +412,7 @@ func TestInitAbortsTransaction(t *testing.T) {
 
 func TestHandlerErrors(t *testing.T) {
 	var ret error
-	h := ctaphid.HandlerFunc(func(ctx context.Context, cmd byte, p []byte) ([]byte, error) { return nil, ret })
+	h := ctap.HandlerFunc(func(ctx context.Context, req ctap.Request) ([]byte, error) { return nil, ret })
 	e := start(t, h, ctaphid.Config{}, nil)
 	cid := e.init()
 	ret = errors.New("tpm on fire")
@@ -422,6 +422,29 @@ func TestHandlerErrors(t *testing.T) {
 		t.Errorf("status error: cmd 0x%02x % x", f.Cmd, f.Payload)
 	}
 	expectError(t, e.transact(cid, ctaphid.CmdMsg, []byte{1}), cid, ctaphid.ErrOther)
+}
+
+// The handler is told which channel asks, so state a command leaves
+// behind can belong to its caller.
+func TestHandlerSeesChannel(t *testing.T) {
+	got := make(chan ctap.Request, 1)
+	h := ctap.HandlerFunc(func(ctx context.Context, req ctap.Request) ([]byte, error) {
+		got <- req
+		return []byte{0}, nil
+	})
+	e := start(t, h, ctaphid.Config{}, nil)
+	a, b := e.init(), e.init()
+	for _, tc := range []struct {
+		cid     uint32
+		cmd     byte
+		payload []byte
+	}{{a, ctaphid.CmdCBOR, []byte{0x08}}, {b, ctaphid.CmdCBOR, []byte{0x08}}, {b, ctaphid.CmdMsg, []byte{0, 3, 0, 0}}} {
+		e.transact(tc.cid, tc.cmd, tc.payload)
+		r := <-got
+		if r.CID != tc.cid || r.Cmd != tc.cmd || !bytes.Equal(r.Payload, tc.payload) {
+			t.Errorf("handler got CID %08x cmd 0x%02x % x, want %08x 0x%02x % x", r.CID, r.Cmd, r.Payload, tc.cid, tc.cmd, tc.payload)
+		}
+	}
 }
 
 func TestMuxAnswers(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/u2f"
 	"github.com/tpm-fido/tpm-fido/presence"
 )
@@ -25,7 +26,7 @@ func FuzzHandleRequest(f *testing.F) {
 	st := newFakeStore()
 	h := newHandler(f, st, presence.Fixed{Allow: true})
 	// One real key handle so the fuzzer can reach the signing paths.
-	resp, _ := h.HandleRequest(context.Background(), extAPDU(1, 3, append(ch[:], app[:]...)))
+	resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 3, append(ch[:], app[:]...))})
 	if len(resp) > 67 {
 		kh := resp[67 : 67+int(resp[66])]
 		f.Add(extAPDU(2, 3, authData(ch, app, kh)))
@@ -37,9 +38,9 @@ func FuzzHandleRequest(f *testing.F) {
 		u2f.SWCLANotSupported: true,
 	}
 	f.Fuzz(func(t *testing.T, req []byte) {
-		resp, err := h.HandleRequest(context.Background(), req)
+		resp, err := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: req})
 		if err != nil {
-			t.Fatalf("HandleRequest returned an error: %v", err)
+			t.Fatalf("Handle returned an error: %v", err)
 		}
 		if len(resp) < 2 {
 			t.Fatalf("response %x has no status word", resp)

@@ -61,7 +61,7 @@ type Config struct {
 	PromptTimeout time.Duration
 }
 
-// Handler serves U2F APDUs. It implements ctap.RequestHandler and is safe
+// Handler serves U2F APDUs. It implements ctap.Handler and is safe
 // for concurrent use.
 type Handler struct {
 	cfg Config
@@ -100,10 +100,11 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
-// HandleRequest implements ctap.RequestHandler. The response is always
-// response data followed by a status word; the error is always nil.
-func (h *Handler) HandleRequest(ctx context.Context, req []byte) ([]byte, error) {
-	resp, err := h.handle(ctx, req)
+// Handle implements ctap.Handler for CTAPHID_MSG: the payload is a
+// command APDU. The response is always response data followed by a
+// status word; the error is always nil.
+func (h *Handler) Handle(ctx context.Context, req ctap.Request) ([]byte, error) {
+	resp, err := h.handle(ctx, req.Payload)
 	if err != nil {
 		var sw swError
 		if !errors.As(err, &sw) {
@@ -321,4 +322,4 @@ func siteLabel(app [32]byte) string {
 	return "U2F site " + hex.EncodeToString(app[:4])
 }
 
-var _ ctap.RequestHandler = (*Handler)(nil)
+var _ ctap.Handler = (*Handler)(nil)

@@ -63,9 +63,9 @@ func split(t testing.TB, resp []byte) ([]byte, uint16) {
 
 func do(t testing.TB, h *u2f.Handler, req []byte) ([]byte, uint16) {
 	t.Helper()
-	resp, err := h.HandleRequest(context.Background(), req)
+	resp, err := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: req})
 	if err != nil {
-		t.Fatalf("HandleRequest: %v", err)
+		t.Fatalf("Handle: %v", err)
 	}
 	return split(t, resp)
 }
@@ -438,7 +438,7 @@ func TestPollingClientSeesOnePrompt(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	result := make(chan []byte)
 	go func() {
-		resp, _ := h.HandleRequest(ctx, reg)
+		resp, _ := h.Handle(ctx, ctap.Request{Cmd: ctap.CmdMsg, Payload: reg})
 		result <- resp
 	}()
 	r := <-gp.opened
@@ -460,7 +460,7 @@ func TestPollingClientSeesOnePrompt(t *testing.T) {
 
 	// The approval was used up: the same request asks again.
 	go func() {
-		resp, _ := h.HandleRequest(context.Background(), reg)
+		resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: reg})
 		result <- resp
 	}()
 	<-gp.opened
@@ -497,7 +497,7 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		h.HandleRequest(ctx, extAPDU(1, 0, append(ch[:], app[:]...)))
+		h.Handle(ctx, ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
 		close(done)
 	}()
 	<-gp.opened
@@ -514,7 +514,7 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 	} {
 		result := make(chan uint16)
 		go func() {
-			resp, _ := h.HandleRequest(context.Background(), tc.req)
+			resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: tc.req})
 			_, sw := split(t, resp)
 			result <- sw
 		}()
@@ -530,7 +530,7 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 
 	// An approval expires after the window. (ctx is cancelled already, so
 	// the request returns at once and leaves the answer behind.)
-	h.HandleRequest(ctx, extAPDU(1, 0, append(ch[:], app[:]...)))
+	h.Handle(ctx, ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
 	<-gp.opened
 	clk.mu.Lock()
 	clk.called = make(chan struct{}, 16)
@@ -540,7 +540,7 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 	clk.Add(6 * time.Second)
 	result := make(chan uint16)
 	go func() {
-		resp, _ := h.HandleRequest(context.Background(), extAPDU(1, 0, append(ch[:], app[:]...)))
+		resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
 		_, sw := split(t, resp)
 		result <- sw
 	}()
@@ -561,7 +561,7 @@ func TestAbandonedPromptIsClosed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		h.HandleRequest(ctx, extAPDU(1, 0, append(ch[:], app[:]...)))
+		h.Handle(ctx, ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
 		close(done)
 	}()
 	<-gp.opened
@@ -584,7 +584,7 @@ func TestKeepaliveWhilePrompting(t *testing.T) {
 	app, ch := sha256.Sum256([]byte("a")), sha256.Sum256([]byte("c"))
 	result := make(chan []byte)
 	go func() {
-		resp, _ := h.HandleRequest(ctx, extAPDU(1, 0, append(ch[:], app[:]...)))
+		resp, _ := h.Handle(ctx, ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
 		result <- resp
 	}()
 	r := <-gp.opened
