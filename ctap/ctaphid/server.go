@@ -415,7 +415,15 @@ func (s *Server) dispatch(a *assembly) error {
 			s.lockTimer = time.NewTimer(time.Duration(secs) * time.Second)
 		}
 		return s.writeMessage(a.cid, CmdLock, nil)
-	case CmdMsg, CmdCBOR:
+	case CmdCBOR:
+		// The CTAP2 command byte is part of the CBOR message's framing:
+		// without it there is no request to start (§11.2.9.1.2).
+		if a.bcnt == 0 {
+			return s.sendError(a.cid, ErrInvalidLen)
+		}
+		s.startRequest(a)
+		return nil
+	case CmdMsg:
 		s.startRequest(a)
 		return nil
 	}

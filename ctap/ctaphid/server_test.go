@@ -447,6 +447,36 @@ func TestHandlerSeesChannel(t *testing.T) {
 	}
 }
 
+// A CBOR message needs at least its command byte: BCNT 0 is a framing
+// error, answered by the transport with ERR_INVALID_LEN (§11.2.9.1.2),
+// and no request starts. An empty MSG still goes to the handler, whose
+// APDU parser owns that answer.
+func TestEmptyCBORMessage(t *testing.T) {
+	got := make(chan ctap.Request, 4)
+	h := ctap.HandlerFunc(func(ctx context.Context, req ctap.Request) ([]byte, error) {
+		got <- req
+		return []byte{0x67, 0x00}, nil
+	})
+	e := start(t, h, ctaphid.Config{}, nil)
+	cid := e.init()
+	expectError(t, e.transact(cid, ctaphid.CmdCBOR, nil), cid, ctaphid.ErrInvalidLen)
+	select {
+	case r := <-got:
+		t.Fatalf("handler called for an empty CBOR message: %+v", r)
+	default:
+	}
+	// The channel is free at once: no request was left outstanding.
+	if f := e.transact(cid, ctaphid.CmdPing, []byte("x")); f.Cmd != ctaphid.CmdPing {
+		t.Fatalf("PING after the empty CBOR message: cmd 0x%02x % x", f.Cmd, f.Payload)
+	}
+	if f := e.transact(cid, ctaphid.CmdMsg, nil); f.Cmd != ctaphid.CmdMsg {
+		t.Fatalf("empty MSG: cmd 0x%02x % x", f.Cmd, f.Payload)
+	}
+	if r := <-got; r.Cmd != ctaphid.CmdMsg || len(r.Payload) != 0 {
+		t.Fatalf("handler got %+v for the empty MSG", r)
+	}
+}
+
 func TestMuxAnswers(t *testing.T) {
 	e := start(t, &ctap.Mux{}, ctaphid.Config{}, nil)
 	cid := e.init()
