@@ -45,38 +45,51 @@ func hex16(v uint16) string {
 	return string([]byte{'0', 'x', digits[v>>12&0xF], digits[v>>8&0xF], digits[v>>4&0xF], digits[v&0xF]})
 }
 
-// parseAPDU decodes a command APDU in short or extended length encoding
-// (ISO 7816-4 §5.1; U2F Raw Message Formats §3.1). The expected response
-// length (Le) is accepted and ignored: responses are always sent whole.
-// Any framing that does not add up is SWWrongLength.
+// parseAPDU decodes a command APDU (ISO 7816-4 §5.1; U2F Raw Message
+// Formats §3.1). The class and instruction are judged first, whatever the
+// framing: a CLA other than 0 is SWCLANotSupported and an unknown INS
+// SWInsNotSupported, even when the length bytes are wrong too. The body
+// after CLA INS P1 P2 may then take any of these forms:
+//
+//	(empty)                          case 1
+//	Le                               case 2, short
+//	00 Le1 Le2                       case 2, extended
+//	Lc data [Le]                     cases 3 and 4, short (Lc 1-255)
+//	00 Lc1 Lc2 data [Le1 Le2]        cases 3 and 4, extended
+//
+// In the extended form Lc may be 0: U2F frames a request without data as
+// 00 00 00 followed by a two-byte Le, and libfido2, python-fido2 and
+// Mozilla's authenticator-rs build every APDU that way (python-fido2's
+// VERSION is 00 03 00 00 00 00 00 00 00). Le is accepted and ignored: responses
+// are always sent whole. Anything else is SWWrongLength.
 func parseAPDU(b []byte) (apdu, error) {
+	if len(b) >= 1 && b[0] != 0 {
+		return apdu{}, swError(SWCLANotSupported)
+	}
+	if len(b) >= 2 && !knownINS(b[1]) {
+		return apdu{}, swError(SWInsNotSupported)
+	}
 	if len(b) < 4 {
 		return apdu{}, swError(SWWrongLength)
 	}
 	a := apdu{cla: b[0], ins: b[1], p1: b[2], p2: b[3]}
 	body := b[4:]
 	switch {
-	case len(body) == 0:
-		// Case 1: no data, no Le.
-	case len(body) == 1:
-		// Case 2 short: Le only.
-	case body[0] == 0 && len(body) == 2:
-		return apdu{}, swError(SWWrongLength)
-	case body[0] == 0 && len(body) == 3:
-		// Case 2 extended: 0x00 ‖ Le(2).
-	case body[0] == 0:
-		// Case 3/4 extended: 0x00 ‖ Lc(2) ‖ data ‖ [Le(2)].
+	case len(body) <= 1:
+		// Case 1, or case 2 short: no data.
+	case body[0] == 0 && len(body) >= 3:
+		// Extended: 00 ‖ Lc(2) ‖ data ‖ [Le(2)], or 00 ‖ Le(2).
 		lc := int(binary.BigEndian.Uint16(body[1:3]))
-		if lc == 0 {
-			return apdu{}, swError(SWWrongLength)
-		}
 		rest := body[3:]
 		if len(rest) != lc && len(rest) != lc+2 {
 			return apdu{}, swError(SWWrongLength)
 		}
 		a.data = rest[:lc]
+	case body[0] == 0:
+		// 00 ‖ one byte: neither a short Lc (1-255) nor an extended header.
+		return apdu{}, swError(SWWrongLength)
 	default:
-		// Case 3/4 short: Lc(1) ‖ data ‖ [Le(1)].
+		// Short: Lc(1) ‖ data ‖ [Le(1)].
 		lc := int(body[0])
 		rest := body[1:]
 		if len(rest) != lc && len(rest) != lc+1 {
@@ -85,6 +98,15 @@ func parseAPDU(b []byte) (apdu, error) {
 		a.data = rest[:lc]
 	}
 	return a, nil
+}
+
+// knownINS reports whether ins is an instruction the handler serves.
+func knownINS(ins byte) bool {
+	switch ins {
+	case insRegister, insAuthenticate, insVersion:
+		return true
+	}
+	return false
 }
 
 // withSW appends the status word to data.

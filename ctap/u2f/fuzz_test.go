@@ -16,6 +16,7 @@ import (
 func FuzzHandleRequest(f *testing.F) {
 	app, ch := sha256.Sum256([]byte("https://example.com")), sha256.Sum256([]byte("c"))
 	f.Add([]byte{0, 3, 0, 0})
+	f.Add([]byte{0, 3, 0, 0, 0, 0, 0, 0, 0}) // python-fido2's VERSION: extended Lc 0, Le 0
 	f.Add(extAPDU(1, 3, append(ch[:], app[:]...)))
 	f.Add(shortAPDU(1, 0, append(ch[:], app[:]...)))
 	f.Add(extAPDU(2, 7, authData(ch, app, make([]byte, 80))))

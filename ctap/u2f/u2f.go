@@ -117,12 +117,9 @@ func (h *Handler) Handle(ctx context.Context, req ctap.Request) ([]byte, error) 
 }
 
 func (h *Handler) handle(ctx context.Context, req []byte) ([]byte, error) {
-	a, err := parseAPDU(req)
+	a, err := parseAPDU(req) // judges CLA and INS first
 	if err != nil {
 		return nil, err
-	}
-	if a.cla != 0 {
-		return nil, swError(SWCLANotSupported)
 	}
 	switch a.ins {
 	case insRegister:

@@ -157,7 +157,13 @@ func checkAuthentication(t *testing.T, data []byte, pub *ecdsa.PublicKey, app, c
 
 func TestVersion(t *testing.T) {
 	h := newHandler(t, newFakeStore(), presence.Fixed{Allow: true})
-	for _, req := range [][]byte{{0, 3, 0, 0}, {0, 3, 0, 0, 0}, {0, 3, 0, 0, 0, 0, 0}} {
+	for _, req := range [][]byte{
+		{0, 3, 0, 0},                   // case 1
+		{0, 3, 0, 0, 0},                // case 2 short, Le 00
+		{0, 3, 0, 0, 0, 0, 0},          // case 2 extended, Le 0000
+		{0, 3, 0, 0, 0, 0, 0, 0, 0},    // extended Lc 0000 then Le 0000 (libfido2, python-fido2, authenticator-rs)
+		{0, 3, 0, 0, 0, 0, 0, 0x01, 0}, // the same with Le 0100
+	} {
 		data, sw := do(t, h, req)
 		if sw != u2f.SWNoError || string(data) != "U2F_V2" {
 			t.Errorf("VERSION %x = %q %04x, want U2F_V2 9000", req, data, sw)
@@ -172,7 +178,12 @@ func TestRegisterAndAuthenticate(t *testing.T) {
 	for _, enc := range []struct {
 		name string
 		f    func(byte, byte, []byte) []byte
-	}{{"extended", extAPDU}, {"short", shortAPDU}} {
+	}{
+		{"extended", extAPDU},
+		{"short", shortAPDU},
+		{"extended without Le", func(ins, p1 byte, data []byte) []byte { b := extAPDU(ins, p1, data); return b[:len(b)-2] }},
+		{"short without Le", func(ins, p1 byte, data []byte) []byte { b := shortAPDU(ins, p1, data); return b[:len(b)-1] }},
+	} {
 		t.Run(enc.name, func(t *testing.T) {
 			st := newFakeStore()
 			h := newHandler(t, st, presence.Fixed{Allow: true})
@@ -267,11 +278,23 @@ func TestStatusWords(t *testing.T) {
 		{"3 bytes", []byte{0, 3, 0}, u2f.SWWrongLength},
 		{"CLA 0x80", []byte{0x80, 3, 0, 0}, u2f.SWCLANotSupported},
 		{"INS 0x40", []byte{0, 0x40, 0, 0}, u2f.SWInsNotSupported},
+		// CLA, then INS, are judged before the length, in any framing.
+		{"CLA 0x80 alone", []byte{0x80}, u2f.SWCLANotSupported},
+		{"CLA 0x80, unknown INS, bad length", []byte{0x80, 0x40, 0, 0, 5, 1}, u2f.SWCLANotSupported},
+		{"INS 0x40, 2 bytes", []byte{0, 0x40}, u2f.SWInsNotSupported},
+		{"INS 0x40, extended Lc beyond data", []byte{0, 0x40, 0, 0, 0, 0, 9, 1}, u2f.SWInsNotSupported},
+		{"INS 0x40, python-fido2 framing", []byte{0, 0x40, 0, 0, 0, 0, 0, 0, 0}, u2f.SWInsNotSupported},
+		{"INS 0xC0 (GET RESPONSE)", []byte{0, 0xC0, 0, 0, 0}, u2f.SWInsNotSupported},
+		{"CLA 0x80, python-fido2 framing", []byte{0x80, 3, 0, 0, 0, 0, 0, 0, 0}, u2f.SWCLANotSupported},
 		{"register 63 bytes", extAPDU(1, 0, regData[:63]), u2f.SWWrongLength},
 		{"register 65 bytes", extAPDU(1, 0, append(regData, 0)), u2f.SWWrongLength},
 		{"register no data", []byte{0, 1, 0, 0}, u2f.SWWrongLength},
 		{"extended Lc beyond data", append([]byte{0, 1, 0, 0, 0, 0, 64}, regData[:60]...), u2f.SWWrongLength},
-		{"extended Lc 0 with bytes", []byte{0, 1, 0, 0, 0, 0, 0, 1, 2}, u2f.SWWrongLength},
+		{"extended Lc 0 then 1 byte", []byte{0, 3, 0, 0, 0, 0, 0, 1}, u2f.SWWrongLength},
+		{"extended Lc 0 then 3 bytes", []byte{0, 3, 0, 0, 0, 0, 0, 1, 2, 3}, u2f.SWWrongLength},
+		{"extended Lc with 1 byte of Le", append(append([]byte{0, 1, 0, 0, 0, 0, 64}, regData...), 0), u2f.SWWrongLength},
+		{"00 then 1 byte", []byte{0, 3, 0, 0, 0, 0}, u2f.SWWrongLength},
+		{"register, extended Lc 0 and Le", []byte{0, 1, 0, 0, 0, 0, 0, 0, 0}, u2f.SWWrongLength},
 		{"short Lc beyond data", []byte{0, 1, 0, 0, 10, 1, 2}, u2f.SWWrongLength},
 		{"authenticate P1 0x05", extAPDU(2, 0x05, authData(ch, app, kh)), u2f.SWWrongP1P2},
 		{"authenticate kh length too long", extAPDU(2, 3, authData(ch, app, kh)[:100]), u2f.SWWrongLength},
