@@ -471,6 +471,78 @@ func TestCredProtectEnforcement(t *testing.T) {
 	wantStatus(t, "past the end", st, ctap.StatusNotAllowed)
 }
 
+// The user member of getAssertion (CTAP 2.1 §6.2.2, 0x04): a
+// discoverable credential's user id is always returned, also when the
+// allowList named it; name and displayName only with UV and more than one
+// account returned; a non-discoverable credential has no user member.
+func TestAssertionUserMember(t *testing.T) {
+	e := newEnv(t)
+	p := e.newPlatform(2)
+	p.setPIN("1234")
+	mk := func(rp, user string, rk bool) credential {
+		e.clock.advance(time.Second)
+		return e.makeCredential(mcOpts{rp: rp, user: user, rk: rk, token: p.token("1234", 0x01, rp)})
+	}
+	one, two := mk("example.org", "one", true), mk("example.org", "two", true)
+	plain := mk("example.org", "plain", false)
+	solo := mk("solo.example", "solo", true)
+	pubs := map[string]*ecdsa.PublicKey{string(one.id): one.pub, string(two.id): two.pub,
+		string(plain.id): plain.pub, string(solo.id): solo.pub}
+	ga := func(rp string, allow []byte, uv bool) assertion {
+		t.Helper()
+		h := cdh("ga " + rp)
+		req := map[int]any{1: rp, 2: h}
+		if allow != nil {
+			req[3] = allowList(allow)
+		}
+		if uv {
+			tok := p.token("1234", 0x02, rp)
+			req[6] = authenticate(2, tok, h)
+			req[7] = 2
+		}
+		st, m := e.call(cGetAssertion, req)
+		wantStatus(t, "getAssertion", st, ctap.StatusOK)
+		return verifyAssertion(t, m, h, pubs)
+	}
+	idOnly := func(what string, as assertion, id string) {
+		t.Helper()
+		if got, _ := as.user["id"].([]byte); len(as.user) != 1 || string(got) != id {
+			t.Errorf("%s: user %v, want only id %q", what, as.user, id)
+		}
+	}
+	withNames := func(what string, as assertion, u string) {
+		t.Helper()
+		if got, _ := as.user["id"].([]byte); string(got) != "uid-"+u || as.user["name"] != u || as.user["displayName"] != "User "+u {
+			t.Errorf("%s: user %v, want id, name and displayName of %q", what, as.user, u)
+		}
+	}
+
+	idOnly("allowList, discoverable, no UV", ga("example.org", one.id, false), "uid-one")
+	idOnly("allowList, discoverable, UV (one account)", ga("example.org", one.id, true), "uid-one")
+	if as := ga("example.org", plain.id, true); as.user != nil {
+		t.Errorf("allowList, non-discoverable: user %v, want none", as.user)
+	}
+	idOnly("discoverable, UV, one account", ga("solo.example", nil, true), "uid-solo")
+
+	as := ga("example.org", nil, false)
+	if as.count != 2 {
+		t.Fatalf("numberOfCredentials %d, want 2", as.count)
+	}
+	idOnly("discoverable, no UV, two accounts", as, "uid-two")
+	st, m := e.call(cGetNextAssertion, nil)
+	wantStatus(t, "getNextAssertion", st, ctap.StatusOK)
+	idOnly("next, no UV", verifyAssertion(t, m, cdh("ga example.org"), pubs), "uid-one")
+
+	as = ga("example.org", nil, true)
+	if as.count != 2 {
+		t.Fatalf("numberOfCredentials %d, want 2", as.count)
+	}
+	withNames("discoverable, UV, two accounts", as, "two")
+	st, m = e.call(cGetNextAssertion, nil)
+	wantStatus(t, "getNextAssertion", st, ctap.StatusOK)
+	withNames("next, UV", verifyAssertion(t, m, cdh("ga example.org"), pubs), "one")
+}
+
 func TestGetNextAssertionState(t *testing.T) {
 	e := newEnv(t)
 	for _, u := range []string{"a", "b", "c"} {

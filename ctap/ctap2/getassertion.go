@@ -1,6 +1,7 @@
 package ctap2
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -51,7 +52,10 @@ type getAssertionRequest struct {
 // assertionCred is one applicable credential.
 type assertionCred struct {
 	cred *tpmstore.Credential
-	user *tpmstore.User // discoverable only
+	// user is the user member of the response (§6.2.2, 0x04), for a
+	// discoverable credential only: its id always, name and displayName
+	// only when accountDetails allows them.
+	user *tpmstore.User
 }
 
 // nextAssertion is what getNextAssertion continues from.
@@ -235,6 +239,11 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 	if len(creds) == 0 {
 		return nil, ctap.StatusNoCredentials
 	}
+	if !accountDetails(uv, len(creds)) {
+		for i := range creds {
+			creds[i].user = userIDOnly(creds[i].user)
+		}
+	}
 
 	// Step 9: user presence, unless the platform asked up=false.
 	var flags byte
@@ -305,7 +314,18 @@ func (a *Authenticator) applicableCredentials(r *getAssertionRequest, hash [32]b
 			if credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv {
 				continue
 			}
-			return []assertionCred{{cred: c}}, nil
+			ac := assertionCred{cred: c}
+			if c.Options.Resident {
+				// A discoverable credential's user id is returned also
+				// when the allowList named it (§6.2.2, 0x04): WebAuthn's
+				// userHandle comes from it.
+				u, err := a.residentUser(hash, c.ID)
+				if err != nil {
+					return nil, err
+				}
+				ac.user = u
+			}
+			return []assertionCred{ac}, nil
 		}
 		return nil, nil
 	}
@@ -327,6 +347,37 @@ func (a *Authenticator) applicableCredentials(r *getAssertionRequest, hash [32]b
 		out = append(out, assertionCred{cred: c, user: &res.User})
 	}
 	return out, nil
+}
+
+// residentUser returns the user entity stored with the discoverable
+// credential id, or nil when the store has no record of it.
+func (a *Authenticator) residentUser(hash [32]byte, id []byte) (*tpmstore.User, error) {
+	rs, err := a.cfg.Store.Residents(hash)
+	if err != nil {
+		return nil, fmt.Errorf("ctap2: getAssertion: residents: %w", err)
+	}
+	for i := range rs {
+		if bytes.Equal(rs[i].CredentialID, id) {
+			return &rs[i].User, nil
+		}
+	}
+	return nil, nil
+}
+
+// accountDetails reports whether an assertion may carry the user's name
+// and displayName (§6.2.2, 0x04): only when the user was verified and
+// more than one account is returned, so that the platform can offer a
+// choice. A single account gets its id alone.
+func accountDetails(uv bool, numberOfCredentials int) bool {
+	return uv && numberOfCredentials > 1
+}
+
+// userIDOnly returns u without name and displayName (nil stays nil).
+func userIDOnly(u *tpmstore.User) *tpmstore.User {
+	if u == nil {
+		return nil
+	}
+	return &tpmstore.User{ID: u.ID}
 }
 
 // openHMACSecret verifies saltAuth and decrypts the salts (§12.5).
@@ -411,14 +462,16 @@ func (a *Authenticator) assertion(hash [32]byte, clientDataHash []byte, flags by
 		0x03: sig,
 	}
 	if c.user != nil {
-		u := map[string]any{"id": c.user.ID}
-		if uv {
-			if c.user.Name != "" {
-				u["name"] = c.user.Name
-			}
-			if c.user.DisplayName != "" {
-				u["displayName"] = c.user.DisplayName
-			}
+		id := c.user.ID
+		if id == nil {
+			id = []byte{}
+		}
+		u := map[string]any{"id": id}
+		if c.user.Name != "" {
+			u["name"] = c.user.Name
+		}
+		if c.user.DisplayName != "" {
+			u["displayName"] = c.user.DisplayName
 		}
 		resp[0x04] = u
 	}

@@ -83,8 +83,9 @@ func TestWithTPMSimulator(t *testing.T) {
 		if !bytes.Equal(as.credID, rk.id) {
 			t.Fatal("wrong credential")
 		}
-		if tok != nil && as.user["name"] != "resident" {
-			t.Errorf("user %v", as.user)
+		// One account: its user id, through the allowList too; no names.
+		if id, _ := as.user["id"].([]byte); string(id) != "uid-resident" || len(as.user) != 1 {
+			t.Errorf("user %v, want only id uid-resident", as.user)
 		}
 		out, _ := as.auth.ext["hmac-secret"].([]byte)
 		return pp.decrypt(out)
