@@ -25,9 +25,11 @@ const (
 // Open opens the transport spec names:
 //
 //	uhid                 the kernel's /dev/uhid (a real HID device)
-//	unix:PATH            a SOCK_SEQPACKET socket at PATH (mode 0600)
+//	unix:PATH            a SOCK_SEQPACKET socket at PATH (see ListenUnix)
 //	udp                  datagrams on 127.0.0.1:8111, replies to 127.0.0.1:7112
 //	udp:LISTEN,REPLY     the same with other loopback addresses
+//
+// UDP cannot authenticate its peer: callers must reserve it for tests.
 //
 // IsTest reports whether the transport is a test transport (not uhid).
 func Open(spec string, log *slog.Logger) (ctaphid.ReportDevice, error) {

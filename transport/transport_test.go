@@ -3,10 +3,15 @@ package transport
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +34,12 @@ func serve(t *testing.T, dev ctaphid.ReportDevice) {
 	})
 }
 
+// sockPath is a socket path in a directory ListenUnix creates (0700):
+// t.TempDir itself is open to others (0755).
+func sockPath(t *testing.T) string {
+	return filepath.Join(t.TempDir(), "run", "s")
+}
+
 func dialUnix(t *testing.T, path string) *ctaphidtest.Client {
 	t.Helper()
 	c, err := net.Dial("unixpacket", path)
@@ -40,7 +51,7 @@ func dialUnix(t *testing.T, path string) *ctaphidtest.Client {
 }
 
 func TestUnix(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s")
+	path := sockPath(t)
 	dev, err := Open("unix:"+path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +94,11 @@ func TestUnix(t *testing.T) {
 }
 
 func TestUnixRefusesNonSocket(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "file")
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "file")
 	if err := os.WriteFile(path, []byte("keep me"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +111,7 @@ func TestUnixRefusesNonSocket(t *testing.T) {
 }
 
 func TestUnixCloseRemovesSocket(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s")
+	path := sockPath(t)
 	u, err := ListenUnix(path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +221,7 @@ func TestUhidMissingNamesFix(t *testing.T) {
 // BenchmarkUnixPingMax is the round trip of a 7609-byte PING (129
 // reports each way) through the unix SOCK_SEQPACKET transport.
 func BenchmarkUnixPingMax(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "s")
+	path := filepath.Join(b.TempDir(), "run", "s")
 	dev, err := ListenUnix(path, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -239,7 +254,7 @@ func BenchmarkUnixPingMax(b *testing.B) {
 // TestUnixStalledClient: a client that never reads is dropped and does
 // not block the others.
 func TestUnixStalledClient(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "s")
+	path := sockPath(t)
 	dev, err := ListenUnix(path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -261,5 +276,207 @@ func TestUnixStalledClient(t *testing.T) {
 		if err != nil || len(f.Payload) != len(data) {
 			t.Fatalf("PING %d: %v", i, err)
 		}
+	}
+}
+
+// TestUnixDirectoryMustBePrivate: the socket's directory is created 0700
+// when missing, and a directory others can enter is refused before any
+// socket is made.
+func TestUnixDirectoryMustBePrivate(t *testing.T) {
+	base := t.TempDir()
+	fresh := filepath.Join(base, "new", "sub")
+	u, err := ListenUnix(filepath.Join(fresh, "s"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Close()
+	if fi, err := os.Stat(fresh); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("created directory: %v, mode %v; want 0700", err, fi.Mode().Perm())
+	}
+	for _, mode := range []os.FileMode{0o755, 0o750, 0o701, 0o1777} {
+		dir := filepath.Join(base, fmt.Sprintf("open%o", mode))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "s")
+		_, err := ListenUnix(path, nil)
+		if !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), dir) {
+			t.Errorf("directory mode %04o: got %v, want ErrBadSpec naming %s", mode, err, dir)
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("directory mode %04o: a socket was created anyway", mode)
+		}
+	}
+}
+
+// TestUnixRefusesLiveSocket: a second listener on the path of a live one
+// fails, names the first one's pid, and leaves it serving.
+func TestUnixRefusesLiveSocket(t *testing.T) {
+	path := sockPath(t)
+	first, err := ListenUnix(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, first)
+	_, err = ListenUnix(path, nil)
+	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("second listener: got %v, want ErrInUse naming pid %d", err, os.Getpid())
+	}
+	// A live socket not guarded by our lock file (another program, or a
+	// daemon whose lock file was removed) is refused all the same.
+	if err := os.Remove(path + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ListenUnix(path, nil)
+	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("without the lock file: got %v, want ErrInUse naming pid %d", err, os.Getpid())
+	}
+	c := dialUnix(t, path)
+	cid, err := c.Init()
+	if err != nil {
+		t.Fatalf("the first listener stopped serving: %v", err)
+	}
+	if f, err := c.Transact(cid, ctaphid.CmdPing, []byte("still here")); err != nil || string(f.Payload) != "still here" {
+		t.Fatalf("PING to the first listener: %v %q", err, f.Payload)
+	}
+}
+
+// TestUnixReplacesStaleSocket: a socket nobody listens on any more (a
+// daemon that was killed) is replaced.
+func TestUnixReplacesStaleSocket(t *testing.T) {
+	path := sockPath(t)
+	if err := os.Mkdir(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("no stale socket to test with: %v", err)
+	}
+	u, err := ListenUnix(path, nil)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	serve(t, u)
+	if _, err := dialUnix(t, path).Init(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnixRefusesOtherUID: a connection whose peer uid is not the
+// listener's is closed without an answer (the check is what matters
+// here, so the test pretends to be another user; TestUnixOtherUserProcess
+// does it with a real one).
+func TestUnixRefusesOtherUID(t *testing.T) {
+	path := sockPath(t)
+	u, err := listenUnix(path, nil, os.Geteuid()+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, u)
+	c, err := net.Dial("unixpacket", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	expectRefused(t, c)
+}
+
+// expectRefused sends an INIT on c and wants the connection closed
+// without any answer.
+func expectRefused(t *testing.T, c net.Conn) {
+	t.Helper()
+	init := make([]byte, ctaphid.ReportSize)
+	binary.BigEndian.PutUint32(init, ctaphid.BroadcastCID)
+	init[4] = ctaphid.CmdInit
+	init[6] = 8
+	copy(init[7:], "12345678")
+	c.Write(init) // may fail once the server has closed
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(make([]byte, 128))
+	if err == nil && n > 0 {
+		t.Fatalf("a client of another uid got a %d-byte answer", n)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the connection of another uid was left open")
+	}
+}
+
+// TestUnixOtherUserProcess: a process of another user that gets past the
+// file permissions (here: the test opens them up) is still refused by
+// the peer-uid check. Needs root to start a process as nobody.
+func TestUnixOtherUserProcess(t *testing.T) {
+	if path := os.Getenv("TPM_FIDO_TEST_PEER_SOCKET"); path != "" {
+		// The child: connect and report what happened on stdout.
+		c, err := net.Dial("unixpacket", path)
+		if err != nil {
+			fmt.Println("dial:", err)
+			os.Exit(3)
+		}
+		expectRefused(t, c)
+		if !t.Failed() {
+			fmt.Println("refused")
+		}
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as another user")
+	}
+	path := sockPath(t)
+	dir := filepath.Dir(path)
+	u, err := ListenUnix(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, u)
+	// Let uid 65534 reach the socket: only the peer check stands now.
+	for _, p := range []string{filepath.Dir(filepath.Dir(dir)), filepath.Dir(dir), dir} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	// A copy of the test binary that uid 65534 may run (the build
+	// directory is private).
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exeDir, err := os.MkdirTemp("", "tpm-fido-peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(exeDir) })
+	if err := os.Chmod(exeDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe = filepath.Join(exeDir, "transport.test")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestUnixOtherUserProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "TPM_FIDO_TEST_PEER_SOCKET="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "refused") {
+		t.Fatalf("client as uid 65534: %v\n%s", err, out)
+	}
+	// The same socket still serves its owner.
+	if _, err := dialUnix(t, path).Init(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,8 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 )
@@ -21,9 +25,15 @@ const writeTimeout = time.Second
 // connection is like one process that opened the hidraw node: reports
 // from all connections are merged into ReadReport and every written
 // report goes to every connection; CTAPHID channel ids keep clients apart.
+//
+// Only processes of the same user may talk to it: the socket is mode 0600
+// in a directory only its owner can enter, and every connection's peer
+// uid (SO_PEERCRED) is checked on accept.
 type Unix struct {
 	ln   *net.UnixListener
 	path string
+	lock *os.File // flock held while listening (see ListenUnix)
+	uid  int      // the only peer uid accepted
 	log  *slog.Logger
 
 	in   chan []byte
@@ -35,15 +45,114 @@ type Unix struct {
 	wg    sync.WaitGroup
 }
 
-// ListenUnix listens on path (a stale socket there is replaced; any
-// other file is an error). The socket is mode 0600.
+// Errors from ListenUnix.
+var (
+	// ErrInUse: another live process serves the socket path.
+	ErrInUse = errors.New("transport: the socket is served by another process")
+	// ErrUnsafeDir: the socket's directory is open to other users.
+	ErrUnsafeDir = errors.New("transport: the socket's directory is open to other users")
+)
+
+// ListenUnix listens on path. The socket's directory is created (0700)
+// if missing and must otherwise belong to this user and be closed to
+// everybody else (no group or other permission bits): ErrUnsafeDir. A
+// socket that a live process still serves is never replaced: ErrInUse,
+// naming that process's pid when the kernel tells it. A stale socket is
+// replaced; any other file at path is an error. The socket is mode 0600.
+//
+// While listening, the process holds an flock on path+".lock", so two
+// daemons started at once cannot both take the path; the lock file stays
+// behind (empty) after Close.
 func ListenUnix(path string, log *slog.Logger) (*Unix, error) {
+	return listenUnix(path, log, os.Geteuid())
+}
+
+// listenUnix is ListenUnix accepting peers of uid only (tests pretend to
+// be another user with it).
+func listenUnix(path string, log *slog.Logger, uid int) (*Unix, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if err := privateDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	lock, err := lockPath(path)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := bindPrivate(path)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	u := &Unix{
+		ln:    ln,
+		path:  path,
+		lock:  lock,
+		uid:   uid,
+		log:   log,
+		in:    make(chan []byte),
+		done:  make(chan struct{}),
+		conns: make(map[*net.UnixConn]struct{}),
+	}
+	u.wg.Add(1)
+	go u.accept()
+	log.Info("listening for CTAPHID reports", "transport", "unix", "path", path)
+	return u, nil
+}
+
+// privateDir makes sure dir exists, belongs to this user and has no
+// permission bits for group or others.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("transport: creating the socket directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("transport: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("transport: %s is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%w: %s belongs to uid %d, not to this user (uid %d); put the socket in a directory of your own, e.g. $XDG_RUNTIME_DIR/tpm-fido/",
+			ErrUnsafeDir, dir, st.Uid, os.Geteuid())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o; put the socket in a directory only you can enter (mode 0700), e.g. $XDG_RUNTIME_DIR/tpm-fido/",
+			ErrUnsafeDir, dir, perm)
+	}
+	return nil
+}
+
+// lockPath takes an exclusive flock on path+".lock" without waiting. If
+// another process holds it, the error is ErrInUse with that process's
+// pid as the socket reports it.
+func lockPath(path string) (*os.File, error) {
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("transport: lock file: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, inUse(path, servingPID(path))
+		}
+		return nil, fmt.Errorf("transport: locking %s.lock: %w", path, err)
+	}
+	return f, nil
+}
+
+// bindPrivate listens on path, mode 0600. A socket already at path is
+// probed first: one that answers is someone's live socket and is left
+// alone (ErrInUse); one that refuses is stale and replaced.
+func bindPrivate(path string) (*net.UnixListener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("transport: %s exists and is not a socket", path)
+		}
+		if pid := servingPID(path); pid != 0 {
+			return nil, inUse(path, pid)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("transport: removing stale socket: %w", err)
@@ -68,18 +177,49 @@ func ListenUnix(path string, log *slog.Logger) (*Unix, error) {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("transport: %w", err)
 	}
-	u := &Unix{
-		ln:    ln,
-		path:  path,
-		log:   log,
-		in:    make(chan []byte),
-		done:  make(chan struct{}),
-		conns: make(map[*net.UnixConn]struct{}),
+	return ln, nil
+}
+
+// servingPID connects to the socket at path and returns the pid of the
+// process listening on it (SO_PEERCRED of a connected client is the
+// listener's), -1 if one answers but the pid is unknown, and 0 if
+// nothing answers.
+func servingPID(path string) int {
+	c, err := net.DialTimeout("unixpacket", path, time.Second)
+	if err != nil {
+		return 0
 	}
-	u.wg.Add(1)
-	go u.accept()
-	log.Info("listening for CTAPHID reports", "transport", "unix", "path", path)
-	return u, nil
+	defer c.Close()
+	cred, err := peerCred(c.(*net.UnixConn))
+	if err != nil || cred.Pid <= 0 {
+		return -1
+	}
+	return int(cred.Pid)
+}
+
+func inUse(path string, pid int) error {
+	who := "another process"
+	if pid > 0 {
+		who = fmt.Sprintf("another process (pid %d)", pid)
+	}
+	return fmt.Errorf("%w: %s serves %s; stop it first or choose another path", ErrInUse, who, path)
+}
+
+// peerCred returns the credentials the kernel recorded for the other end
+// of c.
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
 }
 
 func (u *Unix) accept() {
@@ -91,6 +231,15 @@ func (u *Unix) accept() {
 				u.log.Warn("transport: accept failed", "err", err)
 			}
 			return
+		}
+		if cred, err := peerCred(c); err != nil || int(cred.Uid) != u.uid {
+			uid, pid := -1, -1
+			if err == nil {
+				uid, pid = int(cred.Uid), int(cred.Pid)
+			}
+			u.log.Warn("transport: refused a client of another user", "uid", uid, "pid", pid, "err", err)
+			c.Close()
+			continue
 		}
 		u.mu.Lock()
 		select {
@@ -187,6 +336,7 @@ func (u *Unix) Close() error {
 			err = fmt.Errorf("transport: removing socket: %w", rerr)
 		}
 		u.wg.Wait()
+		u.lock.Close() // releases the flock
 	})
 	return err
 }

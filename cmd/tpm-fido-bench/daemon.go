@@ -132,7 +132,7 @@ func (d *daemon) stop() {
 
 func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *slog.Logger) (*daemonResult, error) {
 	stateDir := filepath.Join(dir, "state-daemon")
-	sock := filepath.Join(dir, "daemon.sock")
+	sock := filepath.Join(dir, "run", "daemon.sock")
 	res := &daemonResult{FreshState: spec == "simulator"}
 	var d *daemon
 	for i := range max(o.Starts, 2) {

@@ -101,7 +101,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 		return err
 	}
 	defer st.Close()
-	sock := filepath.Join(dir, "hid.sock")
+	sock := filepath.Join(dir, "run", "hid.sock")
 	dev, err := hidtransport.ListenUnix(sock, log)
 	if err != nil {
 		return err

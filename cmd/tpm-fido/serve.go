@@ -42,7 +42,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		fmt.Fprintln(stderr, "usage: tpm-fido serve [flags]\n\nRun the authenticator daemon.\n\nflags:")
 		fl.PrintDefaults()
 	}
-	fl.StringVar(&cfg.Transport, "transport", "uhid", "where to serve CTAPHID: uhid, unix:PATH (SOCK_SEQPACKET), udp or udp:LISTEN,REPLY (loopback only)")
+	fl.StringVar(&cfg.Transport, "transport", "uhid", "where to serve CTAPHID: uhid, unix:PATH (SOCK_SEQPACKET, in a directory only you can enter) or, with --insecure-test-mode, udp or udp:LISTEN,REPLY (loopback only)")
 	fl.StringVar(&cfg.TPM, "tpm", "/dev/tpmrm0", "TPM: a device path, swtpm:SOCKET or simulator")
 	fl.StringVar(&cfg.StateDir, "state-dir", manageStateDir(), "state directory")
 	fl.StringVar(&cfg.Presence, "presence", "auto", "user-presence prompt backend")

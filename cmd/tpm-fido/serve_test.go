@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
@@ -158,7 +161,7 @@ func probe(t *testing.T, c *ctaphidtest.Client) {
 }
 
 func TestServeUnix(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "s")
+	sock := filepath.Join(t.TempDir(), "run", "s")
 	stop := startDaemon(t, append([]string{"--transport", "unix:" + sock}, serveTestArgs(t)...)...)
 	conn, err := net.Dial("unixpacket", sock)
 	if err != nil {
@@ -172,6 +175,45 @@ func TestServeUnix(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+// TestServeUnixInUse: a second daemon on the socket of a live one exits 1
+// naming the first one's pid, before touching the TPM or the state, and
+// the first one keeps serving.
+func TestServeUnixInUse(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "run", "s")
+	stop := startDaemon(t, append([]string{"--transport", "unix:" + sock}, serveTestArgs(t)...)...)
+	conn, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var firstPID int32
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			firstPID = cred.Pid
+		}
+	})
+	if firstPID <= 0 {
+		t.Fatal("no pid for the first daemon")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, daemonBinary(t), append([]string{"serve", "--transport", "unix:" + sock}, serveTestArgs(t)...)...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Errorf("second daemon: %v, want exit status 1\n%s", err, out)
+	}
+	if want := fmt.Sprintf("another process (pid %d) serves %s", firstPID, sock); !strings.Contains(string(out), want) {
+		t.Errorf("second daemon said:\n%s\nwant %q", out, want)
+	}
+	probe(t, &ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 10*time.Second)})
+	if code, stderr := stop(); code != 0 {
+		t.Errorf("first daemon: exit code %d after SIGTERM, stderr:\n%s", code, stderr)
 	}
 }
 
@@ -214,10 +256,15 @@ func TestServeStartupErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"--transport", "usb"}, "unknown transport"},
-		{[]string{"--transport", "udp:0.0.0.0:8111,127.0.0.1:7112"}, "loopback"},
+		{[]string{"--transport", "udp:0.0.0.0:8111,127.0.0.1:7112", "--insecure-test-mode"}, "loopback"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
-		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "s"), "--tpm", "simulator"}, "--tpm simulator keeps every key in this process's memory"},
-		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "s"), "--tpm", "swtpm:/nonexistent", "--presence", "always-allow"}, "needs --insecure-test-mode"},
+		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "run", "s"), "--tpm", "simulator"}, "--tpm simulator keeps every key in this process's memory"},
+		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "run", "s"), "--tpm", "swtpm:/nonexistent", "--presence", "always-allow"}, "needs --insecure-test-mode"},
+		// UDP cannot tell who sends a report: test mode only.
+		{[]string{"--transport", "udp"}, "udp accepts reports from any local user"},
+		{[]string{"--transport", "udp:127.0.0.1:0,127.0.0.1:7112"}, "needs --insecure-test-mode"},
+		// unix: only in a directory nobody else can enter.
+		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "s"), "--tpm", "swtpm:/nonexistent"}, "has mode 0755"},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		out, err := exec.CommandContext(ctx, bin, append([]string{"serve", "--state-dir", t.TempDir()}, tc.args...)...).CombinedOutput()

@@ -60,11 +60,16 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 }
 
 // checkTestModes refuses the settings that are only for tests unless
-// --insecure-test-mode says so: a fixed presence answer, and the
-// in-process TPM simulator (whose keys live in this process's memory).
+// --insecure-test-mode says so: a fixed presence answer, the in-process
+// TPM simulator (whose keys live in this process's memory), and the UDP
+// transport (any local user can send it reports: it has no peer to
+// authenticate).
 func (cfg serveConfig) checkTestModes() error {
 	if cfg.InsecureTestMode {
 		return nil
+	}
+	if cfg.Transport == "udp" || strings.HasPrefix(cfg.Transport, "udp:") {
+		return fmt.Errorf("--transport %s accepts reports from any local user (UDP has no peer to authenticate); it needs --insecure-test-mode", cfg.Transport)
 	}
 	if cfg.TPM == "simulator" {
 		return fmt.Errorf("--tpm simulator keeps every key in this process's memory, not in a TPM; it needs --insecure-test-mode")

@@ -187,7 +187,7 @@ func TestLoadDaemon(t *testing.T) {
 	} else {
 		t.Logf("swtpm unavailable (%v); using the daemon's simulator", err)
 	}
-	sock := filepath.Join(dir, "hid.sock")
+	sock := filepath.Join(dir, "run", "hid.sock")
 	cmd := exec.Command(bin, "serve", "--transport", "unix:"+sock, "--tpm", spec, "--state-dir", filepath.Join(dir, "state"),
 		"--presence", "always-allow", "--insecure-test-mode", "--log-level", "warn")
 	var stderr bytes.Buffer
@@ -240,7 +240,7 @@ func TestLoadGoroutines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stack.Close()
-	sock := filepath.Join(dir, "hid.sock")
+	sock := filepath.Join(dir, "run", "hid.sock")
 	dev, err := transport.ListenUnix(sock, nil)
 	if err != nil {
 		t.Fatal(err)
