@@ -155,7 +155,7 @@ func (a *Authenticator) Handle(ctx context.Context, r ctap.Request) ([]byte, err
 	case cmdClientPIN:
 		resp, err = a.clientPIN(ctx, req[1:])
 	case cmdCredentialManagement, cmdCredentialMgmtPreview:
-		resp, err = a.credentialManagement(ctx, req[1:])
+		resp, err = a.credentialManagement(ctx, req[1:], req[0] == cmdCredentialMgmtPreview)
 	default:
 		err = ctap.StatusInvalidCommand
 	}

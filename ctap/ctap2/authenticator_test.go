@@ -42,7 +42,7 @@ func TestGetInfo(t *testing.T) {
 	}
 	opts := field[map[string]bool](t, m, 4)
 	want := map[string]bool{"rk": true, "up": true, "clientPin": false, "credMgmt": true,
-		"pinUvAuthToken": true, "makeCredUvNotRqd": true}
+		"credentialMgmtPreview": true, "pinUvAuthToken": true, "makeCredUvNotRqd": true}
 	if len(opts) != len(want) {
 		t.Errorf("options %v", opts)
 	}

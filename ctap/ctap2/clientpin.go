@@ -29,7 +29,7 @@ const (
 	cpPaddedPINLength            = 64
 	cpPINHashLength              = 16
 	cpSupportedPermissions       = pinuv.PermMakeCredential | pinuv.PermGetAssertion | pinuv.PermCredentialManagement
-	cpLegacyTokenPermissions     = pinuv.PermMakeCredential | pinuv.PermGetAssertion
+	cpLegacyTokenPermissions     = pinuv.PermMakeCredential | pinuv.PermGetAssertion | pinuv.PermCredentialManagementPreview
 	cpUnsupportedPermissionsMask = ^cpSupportedPermissions
 )
 
@@ -336,7 +336,10 @@ func (a *Authenticator) cpChangePIN(req *cpRequest) ([]byte, error) {
 }
 
 // getPinToken (§6.5.5.7.1, legacy: mc and ga, no RP) and
-// getPinUvAuthTokenUsingPinWithPermissions (§6.5.5.7.2).
+// getPinUvAuthTokenUsingPinWithPermissions (§6.5.5.7.2). A legacy token
+// is also good for the prototype credentialManagement command 0x41, and
+// a token with cm for both 0x0A and 0x41; 0x0A needs cm (see
+// docs/ctap2.md, "Legacy PIN tokens").
 func (a *Authenticator) cpGetToken(req *cpRequest) ([]byte, error) {
 	if req.KeyAgreement == nil || req.PinHashEnc == nil {
 		return nil, ctap.StatusMissingParameter
@@ -358,6 +361,9 @@ func (a *Authenticator) cpGetToken(req *cpRequest) ([]byte, error) {
 		perms = pinuv.Permission(*req.Permissions)
 		if perms&cpUnsupportedPermissionsMask != 0 {
 			return nil, ctap.StatusUnauthorizedPermission
+		}
+		if perms&pinuv.PermCredentialManagement != 0 {
+			perms |= pinuv.PermCredentialManagementPreview
 		}
 		if req.RPID != nil {
 			rpID = *req.RPID

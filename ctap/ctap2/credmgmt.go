@@ -95,8 +95,10 @@ type credMgmtState struct {
 }
 
 // credentialManagement handles authenticatorCredentialManagement
-// (CTAP 2.1 §6.8), also reached as the preview command 0x41.
-func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte) ([]byte, error) {
+// (CTAP 2.1 §6.8), also reached as the prototype command 0x41 (preview).
+// The token must have cm; on 0x41, a token from the legacy getPinToken
+// does too (pinuv.PermCredentialManagementPreview).
+func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte, preview bool) ([]byte, error) {
 	var req cmRequest
 	if err := cpDecode(raw, &req); err != nil {
 		a.cm = credMgmtState{}
@@ -140,23 +142,27 @@ func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte) ([
 	if err := a.pin.VerifyParam(*req.Protocol, msg, req.PinUvAuthParam); err != nil {
 		return nil, err
 	}
+	perm := pinuv.PermCredentialManagement
+	if preview {
+		perm = pinuv.PermCredentialManagementPreview
+	}
 	switch sub {
 	case cmGetCredsMetadata:
-		return a.cmMetadata()
+		return a.cmMetadata(perm)
 	case cmEnumerateRPsBegin:
-		return a.cmBeginRPs()
+		return a.cmBeginRPs(perm)
 	case cmEnumerateCredentialsBegin:
-		return a.cmBeginCredentials(&params)
+		return a.cmBeginCredentials(perm, &params)
 	case cmDeleteCredential:
-		return a.cmDelete(&params)
+		return a.cmDelete(perm, &params)
 	default: // cmUpdateUserInformation
-		return a.cmUpdateUser(&params)
+		return a.cmUpdateUser(perm, &params)
 	}
 }
 
 // getCredsMetadata (§6.8.2).
-func (a *Authenticator) cmMetadata() ([]byte, error) {
-	if err := a.pin.AuthorizeUnbound(pinuv.PermCredentialManagement); err != nil {
+func (a *Authenticator) cmMetadata(perm pinuv.Permission) ([]byte, error) {
+	if err := a.pin.AuthorizeUnbound(perm); err != nil {
 		return nil, err
 	}
 	n, err := a.cfg.Store.ResidentCount()
@@ -168,8 +174,8 @@ func (a *Authenticator) cmMetadata() ([]byte, error) {
 }
 
 // enumerateRPsBegin (§6.8.3).
-func (a *Authenticator) cmBeginRPs() ([]byte, error) {
-	if err := a.pin.AuthorizeUnbound(pinuv.PermCredentialManagement); err != nil {
+func (a *Authenticator) cmBeginRPs(perm pinuv.Permission) ([]byte, error) {
+	if err := a.pin.AuthorizeUnbound(perm); err != nil {
 		return nil, err
 	}
 	rps, err := a.cfg.Store.ResidentRPs()
@@ -206,14 +212,14 @@ func cmEncodeRP(rp tpmstore.RP, total *int) ([]byte, error) {
 
 // enumerateCredentialsBegin (§6.8.4). A token bound to an RP may only
 // enumerate that RP's credentials.
-func (a *Authenticator) cmBeginCredentials(params *cmParams) ([]byte, error) {
+func (a *Authenticator) cmBeginCredentials(perm pinuv.Permission, params *cmParams) ([]byte, error) {
 	if params.RPIDHash == nil {
 		return nil, ctap.StatusMissingParameter
 	}
 	if len(params.RPIDHash) != 32 {
 		return nil, ctap.StatusInvalidParameter
 	}
-	if err := a.pin.AuthorizeRPIDHash(pinuv.PermCredentialManagement, params.RPIDHash); err != nil {
+	if err := a.pin.AuthorizeRPIDHash(perm, params.RPIDHash); err != nil {
 		return nil, err
 	}
 	creds, err := a.cfg.Store.Residents([32]byte(params.RPIDHash))
@@ -296,26 +302,26 @@ func (a *Authenticator) cmFind(id []byte) (tpmstore.Resident, error) {
 
 // cmAuthorizedCredential checks the cm permission, finds the credential
 // and checks the token's RP binding against it.
-func (a *Authenticator) cmAuthorizedCredential(cred *cmCredential) (tpmstore.Resident, error) {
+func (a *Authenticator) cmAuthorizedCredential(perm pinuv.Permission, cred *cmCredential) (tpmstore.Resident, error) {
 	if cred == nil {
 		return tpmstore.Resident{}, ctap.StatusMissingParameter
 	}
-	if err := a.pin.AuthorizeRPIDHash(pinuv.PermCredentialManagement, nil); err != nil {
+	if err := a.pin.AuthorizeRPIDHash(perm, nil); err != nil {
 		return tpmstore.Resident{}, err
 	}
 	r, err := a.cmFind(cred.ID)
 	if err != nil {
 		return tpmstore.Resident{}, err
 	}
-	if err := a.pin.AuthorizeRPIDHash(pinuv.PermCredentialManagement, r.RPIDHash[:]); err != nil {
+	if err := a.pin.AuthorizeRPIDHash(perm, r.RPIDHash[:]); err != nil {
 		return tpmstore.Resident{}, err
 	}
 	return r, nil
 }
 
 // deleteCredential (§6.8.5).
-func (a *Authenticator) cmDelete(params *cmParams) ([]byte, error) {
-	r, err := a.cmAuthorizedCredential(params.CredentialID)
+func (a *Authenticator) cmDelete(perm pinuv.Permission, params *cmParams) ([]byte, error) {
+	r, err := a.cmAuthorizedCredential(perm, params.CredentialID)
 	if err != nil {
 		return nil, err
 	}
@@ -331,11 +337,11 @@ func (a *Authenticator) cmDelete(params *cmParams) ([]byte, error) {
 
 // updateUserInformation (§6.8.6): the user ID must match; name and
 // displayName are replaced (absent ones removed).
-func (a *Authenticator) cmUpdateUser(params *cmParams) ([]byte, error) {
+func (a *Authenticator) cmUpdateUser(perm pinuv.Permission, params *cmParams) ([]byte, error) {
 	if params.CredentialID == nil || params.User == nil {
 		return nil, ctap.StatusMissingParameter
 	}
-	r, err := a.cmAuthorizedCredential(params.CredentialID)
+	r, err := a.cmAuthorizedCredential(perm, params.CredentialID)
 	if err != nil {
 		return nil, err
 	}

@@ -355,6 +355,64 @@ func TestCredMgmtAuthorization(t *testing.T) {
 	wantStatus(t, "unbound token, metadata after enumeration", st, ctap.StatusOK)
 }
 
+// CTAP 2.0-era clients (python-fido2 0.8, older ykman) take their token
+// from the legacy getPinToken (0x05) and call the prototype command 0x41:
+// that pairing works, with both PIN protocols. 0x0A still needs a token
+// with cm, and a token without cm from 0x09 is refused on 0x41 too.
+func TestCredMgmtLegacyTokenOnPreview(t *testing.T) {
+	for _, proto := range []uint64{1, 2} {
+		e := newCMTestEnv(t, proto, cmdCredentialMgmtPreview)
+		e.newToken(0, "") // getPinToken (0x05)
+		st, m := e.cm(cmGetCredsMetadata, nil)
+		wantStatus(t, "0x41 metadata, legacy token", st, ctap.StatusOK)
+		if n := pinTestField[int](t, m, 1); n != 3 {
+			t.Fatalf("existingResidentCredentialsCount %d", n)
+		}
+		st, _ = e.cm(cmEnumerateRPsBegin, nil)
+		wantStatus(t, "0x41 enumerateRPsBegin, legacy token", st, ctap.StatusOK)
+		st, _ = e.next(cmEnumerateRPsGetNextRP)
+		wantStatus(t, "0x41 enumerateRPsGetNextRP", st, ctap.StatusOK)
+		ha := sha256.Sum256([]byte("a.example"))
+		st, m = e.cm(cmEnumerateCredentialsBegin, map[int]any{1: ha[:]})
+		wantStatus(t, "0x41 enumerateCredentialsBegin, legacy token", st, ctap.StatusOK)
+		cred := pinTestField[map[string]any](t, m, 7)
+		st, _ = e.cm(cmDeleteCredential, map[int]any{2: map[string]any{"id": cred["id"], "type": "public-key"}})
+		wantStatus(t, "0x41 deleteCredential, legacy token", st, ctap.StatusOK)
+		if n, _ := e.store.ResidentCount(); n != 2 {
+			t.Fatalf("%d residents after delete", n)
+		}
+		// The legacy token keeps mc and ga.
+		if err := e.a.pin.Authorize(pinuv.PermMakeCredential|pinuv.PermGetAssertion, ""); err != nil {
+			t.Fatalf("legacy token lost mc/ga: %v", err)
+		}
+
+		// 0x0A keeps requiring cm.
+		e.cmd = cmdCredentialManagement
+		st, _ = e.cm(cmGetCredsMetadata, nil)
+		wantStatus(t, "0x0A metadata, legacy token", st, ctap.StatusPINAuthInvalid)
+		st, _ = e.cm(cmEnumerateCredentialsBegin, map[int]any{1: ha[:]})
+		wantStatus(t, "0x0A enumerateCredentialsBegin, legacy token", st, ctap.StatusPINAuthInvalid)
+
+		// A 0x09 token without cm is refused on 0x41; with cm it works on both.
+		e.cmd = cmdCredentialMgmtPreview
+		e.newToken(pinuv.PermMakeCredential|pinuv.PermGetAssertion, "")
+		st, _ = e.cm(cmGetCredsMetadata, nil)
+		wantStatus(t, "0x41 metadata, 0x09 token with mc|ga", st, ctap.StatusPINAuthInvalid)
+		e.newToken(pinuv.PermCredentialManagement, "")
+		for _, cmd := range []byte{cmdCredentialMgmtPreview, cmdCredentialManagement} {
+			e.cmd = cmd
+			st, _ = e.cm(cmGetCredsMetadata, nil)
+			wantStatus(t, "metadata, 0x09 token with cm", st, ctap.StatusOK)
+		}
+
+		// The preview grant is the authenticator's own: a client cannot
+		// ask for it in the permissions it sends.
+		st, _ = e.call(cmdClientPIN, map[int]any{1: proto, 2: cpGetTokenUsingPINWithPerms, 3: e.p.cose(),
+			6: e.p.encrypt(pinHashOf(cmTestPIN)), 9: int(pinuv.PermCredentialManagementPreview)})
+		wantStatus(t, "0x09 asking for the internal preview bit", st, ctap.StatusInvalidParameter)
+	}
+}
+
 func TestCredMgmtEmptyStore(t *testing.T) {
 	e := newCMTestEnv(t, 1, cmdCredentialMgmtPreview)
 	for _, r := range e.byID {

@@ -56,12 +56,15 @@ func (a *Authenticator) getInfo(raw []byte) ([]byte, error) {
 		0x02: []string{"credProtect", "hmac-secret"},
 		0x03: AAGUID[:],
 		0x04: map[string]bool{
-			"rk":               true,
-			"up":               true,
-			"clientPin":        a.cfg.Store.PINIsSet(),
-			"credMgmt":         true,
-			"pinUvAuthToken":   true,
-			"makeCredUvNotRqd": true,
+			"rk":        true,
+			"up":        true,
+			"clientPin": a.cfg.Store.PINIsSet(),
+			"credMgmt":  true,
+			// The prototype command 0x41, for 2.0-era clients (and
+			// Debian 12's libfido2, which sends 0x41 regardless).
+			"credentialMgmtPreview": true,
+			"pinUvAuthToken":        true,
+			"makeCredUvNotRqd":      true,
 		},
 		0x05: maxMsgSize,
 		0x06: []uint64{2, 1},

@@ -29,8 +29,10 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 )
 
-// Permission is a pinUvAuthToken permission bit (CTAP 2.1 §6.5.5.7).
-type Permission uint8
+// Permission is a set of pinUvAuthToken permissions. The low eight bits
+// are the permission bits of CTAP 2.1 §6.5.5.7, as clients send them;
+// higher bits are the authenticator's own and never come from the wire.
+type Permission uint16
 
 // Permissions.
 const (
@@ -40,6 +42,12 @@ const (
 	PermBioEnrollment        Permission = 0x08
 	PermLargeBlobWrite       Permission = 0x10
 	PermAuthenticatorConfig  Permission = 0x20
+
+	// PermCredentialManagementPreview is what the prototype
+	// credentialManagement command (0x41, CTAP 2.1-PRE) asks of a token.
+	// Not a wire bit: clientPIN grants it with cm, and to tokens from the
+	// legacy getPinToken (0x05), which 2.0-era clients pair with 0x41.
+	PermCredentialManagementPreview Permission = 0x100
 )
 
 // Token lifetime limits (see the package comment).
