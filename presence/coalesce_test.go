@@ -172,6 +172,46 @@ func TestCoalesceCancelledOwnerHandsOver(t *testing.T) {
 	}
 }
 
+// allow-after:D approves after D, needs --insecure-test-mode, and a
+// cancelled request stops waiting at once.
+func TestNewAllowAfter(t *testing.T) {
+	if _, err := New("allow-after:50ms", Options{}); !errors.Is(err, ErrInsecure) {
+		t.Fatalf("allow-after without insecure mode: %v, want ErrInsecure", err)
+	}
+	for _, bad := range []string{"allow-after:", "allow-after:soon", "allow-after:0s", "allow-after:-1s", "allow-after:31s"} {
+		if _, err := New(bad, Options{InsecureTestMode: true}); err == nil || errors.Is(err, ErrInsecure) {
+			t.Errorf("%s: %v, want a parse error", bad, err)
+		}
+	}
+	p, err := New("allow-after:50ms", Options{InsecureTestMode: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.Confirm(context.Background(), Request{Op: OpAuthenticate, RPID: "a", Challenge: []byte{1}}); err != nil {
+		t.Fatalf("allow-after: %v", err)
+	}
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("approved after %v, before the 50ms delay", d)
+	}
+	p, err = New("allow-after:10s", Options{InsecureTestMode: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Confirm(ctx, Request{Op: OpAuthenticate, RPID: "a", Challenge: []byte{2}}) }()
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled allow-after: %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelled allow-after prompt still waiting")
+	}
+}
+
 func TestNewFixedNeedsInsecure(t *testing.T) {
 	if _, err := New(BackendAlwaysAllow, Options{}); !errors.Is(err, ErrInsecure) {
 		t.Fatalf("always-allow without insecure mode: %v, want ErrInsecure", err)

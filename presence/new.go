@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 )
 
@@ -21,10 +22,14 @@ const (
 	BackendTerminal     = "terminal"
 	BackendAlwaysAllow  = "always-allow"
 	BackendAlwaysDeny   = "always-deny"
+	// BackendAllowAfter is a prefix: "allow-after:1.5s" approves every
+	// prompt after that delay (a time.ParseDuration string, more than
+	// zero and at most the prompt timeout).
+	BackendAllowAfter = "allow-after:"
 )
 
-// ErrInsecure is returned by New for always-allow/always-deny without
-// Options.InsecureTestMode.
+// ErrInsecure is returned by New for always-allow, always-deny and
+// allow-after:D without Options.InsecureTestMode.
 var ErrInsecure = errors.New("presence: fixed answers need --insecure-test-mode")
 
 // Options configure New. The zero value is usable.
@@ -139,7 +144,35 @@ func New(name string, opts Options) (Prompter, error) {
 		opts.Logger.Warn("INSECURE: user presence is not checked; every request is answered without asking", "presence", name)
 		p = Fixed{Allow: name == BackendAlwaysAllow}
 	default:
-		return nil, fmt.Errorf("presence: unknown backend %q (want auto, notification, pinentry, terminal, always-allow or always-deny)", name)
+		d, ok, err := parseAllowAfter(name, opts.Timeout)
+		if !ok {
+			return nil, fmt.Errorf("presence: unknown backend %q (want auto, notification, pinentry, terminal, always-allow, always-deny or allow-after:DURATION)", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !opts.InsecureTestMode {
+			return nil, fmt.Errorf("%w (asked for %s)", ErrInsecure, name)
+		}
+		opts.Logger.Warn("INSECURE: user presence is not checked; every request is approved after a fixed delay", "presence", name, "delay", d)
+		p = Fixed{Allow: true, Delay: d}
 	}
 	return NewCoalescer(p, 0, nil), nil
+}
+
+// parseAllowAfter parses "allow-after:D". ok is false when name is not of
+// that form; err says what is wrong with D.
+func parseAllowAfter(name string, timeout time.Duration) (d time.Duration, ok bool, err error) {
+	v, ok := strings.CutPrefix(name, BackendAllowAfter)
+	if !ok {
+		return 0, false, nil
+	}
+	d, err = time.ParseDuration(v)
+	if err != nil {
+		return 0, true, fmt.Errorf("presence: %s: %w", name, err)
+	}
+	if d <= 0 || d > timeout {
+		return 0, true, fmt.Errorf("presence: %s: the delay must be more than 0 and at most the prompt timeout (%v)", name, timeout)
+	}
+	return d, true, nil
 }

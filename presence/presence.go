@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 	"unicode"
 )
 
@@ -90,12 +91,29 @@ type Prompter interface {
 
 // Fixed answers every prompt the same way without asking anyone. It is
 // for tests and must be selected explicitly (with --insecure-test-mode).
-type Fixed struct{ Allow bool }
+type Fixed struct {
+	Allow bool
+	// Delay is how long each prompt waits before it answers, as a user
+	// who takes that long to touch (zero: at once). It lets outside
+	// testers watch a request that waits for the user: KEEPALIVE
+	// UPNEEDED, CHANNEL_BUSY for other channels, CANCEL.
+	Delay time.Duration
+}
 
-// Confirm returns nil when f.Allow, else ErrDenied.
+// Confirm returns nil when f.Allow, else ErrDenied, after f.Delay; a
+// cancelled ctx ends the wait with ctx.Err().
 func (f Fixed) Confirm(ctx context.Context, _ Request) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if f.Delay > 0 {
+		t := time.NewTimer(f.Delay)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
 	if f.Allow {
 		return nil

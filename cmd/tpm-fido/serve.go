@@ -45,7 +45,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fl.StringVar(&cfg.Transport, "transport", "uhid", "where to serve CTAPHID: uhid, unix:PATH (SOCK_SEQPACKET, in a directory only you can enter) or, with --insecure-test-mode, udp or udp:LISTEN,REPLY (loopback only)")
 	fl.StringVar(&cfg.TPM, "tpm", "/dev/tpmrm0", "TPM: a device path, swtpm:SOCKET or simulator")
 	fl.StringVar(&cfg.StateDir, "state-dir", manageStateDir(), "state directory")
-	fl.StringVar(&cfg.Presence, "presence", "auto", "user-presence prompt backend")
+	fl.StringVar(&cfg.Presence, "presence", "auto", "user-presence prompt backend: auto, notification, pinentry, terminal; with --insecure-test-mode also always-allow, always-deny or allow-after:DURATION (approve after a delay, e.g. allow-after:1.5s)")
 	fl.StringVar(&cfg.Pinentry, "pinentry", "", "pinentry program for --presence pinentry (default $PINENTRY_PROGRAM, then the usual names)")
 	fl.DurationVar(&cfg.PromptTimeout, "prompt-timeout", 30*time.Second, "how long a presence prompt waits for the user")
 	fl.BoolVar(&cfg.InsecureTestMode, "insecure-test-mode", false, "allow test-only behaviour such as a fixed presence answer; never use it for real keys")

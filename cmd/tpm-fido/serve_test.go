@@ -260,6 +260,7 @@ func TestServeStartupErrors(t *testing.T) {
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "run", "s"), "--tpm", "simulator"}, "--tpm simulator keeps every key in this process's memory"},
 		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "run", "s"), "--tpm", "swtpm:/nonexistent", "--presence", "always-allow"}, "needs --insecure-test-mode"},
+		{[]string{"--transport", "unix:" + filepath.Join(t.TempDir(), "run", "s"), "--tpm", "swtpm:/nonexistent", "--presence", "allow-after:1.5s"}, "needs --insecure-test-mode"},
 		// UDP cannot tell who sends a report: test mode only.
 		{[]string{"--transport", "udp"}, "udp accepts reports from any local user"},
 		{[]string{"--transport", "udp:127.0.0.1:0,127.0.0.1:7112"}, "needs --insecure-test-mode"},

@@ -80,7 +80,8 @@ func (cfg serveConfig) checkTestModes() error {
 	return nil
 }
 
-// isFixedPresence reports whether name selects a fixed test answer.
+// isFixedPresence reports whether name selects a fixed test answer
+// (always-allow, always-deny, allow-after:D).
 func isFixedPresence(name string) bool {
-	return strings.HasPrefix(name, "always-")
+	return strings.HasPrefix(name, "always-") || strings.HasPrefix(name, presence.BackendAllowAfter)
 }
