@@ -2,8 +2,6 @@ package tpmstore
 
 import (
 	"bytes"
-	"encoding/binary"
-	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -12,20 +10,28 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // backend starts a fresh TPM ("machine") for a test.
 type backend struct {
 	name string
 	// open starts a new, independent TPM. Each call is another machine.
+	// Its dictionary-attack policy is relaxed (see relaxDA).
 	open func(t testing.TB) transport.TPMCloser
+	// openDefault is open with the TPM's own dictionary-attack policy
+	// left as manufactured.
+	openDefault func(t testing.TB) transport.TPMCloser
 }
 
 func backends(t testing.TB) []backend {
-	bs := []backend{{"simulator", openSimulator}}
+	bs := []backend{{"simulator", openSimulator, openSimulatorDefault}}
 	if _, err := exec.LookPath("swtpm"); err == nil {
 		bs = append(bs, backend{"swtpm", func(t testing.TB) transport.TPMCloser {
 			tpm, _ := startSWTPM(t)
+			return tpm
+		}, func(t testing.TB) transport.TPMCloser {
+			tpm, _ := startSWTPMDefault(t)
 			return tpm
 		}})
 	} else {
@@ -36,12 +42,18 @@ func backends(t testing.TB) []backend {
 
 func openSimulator(t testing.TB) transport.TPMCloser {
 	t.Helper()
+	tpm := openSimulatorDefault(t)
+	relaxDA(t, tpm)
+	return tpm
+}
+
+func openSimulatorDefault(t testing.TB) transport.TPMCloser {
+	t.Helper()
 	tpm, err := tpmsim.Open()
 	if err != nil {
 		t.Fatalf("simulator: %v", err)
 	}
 	t.Cleanup(func() { tpm.Close() })
-	relaxDA(t, tpm)
 	return tpm
 }
 
@@ -49,6 +61,15 @@ func openSimulator(t testing.TB) transport.TPMCloser {
 // directory; it is killed when the test ends. It returns the connection
 // and the "swtpm:PATH" spec.
 func startSWTPM(t testing.TB) (transport.TPMCloser, string) {
+	t.Helper()
+	tpm, spec := startSWTPMDefault(t)
+	relaxDA(t, tpm)
+	return tpm, spec
+}
+
+// startSWTPMDefault is startSWTPM with swtpm's own dictionary-attack
+// policy.
+func startSWTPMDefault(t testing.TB) (transport.TPMCloser, string) {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "data.sock")
@@ -86,7 +107,6 @@ func startSWTPM(t testing.TB) (transport.TPMCloser, string) {
 		t.Fatalf("OpenTPM(%q): %v", spec, err)
 	}
 	t.Cleanup(func() { tpm.Close() })
-	relaxDA(t, tpm)
 	return tpm, spec
 }
 
@@ -101,33 +121,7 @@ func relaxDA(t testing.TB, tpm transport.TPM) {
 	}
 }
 
-// setDAParameters sends TPM2_DictionaryAttackParameters with an empty
-// password session for TPM_RH_LOCKOUT (go-tpm's direct API has no
-// wrapper for it).
+// setDAParameters sets the TPM's dictionary-attack policy.
 func setDAParameters(tpm transport.TPM, maxTries, recoveryTime, lockoutRecovery uint32) error {
-	var b []byte
-	b = binary.BigEndian.AppendUint16(b, 0x8002) // TPM_ST_SESSIONS
-	b = binary.BigEndian.AppendUint32(b, 0)      // size, patched below
-	b = binary.BigEndian.AppendUint32(b, 0x13A)  // TPM_CC_DictionaryAttackParameters
-	b = binary.BigEndian.AppendUint32(b, 0x4000000A)
-	b = binary.BigEndian.AppendUint32(b, 9)          // authorization size
-	b = binary.BigEndian.AppendUint32(b, 0x40000009) // TPM_RS_PW
-	b = binary.BigEndian.AppendUint16(b, 0)          // nonce
-	b = append(b, 0)                                 // session attributes
-	b = binary.BigEndian.AppendUint16(b, 0)          // empty password
-	b = binary.BigEndian.AppendUint32(b, maxTries)
-	b = binary.BigEndian.AppendUint32(b, recoveryTime)
-	b = binary.BigEndian.AppendUint32(b, lockoutRecovery)
-	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
-	rsp, err := tpm.Send(b)
-	if err != nil {
-		return err
-	}
-	if len(rsp) < 10 {
-		return fmt.Errorf("short response %x", rsp)
-	}
-	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
-		return fmt.Errorf("TPM rc 0x%x", rc)
-	}
-	return nil
+	return tpmtest.SetDAParameters(tpm, maxTries, recoveryTime, lockoutRecovery)
 }

@@ -6,12 +6,16 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 func pinHash(pin string) [16]byte {
@@ -142,25 +146,51 @@ func TestPIN(t *testing.T) {
 	}
 }
 
+// lockBeforeUnseal is another program that fails its own DA-protected
+// authorisation until the TPM is in lockout, right between the store's
+// look at the DA counter and its PIN check (the one window the guard
+// cannot close).
+type lockBeforeUnseal struct {
+	transport.TPM
+	t    *testing.T
+	by   *bystander
+	done bool
+}
+
+func (l *lockBeforeUnseal) Send(b []byte) ([]byte, error) {
+	if !l.done && len(b) >= 10 && tpm2.TPMCC(binary.BigEndian.Uint32(b[6:10])) == tpm2.TPMCCUnseal {
+		l.done = true
+		for range 3 {
+			l.by.unsealWith(l.t, "not the bystander's password")
+		}
+	}
+	return l.TPM.Send(b)
+}
+
+// TestPINLockoutIsNotWrongPIN: when the TPM is in lockout although the
+// guard saw room (another program failed in between), the store gets
+// TPM_RC_LOCKOUT: that is ErrTPMLockout with the wait, never a wrong
+// PIN, and the retry is given back.
 func TestPINLockoutIsNotWrongPIN(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			// Reference defaults: lockout after 3 failures, long recovery.
-			if err := setDAParameters(tpm, 2, 1000, 1000); err != nil {
-				t.Fatal(err)
-			}
-			s := openStore(t, tpm, t.TempDir())
+			tpm := b.openDefault(t) // 3 failures, 1000 s
+			by := newBystander(t, tpm)
+			l := &lockBeforeUnseal{TPM: tpm, t: t, by: by}
+			s := openStore(t, l, t.TempDir())
 			if err := s.SetPIN(pinHash("1234")); err != nil {
 				t.Fatal(err)
 			}
-			s.VerifyPIN(pinHash("bad1"))
-			s.VerifyPIN(pinHash("bad2"))
 			before := s.PINRetries()
 			err := s.VerifyPIN(pinHash("1234"))
-			if !errors.Is(err, ErrTPMLockout) || errors.Is(err, ErrPINInvalid) {
-				t.Fatalf("TPM in lockout: err = %v, want ErrTPMLockout", err)
+			var wait *DAWaitError
+			if !errors.Is(err, ErrTPMLockout) || errors.Is(err, ErrPINInvalid) || !errors.As(err, &wait) {
+				t.Fatalf("TPM in lockout: err = %v, want a *DAWaitError (ErrTPMLockout)", err)
 			}
+			if !wait.DA.InLockout || wait.Wait <= 0 {
+				t.Fatalf("wait %+v: want the lockout and a time", wait)
+			}
+			t.Logf("%v", err)
 			if s.PINRetries() != before {
 				t.Fatalf("lockout consumed a retry: %d -> %d", before, s.PINRetries())
 			}

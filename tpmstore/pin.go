@@ -97,9 +97,15 @@ func (s *Store) replacePIN(pinHash [16]byte) error {
 // VerifyPIN checks pinHash in the TPM. Errors: ErrPINNotSet; ErrPINInvalid
 // (retries decremented); ErrPINAuthBlocked after 3 wrong PINs in a row
 // (until the Store is reopened); ErrPINBlocked when no retries are left;
-// ErrTPMLockout when the TPM's dictionary-attack lockout refused to check
-// (retries not consumed). The decremented retry count is persisted before
-// the TPM is asked, so a crash cannot give a free guess.
+// ErrTPMLockout (a *DAWaitError saying when to try again) when the PIN
+// was not tried because one more failure could put the TPM into
+// dictionary-attack lockout, or it is in lockout (retries not consumed).
+// The decremented retry count is persisted before the TPM is asked, so a
+// crash cannot give a free guess.
+//
+// TPM commands: GetCapability (the DA state) + Load + Unseal
+// (+ FlushContext when a slot had to be freed, + FlushContext of the PIN
+// object).
 func (s *Store) VerifyPIN(pinHash [16]byte) error {
 	if err := s.lock(); err != nil {
 		return err
@@ -129,6 +135,10 @@ func (s *Store) verifyPIN(pinHash [16]byte) error {
 	if s.pinFails >= maxConsecutiveFails {
 		return ErrPINAuthBlocked
 	}
+	// Never make the attempt that could lock the whole TPM.
+	if err := s.daGuard(); err != nil {
+		return err
+	}
 	before := s.pinRetries
 	if err := s.setRetries(before - 1); err != nil {
 		return err
@@ -140,6 +150,7 @@ func (s *Store) verifyPIN(pinHash [16]byte) error {
 		return s.setRetries(maxPINRetries)
 	case errors.Is(err, tpm2.TPMRCAuthFail), errors.Is(err, tpm2.TPMRCBadAuth):
 		s.pinFails++
+		s.lastDAFailure = s.now()
 		if s.pinRetries <= 0 {
 			return ErrPINBlocked
 		}
@@ -148,9 +159,13 @@ func (s *Store) verifyPIN(pinHash [16]byte) error {
 		}
 		return ErrPINInvalid
 	case errors.Is(err, tpm2.TPMRCLockout):
-		// The TPM did not look at the PIN: give the retry back.
+		// The TPM did not look at the PIN (another program's failures
+		// came between the check and the try): give the retry back.
 		if rerr := s.setRetries(before); rerr != nil {
 			return errors.Join(ErrTPMLockout, rerr)
+		}
+		if st, serr := ReadDAStatus(s.tpm); serr == nil {
+			return &DAWaitError{DA: st, Wait: s.daWait(st)}
 		}
 		return fmt.Errorf("%w (%w)", ErrTPMLockout, err)
 	default:

@@ -101,6 +101,9 @@ type Store struct {
 	pinPub, pinPriv []byte // nil when no PIN is set
 	pinRetries      int
 	pinFails        int // consecutive wrong PINs since Open (memory only)
+	// lastDAFailure is when this store last made the TPM count a failed
+	// authorisation (a wrong PIN), to say when the TPM forgives it.
+	lastDAFailure time.Time
 
 	syncs int // committed write transactions (each one fsynced)
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/udev"
 )
 
@@ -176,6 +177,8 @@ func (e doctorEnv) checkTPM() []check {
 	}
 	type result struct {
 		curves []tpm2.TPMECCCurve
+		da     tpmstore.DAStatus
+		daErr  error
 		err    error
 	}
 	done := make(chan result, 1)
@@ -196,7 +199,8 @@ func (e doctorEnv) checkTPM() []check {
 			done <- result{err: err}
 			return
 		}
-		done <- result{curves: l.ECCCurves}
+		da, daErr := tpmstore.ReadDAStatus(t)
+		done <- result{curves: l.ECCCurves, da: da, daErr: daErr}
 	}()
 	var r result
 	select {
@@ -211,7 +215,35 @@ func (e doctorEnv) checkTPM() []check {
 	if !slices.Contains(r.curves, tpm2.TPMECCNistP256) {
 		return []check{{checkFail, what, e.tpm + " does not support ECC P-256, which every credential key needs", "this TPM cannot be used; a TPM 2.0 with ECC P-256 (every PC Client TPM) is required"}}
 	}
-	return []check{{checkOK, what, e.tpm + " answers and supports ECC P-256", ""}}
+	cs := []check{{checkOK, what, e.tpm + " answers and supports ECC P-256", ""}}
+	if r.daErr != nil {
+		return append(cs, check{checkWarn, "tpm-da", r.daErr.Error(), "check `dmesg | grep -i tpm`"})
+	}
+	if r.da.OwnerAuthSet {
+		cs[0] = check{checkFail, what, e.tpm + "'s owner hierarchy has a password: tpm-fido cannot create its storage key under it",
+			"clear the owner password (tpm2_changeauth -c owner -p OLD_PASSWORD), or use another TPM"}
+	}
+	return append(cs, daCheck(r.da))
+}
+
+// daCheck reports the TPM's dictionary-attack policy and state: whether
+// a FIDO PIN gets CTAP's 8 tries, when the next try is possible, and the
+// command that relaxes a policy too strict for CTAP (tpm-fido never
+// changes it itself: it is machine-wide).
+func daCheck(st tpmstore.DAStatus) check {
+	const what = "tpm-da"
+	detail := "dictionary-attack policy: " + st.String()
+	relax := st.RelaxCommand() + "\n(machine-wide; needs the TPM's lockout authorisation; tpm-fido setup never changes it)"
+	switch {
+	case !st.CanEverTry():
+		return check{checkFail, what, detail + fmt.Sprintf("; the TPM locks out after %d failure(s), so tpm-fido can never try a FIDO PIN", st.MaxTries), relax}
+	case !st.SafeToTry():
+		return check{checkWarn, what, detail + "; next FIDO PIN try " + nextTry(st), relax}
+	case !st.AllowsCTAPRetries():
+		return check{checkWarn, what, detail + fmt.Sprintf("; tpm-fido never makes the PIN try that could lock the TPM, so a FIDO PIN gets %d tries per %s instead of CTAP's %d",
+			st.MaxTries-1, st.RecoveryTime, tpmstore.CTAPPINFailures), relax}
+	}
+	return check{checkOK, what, detail + fmt.Sprintf("; a FIDO PIN gets CTAP's %d tries", tpmstore.CTAPPINFailures), ""}
 }
 
 func (e doctorEnv) checkStateDir() check {

@@ -40,21 +40,7 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 	in := newPINReader(stdin, stderr)
 	switch sub {
 	case "status":
-		if !sf.stateExists() {
-			fmt.Fprintln(stdout, "PIN: not set")
-			return 0
-		}
-		s, closeAll, err := sf.open()
-		if err != nil {
-			return fail(stderr, "pin", err)
-		}
-		defer closeAll()
-		if !s.PINIsSet() {
-			fmt.Fprintln(stdout, "PIN: not set")
-			return 0
-		}
-		fmt.Fprintf(stdout, "PIN: set, %d retries left\n", s.PINRetries())
-		return 0
+		return pinStatus(sf, stdout, stderr)
 	case "set", "change":
 		if err := sf.checkUnlocked(); err != nil {
 			return fail(stderr, "pin", err)
@@ -62,6 +48,11 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 		var current string
 		var err error
 		if sub == "change" {
+			// Say before asking for the PIN when the TPM would not let
+			// tpm-fido try it.
+			if st, err := readDA(sf.tpm); err == nil && !st.SafeToTry() {
+				return fail(stderr, "pin", fmt.Errorf("the PIN cannot be tried now: %s", nextTry(st)))
+			}
 			if current, err = in.read("Current PIN: "); err != nil {
 				return fail(stderr, "pin", err)
 			}
@@ -104,11 +95,75 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 			return fail(stderr, "pin", errors.New("three wrong PINs in a row: restart the daemon (or run this command again) before the next try"))
 		case errors.Is(err, tpmstore.ErrPINBlocked):
 			return fail(stderr, "pin", errors.New("the PIN is blocked: only `tpm-fido reset` helps (it deletes every credential)"))
+		case errors.Is(err, tpmstore.ErrTPMLockout):
+			var w *tpmstore.DAWaitError
+			if errors.As(err, &w) {
+				return fail(stderr, "pin", fmt.Errorf("PIN not tried, no retry spent: %s", nextTry(w.DA)))
+			}
 		}
 		return fail(stderr, "pin", err)
 	}
 	fmt.Fprintf(stderr, "tpm-fido pin: unknown subcommand %q (want set, change or status)\n", sub)
 	return 2
+}
+
+// pinStatus prints whether a PIN is set, its retries, and the TPM's
+// dictionary-attack state with when the next PIN try is possible. Like
+// the other store commands it does not touch the TPM while the daemon
+// holds the state (doctor does, with a timeout).
+func pinStatus(sf *storeFlags, stdout, stderr io.Writer) int {
+	if !sf.stateExists() {
+		fmt.Fprintln(stdout, "PIN: not set")
+	} else {
+		s, closeAll, err := sf.open()
+		if errors.Is(err, errDaemonRunning) {
+			return fail(stderr, "pin", fmt.Errorf("%w\n(`tpm-fido doctor` shows the TPM's dictionary-attack state while the daemon runs)", err))
+		}
+		if err != nil {
+			return fail(stderr, "pin", err)
+		}
+		if s.PINIsSet() {
+			fmt.Fprintf(stdout, "PIN: set, %d retries left\n", s.PINRetries())
+		} else {
+			fmt.Fprintln(stdout, "PIN: not set")
+		}
+		closeAll()
+	}
+	st, err := readDA(sf.tpm)
+	if err != nil {
+		return fail(stderr, "pin", err)
+	}
+	fmt.Fprintf(stdout, "TPM dictionary-attack state: %s\n", st)
+	fmt.Fprintf(stdout, "next PIN try: %s\n", nextTry(st))
+	if !st.AllowsCTAPRetries() {
+		fmt.Fprintf(stdout, "note: this TPM locks out after %d failures, fewer than the %d PIN tries CTAP allows; see `tpm-fido doctor`\n", st.MaxTries, tpmstore.CTAPPINFailures)
+	}
+	return 0
+}
+
+// readDA reads the TPM's dictionary-attack state with its own TPM
+// connection.
+func readDA(spec string) (tpmstore.DAStatus, error) {
+	tpm, err := openTPM(spec)
+	if err != nil {
+		return tpmstore.DAStatus{}, err
+	}
+	defer tpm.Close()
+	return tpmstore.ReadDAStatus(tpm)
+}
+
+// nextTry says when a PIN can be tried, given the TPM's DA state.
+func nextTry(st tpmstore.DAStatus) string {
+	w := st.Wait()
+	switch {
+	case w < 0:
+		return fmt.Sprintf("never under this TPM policy: it locks out after %d failure(s), so a single wrong PIN would lock every TPM key on this machine (see `tpm-fido doctor`)", st.MaxTries)
+	case w == 0 && st.SafeTries() < 0:
+		return "now (the TPM does not count failures)"
+	case w == 0:
+		return fmt.Sprintf("now (%d wrong PIN(s) before tpm-fido stops trying, to keep the TPM out of lockout)", st.SafeTries())
+	}
+	return fmt.Sprintf("in at most %s (tpm-fido does not try a PIN while one more failure would put the TPM into dictionary-attack lockout; it forgives one failure every %s)", w, st.RecoveryTime)
 }
 
 // pinHash is LEFT(SHA-256(pin), 16), what the store keeps the PIN as.

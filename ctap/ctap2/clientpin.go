@@ -247,9 +247,11 @@ func (a *Authenticator) cpPINResult(err error) error {
 	case errors.Is(err, tpmstore.ErrPINNotSet):
 		return fmt.Errorf("%w: %w", ctap.StatusPINNotSet, err)
 	case errors.Is(err, tpmstore.ErrTPMLockout):
-		// The TPM's dictionary-attack lockout refused to look at the PIN
-		// (no retry spent): blocked for now, as after three wrong PINs.
-		a.log.Warn("TPM dictionary-attack lockout: PIN not checked", "err", err)
+		// The PIN was not tried, so that a wrong one cannot put the
+		// machine's TPM into dictionary-attack lockout (or it is in
+		// lockout): blocked for now, no retry spent. A restart does not
+		// help, only time, so powerCycleState stays false.
+		a.log.Warn("PIN not tried: the TPM's dictionary-attack protection is (almost) in lockout", "err", err)
 		return fmt.Errorf("%w: %w", ctap.StatusPINAuthBlocked, err)
 	default:
 		return fmt.Errorf("clientPIN: store: %w", err)

@@ -3,8 +3,7 @@ package security_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"fmt"
+	"errors"
 	"log/slog"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // countingPrompter counts prompts and answers each with answer (nil:
@@ -84,12 +84,35 @@ type env struct {
 }
 
 type envOpts struct {
-	relaxDA bool // let the TPM allow 1000 failed authorisations
-	hid     ctaphid.Config
+	// da, when set, is the TPM's dictionary-attack policy: maxTries,
+	// recoveryTime and lockoutRecovery (seconds). Unset, the TPM keeps
+	// its default (3 failures, one forgiven every 1000 s).
+	da    *[3]uint32
+	swtpm bool // a swtpm process instead of the in-process simulator
+	hid   ctaphid.Config
 }
 
-func openTPM(t *testing.T) transport.TPMCloser {
+// windowsDA is the policy Windows 10 and later provision.
+var windowsDA = &[3]uint32{32, 600, 86400}
+
+func openTPM(t *testing.T, swtpm bool) transport.TPMCloser {
 	t.Helper()
+	if swtpm {
+		sw, err := inproc.StartSwtpm(t.TempDir())
+		if errors.Is(err, inproc.ErrNoSwtpm) {
+			t.Skipf("swtpm: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(sw.Stop)
+		tpm, err := inproc.OpenTPM(sw.Spec())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tpm.Close() })
+		return tpm
+	}
 	tpm, err := tpmsim.Open()
 	if err != nil {
 		t.Skipf("TPM simulator unavailable: %v", err)
@@ -98,11 +121,18 @@ func openTPM(t *testing.T) transport.TPMCloser {
 	return tpm
 }
 
+// backendNames are the TPMs a test can run on (newEnv skips swtpm when
+// it is not installed).
+var backendNames = []struct {
+	name  string
+	swtpm bool
+}{{"simulator", false}, {"swtpm", true}}
+
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, tpm: openTPM(t), dir: t.TempDir(), prompt: &countingPrompter{}, logs: &syncBuf{}, hid: o.hid}
-	if o.relaxDA {
-		if err := setDAParameters(e.tpm, 1000, 1, 1); err != nil {
+	e := &env{t: t, tpm: openTPM(t, o.swtpm), dir: t.TempDir(), prompt: &countingPrompter{}, logs: &syncBuf{}, hid: o.hid}
+	if o.da != nil {
+		if err := setDAParameters(e.tpm, o.da[0], o.da[1], o.da[2]); err != nil {
 			t.Fatalf("TPM2_DictionaryAttackParameters: %v", err)
 		}
 	}
@@ -172,32 +202,7 @@ func makeCred(t *testing.T, ch *fidoclient.Channel, rpID string) []byte {
 	return ad.CredID
 }
 
-// setDAParameters sends TPM2_DictionaryAttackParameters authorised by the
-// empty lockout password of a fresh TPM (TPM 2.0 Part 3 §25.3).
+// setDAParameters sets the TPM's dictionary-attack policy.
 func setDAParameters(tpm transport.TPM, maxTries, recoveryTime, lockoutRecovery uint32) error {
-	var b []byte
-	b = binary.BigEndian.AppendUint16(b, 0x8002) // TPM_ST_SESSIONS
-	b = binary.BigEndian.AppendUint32(b, 0)      // size, set below
-	b = binary.BigEndian.AppendUint32(b, 0x13A)  // TPM_CC_DictionaryAttackParameters
-	b = binary.BigEndian.AppendUint32(b, 0x4000000A)
-	b = binary.BigEndian.AppendUint32(b, 9)          // authorization area size
-	b = binary.BigEndian.AppendUint32(b, 0x40000009) // TPM_RS_PW
-	b = binary.BigEndian.AppendUint16(b, 0)          // empty nonce
-	b = append(b, 0)                                 // attributes
-	b = binary.BigEndian.AppendUint16(b, 0)          // empty password
-	b = binary.BigEndian.AppendUint32(b, maxTries)
-	b = binary.BigEndian.AppendUint32(b, recoveryTime)
-	b = binary.BigEndian.AppendUint32(b, lockoutRecovery)
-	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
-	rsp, err := tpm.Send(b)
-	if err != nil {
-		return err
-	}
-	if len(rsp) < 10 {
-		return fmt.Errorf("short response % x", rsp)
-	}
-	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
-		return fmt.Errorf("response code 0x%x", rc)
-	}
-	return nil
+	return tpmtest.SetDAParameters(tpm, maxTries, recoveryTime, lockoutRecovery)
 }

@@ -1,6 +1,7 @@
 package security_test
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
 // tokenStatus asks for a token with pin and returns the CTAP status.
@@ -39,84 +41,141 @@ func wantRetries(t *testing.T, ch *fidoclient.Channel, want int) {
 	}
 }
 
-// Wrong PINs lock as CTAP 2.1 §6.5.5.7 says and the docs promise: each
-// wrong PIN costs a retry (8 in all, persisted across restarts), three in
-// a row block PIN use until a restart (PIN_AUTH_BLOCKED, even for the
-// right PIN), and the eighth blocks it for good (PIN_BLOCKED).
-//
-// The TPM's own dictionary-attack limit (3 tries on a fresh simulator)
-// would trip first, so this test relaxes it on its private simulator;
-// TestTPMLockoutIsNotAWrongPIN covers the strict setting.
-func TestWrongPINsLock(t *testing.T) {
-	e := newEnv(t, envOpts{relaxDA: true})
-	ch := e.channel()
-	if err := ch.SetPIN("2580"); err != nil {
+func wantPowerCycle(t *testing.T, ch *fidoclient.Channel, want bool) {
+	t.Helper()
+	_, pc, err := ch.PINRetriesState()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if st := tokenStatus(t, ch, "2580"); st != ctap.StatusOK {
-		t.Fatalf("right PIN: %v", st)
+	if pc != want {
+		t.Fatalf("powerCycleState = %v, want %v", pc, want)
 	}
-	for i, want := range []ctap.Status{ctap.StatusPINInvalid, ctap.StatusPINInvalid, ctap.StatusPINAuthBlocked} {
-		if st := tokenStatus(t, ch, "0000"); st != want {
-			t.Fatalf("wrong PIN %d: %v, want %v", i+1, st, want)
-		}
-	}
-	if st := tokenStatus(t, ch, "2580"); st != ctap.StatusPINAuthBlocked {
-		t.Fatalf("right PIN after 3 wrong: %v, want PIN_AUTH_BLOCKED until restart", st)
-	}
-	wantRetries(t, ch, 5)
-
-	e.restart()
-	ch = e.channel()
-	wantRetries(t, ch, 5)
-	if st := tokenStatus(t, ch, "2580"); st != ctap.StatusOK {
-		t.Fatalf("right PIN after restart: %v", st)
-	}
-	wantRetries(t, ch, 8)
-
-	// Eight wrong PINs, with restarts, exhaust the retries.
-	var st ctap.Status
-	for i := range 8 {
-		if i > 0 && i%3 == 0 {
-			e.restart()
-			ch = e.channel()
-		}
-		st = tokenStatus(t, ch, "0000")
-	}
-	if st != ctap.StatusPINBlocked {
-		t.Fatalf("8th wrong PIN: %v, want PIN_BLOCKED", st)
-	}
-	e.restart()
-	ch = e.channel()
-	if st := tokenStatus(t, ch, "2580"); st != ctap.StatusPINBlocked {
-		t.Fatalf("right PIN once blocked, after restart: %v, want PIN_BLOCKED", st)
-	}
-	wantRetries(t, ch, 0)
 }
 
-// With the TPM's strict default (3 failures, then lockout) the TPM's
-// refusal is PIN_AUTH_BLOCKED and costs no CTAP retry: a TPM lockout is
-// never reported as a wrong PIN.
-func TestTPMLockoutIsNotAWrongPIN(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	ch := e.channel()
-	if err := ch.SetPIN("2580"); err != nil {
+// daState reads the TPM's dictionary-attack counter and lockout flag.
+func daState(t *testing.T, e *env) tpmstore.DAStatus {
+	t.Helper()
+	st, err := tpmstore.ReadDAStatus(e.tpm)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		tokenStatus(t, ch, "0000")
+	return st
+}
+
+// Wrong PINs lock as CTAP 2.1 §6.5.5.7 says and the docs promise, on a
+// TPM whose dictionary-attack policy allows enough failures (32, one
+// forgiven every 600 s, as Windows provisions): each wrong PIN costs a
+// retry (8 in all, persisted across restarts), three in a row block PIN
+// use until a restart (PIN_AUTH_BLOCKED, even for the right PIN, with
+// powerCycleState true), a restart allows tries again, and the eighth
+// blocks it for good (PIN_BLOCKED).
+func TestWrongPINsLock(t *testing.T) {
+	for _, b := range backendNames {
+		t.Run(b.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{da: windowsDA, swtpm: b.swtpm})
+			ch := e.channel()
+			if err := ch.SetPIN("2580"); err != nil {
+				t.Fatal(err)
+			}
+			if st := tokenStatus(t, ch, "2580"); st != ctap.StatusOK {
+				t.Fatalf("right PIN: %v", st)
+			}
+			for i, want := range []ctap.Status{ctap.StatusPINInvalid, ctap.StatusPINInvalid, ctap.StatusPINAuthBlocked} {
+				if st := tokenStatus(t, ch, "0000"); st != want {
+					t.Fatalf("wrong PIN %d: %v, want %v", i+1, st, want)
+				}
+			}
+			if st := tokenStatus(t, ch, "2580"); st != ctap.StatusPINAuthBlocked {
+				t.Fatalf("right PIN after 3 wrong: %v, want PIN_AUTH_BLOCKED until restart", st)
+			}
+			wantRetries(t, ch, 5)
+			wantPowerCycle(t, ch, true)
+
+			e.restart()
+			ch = e.channel()
+			wantRetries(t, ch, 5)
+			wantPowerCycle(t, ch, false)
+			if st := tokenStatus(t, ch, "2580"); st != ctap.StatusOK {
+				t.Fatalf("right PIN after restart: %v", st)
+			}
+			wantRetries(t, ch, 8)
+
+			// Eight wrong PINs, with restarts, exhaust the retries.
+			var st ctap.Status
+			for i := range 8 {
+				if i > 0 && i%3 == 0 {
+					e.restart()
+					ch = e.channel()
+				}
+				st = tokenStatus(t, ch, "0000")
+			}
+			if st != ctap.StatusPINBlocked {
+				t.Fatalf("8th wrong PIN: %v, want PIN_BLOCKED", st)
+			}
+			e.restart()
+			ch = e.channel()
+			if st := tokenStatus(t, ch, "2580"); st != ctap.StatusPINBlocked {
+				t.Fatalf("right PIN once blocked, after restart: %v, want PIN_BLOCKED", st)
+			}
+			wantRetries(t, ch, 0)
+			da := daState(t, e)
+			t.Logf("TPM after 11 wrong PINs: %s", da)
+			if da.InLockout || da.FailedTries != 11 {
+				t.Fatalf("TPM dictionary-attack state %s, want 11 failures and no lockout", da)
+			}
+		})
 	}
-	e.restart()
-	ch = e.channel()
-	wantRetries(t, ch, 5)
-	st := tokenStatus(t, ch, "2580")
-	if st == ctap.StatusOK {
-		t.Skip("this TPM allows more than 3 failures; the lockout path is not reachable here")
+}
+
+// With the TPM's default policy (3 failures, one forgiven every 1000 s)
+// a FIDO PIN never locks the TPM: after two wrong PINs the daemon stops
+// trying, answering PIN_AUTH_BLOCKED without spending a retry and with
+// powerCycleState false (a restart does not help: only time does), and
+// logs when the next try is possible. Ten more tries after a restart,
+// the right PIN among them, change nothing; the TPM never sets
+// TPMA_PERMANENT.inLockout.
+func TestPINNeverLocksTPM(t *testing.T) {
+	for _, b := range backendNames {
+		t.Run(b.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{swtpm: b.swtpm})
+			ch := e.channel()
+			if err := ch.SetPIN("2580"); err != nil {
+				t.Fatal(err)
+			}
+			check := func(what string, pin string, want ctap.Status) {
+				t.Helper()
+				before := daState(t, e)
+				st := tokenStatus(t, ch, pin)
+				after := daState(t, e)
+				t.Logf("%s: %v; failedTries %d -> %d of %d, inLockout %v", what, st, before.FailedTries, after.FailedTries, after.MaxTries, after.InLockout)
+				if st != want {
+					t.Fatalf("%s: %v, want %v", what, st, want)
+				}
+				if after.InLockout {
+					t.Fatalf("%s: the TPM is in lockout", what)
+				}
+			}
+			check("wrong PIN 1", "0000", ctap.StatusPINInvalid)
+			check("wrong PIN 2", "0000", ctap.StatusPINInvalid)
+			check("wrong PIN 3", "0000", ctap.StatusPINAuthBlocked)
+			wantRetries(t, ch, 6)
+			wantPowerCycle(t, ch, false)
+			if !bytes.Contains(e.logs.Bytes(), []byte("next try possible in about")) {
+				t.Errorf("the log does not say when the next try is possible:\n%s", e.logs.Bytes())
+			}
+			e.restart()
+			ch = e.channel()
+			for i := range 10 {
+				check(fmt.Sprintf("after restart, wrong PIN %d", i+1), "0000", ctap.StatusPINAuthBlocked)
+			}
+			check("after restart, right PIN", "2580", ctap.StatusPINAuthBlocked)
+			wantRetries(t, ch, 6)
+			wantPowerCycle(t, ch, false)
+			if da := daState(t, e); da.FailedTries != 2 {
+				t.Fatalf("failedTries %d, want 2", da.FailedTries)
+			}
+		})
 	}
-	if st != ctap.StatusPINAuthBlocked {
-		t.Fatalf("right PIN with the TPM in lockout: %v, want PIN_AUTH_BLOCKED", st)
-	}
-	wantRetries(t, ch, 5)
 }
 
 // After a full flow (PIN set, token, resident credential with

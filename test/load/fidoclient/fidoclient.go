@@ -401,11 +401,19 @@ func (ch *Channel) TokenWith(s *Session, pin string, perms uint8, rpID string) (
 
 // PINRetries returns clientPIN getPINRetries' count.
 func (ch *Channel) PINRetries() (int, error) {
+	n, _, err := ch.PINRetriesState()
+	return n, err
+}
+
+// PINRetriesState returns clientPIN getPINRetries' count and
+// powerCycleState (false when absent).
+func (ch *Channel) PINRetriesState() (retries int, powerCycle bool, err error) {
 	var r struct {
-		Retries int `cbor:"3,keyasint"`
+		Retries    int  `cbor:"3,keyasint"`
+		PowerCycle bool `cbor:"4,keyasint"`
 	}
-	err := ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 1}, &r)
-	return r.Retries, err
+	err = ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 1}, &r)
+	return r.Retries, r.PowerCycle, err
 }
 
 // HMACSecretExt builds the hmac-secret getAssertion input for salt

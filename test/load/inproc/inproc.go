@@ -46,7 +46,7 @@ func StartSwtpm(dir string) (*Swtpm, error) {
 	s := &Swtpm{Dir: dir, Sock: filepath.Join(dir, "data.sock")}
 	s.cmd = exec.Command(bin, "socket", "--tpm2",
 		"--server", "type=unixio,path="+s.Sock,
-		"--ctrl", "type=unixio,path="+filepath.Join(dir, "ctrl.sock"),
+		"--ctrl", "type=unixio,path="+s.Sock+".ctrl", // where libtss2's swtpm TCTI looks for it
 		"--flags", "not-need-init,startup-clear",
 		"--tpmstate", "dir="+dir)
 	// swtpm logs every client disconnect on stderr; not wanted here.

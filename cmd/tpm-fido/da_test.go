@@ -1,0 +1,124 @@
+//go:build cgo
+
+package main
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/tpm-fido/tpm-fido/test/load/inproc"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
+)
+
+// TestPinStatusAndDA: `pin status` shows the TPM's dictionary-attack
+// state and when the next PIN try is possible; `pin change` says so
+// before asking for a PIN once one more failure could lock the TPM.
+func TestPinStatusAndDA(t *testing.T) {
+	dir, tpm := withSimulator(t) // the simulator's default: 3 failures, 1000 s
+	sd := "--state-dir=" + dir
+	withStdin(t, "1234\n1234\n")
+	if _, e, rc := runCmd(t, "pin", "set", sd); rc != 0 {
+		t.Fatalf("pin set: %s", e)
+	}
+	out, e, rc := runCmd(t, "pin", "status", sd)
+	t.Logf("pin status:\n%s", out)
+	for _, want := range []string{"PIN: set, 8 retries left", "0 of 3 failures counted, one forgiven every 16m40s", "next PIN try: now (2 wrong PIN(s)", "fewer than the 8 PIN tries CTAP allows"} {
+		if rc != 0 || !strings.Contains(out, want) {
+			t.Errorf("pin status lacks %q (rc %d, %s)", want, rc, e)
+		}
+	}
+	for _, want := range []string{"wrong PIN (7 retries left)", "wrong PIN (6 retries left)"} {
+		withStdin(t, "9999\n5678\n5678\n")
+		if _, e, rc := runCmd(t, "pin", "change", sd); rc == 0 || !strings.Contains(e, want) {
+			t.Fatalf("change with a wrong PIN: rc %d %q, want %q", rc, e, want)
+		}
+	}
+	withStdin(t, "1234\n5678\n5678\n")
+	_, e, rc = runCmd(t, "pin", "change", sd)
+	t.Logf("pin change at 2 of 3: %s", e)
+	if rc == 0 || !strings.Contains(e, "the PIN cannot be tried now: in at most 16m40s") {
+		t.Fatalf("pin change at 2 of 3 failures: rc %d %q", rc, e)
+	}
+	out, _, _ = runCmd(t, "pin", "status", sd)
+	t.Logf("pin status:\n%s", out)
+	for _, want := range []string{"PIN: set, 6 retries left", "2 of 3 failures counted", "next PIN try: in at most 16m40s", "not in lockout"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("pin status lacks %q:\n%s", want, out)
+		}
+	}
+	st, err := tpmstore.ReadDAStatus(tpm)
+	if err != nil || st.FailedTries != 2 || st.InLockout {
+		t.Fatalf("TPM DA state %s, %v", st, err)
+	}
+	c := daCheck(st)
+	if c.status != checkWarn || !strings.Contains(c.fix, "tpm2_dictionarylockout --setup-parameters --max-tries=32 --recovery-time=600 --lockout-recovery-time=1000") {
+		t.Errorf("doctor at 2 of 3: %+v", c)
+	}
+}
+
+// TestDoctorDAPolicy: doctor warns about a policy too strict for CTAP's
+// eight PIN tries and prints the exact tpm2-tools command that relaxes
+// it; running that command on a swtpm gives a policy doctor accepts.
+func TestDoctorDAPolicy(t *testing.T) {
+	tool, err := exec.LookPath("tpm2_dictionarylockout")
+	if err != nil {
+		t.Skip("tpm2-tools not installed (tpm2_dictionarylockout)")
+	}
+	sw, err := inproc.StartSwtpm(t.TempDir())
+	if errors.Is(err, inproc.ErrNoSwtpm) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sw.Stop)
+	env := fakeSys(t, "G:uaccess\n")
+	env.tpm = sw.Spec()
+	env.tpmTimeout = 30e9
+	old := openTPM
+	openTPM = func(spec string) (transport.TPMCloser, error) { return tpmstore.OpenTPM(spec) }
+	t.Cleanup(func() { openTPM = old })
+
+	c := findCheck(env.checkTPM(), "tpm-da")
+	t.Logf("doctor: %s\n  fix: %s", c.detail, c.fix)
+	if c.status != checkWarn || !strings.Contains(c.detail, "gets 2 tries per 16m40s instead of CTAP's 8") {
+		t.Fatalf("swtpm's default policy: %+v", c)
+	}
+	cmdline := strings.Split(c.fix, "\n")[0]
+	args := strings.Fields(cmdline)
+	if args[0] != "tpm2_dictionarylockout" {
+		t.Fatalf("fix %q", cmdline)
+	}
+	cmd := exec.Command(tool, args[1:]...)
+	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:path="+sw.Sock)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cmdline, err, out)
+	}
+	c = findCheck(env.checkTPM(), "tpm-da")
+	t.Logf("after %q: %s", cmdline, c.detail)
+	if c.status != checkOK || !strings.Contains(c.detail, "0 of 32 failures counted, one forgiven every 10m0s") {
+		t.Fatalf("after the fix: %+v", c)
+	}
+}
+
+// TestDoctorDANoTry: a TPM that locks out at the first failure can
+// never have a FIDO PIN tried.
+func TestDoctorDANoTry(t *testing.T) {
+	_, tpm := withSimulator(t)
+	if err := tpmtest.SetDAParameters(tpm, 1, 600, 86400); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tpmstore.ReadDAStatus(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := daCheck(st); c.status != checkFail || !strings.Contains(c.detail, "can never try a FIDO PIN") {
+		t.Fatalf("maxTries 1: %+v", c)
+	}
+}

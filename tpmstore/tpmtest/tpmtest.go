@@ -1,0 +1,44 @@
+// Package tpmtest holds TPM helpers for tests that the product never
+// uses: setting the TPM's dictionary-attack policy, which tpm-fido itself
+// never changes (it is machine-wide and belongs to the platform).
+package tpmtest
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// SetDAParameters sends TPM2_DictionaryAttackParameters (TPM 2.0 Part 3
+// §25.3) authorised by the empty lockout password of a fresh TPM:
+// lockout after maxTries failures, one failure forgiven every
+// recoveryTime seconds, lockoutRecovery seconds after a failed
+// lockoutAuth. (go-tpm's direct API has no wrapper for the command.)
+func SetDAParameters(tpm transport.TPM, maxTries, recoveryTime, lockoutRecovery uint32) error {
+	var b []byte
+	b = binary.BigEndian.AppendUint16(b, 0x8002) // TPM_ST_SESSIONS
+	b = binary.BigEndian.AppendUint32(b, 0)      // size, patched below
+	b = binary.BigEndian.AppendUint32(b, 0x13A)  // TPM_CC_DictionaryAttackParameters
+	b = binary.BigEndian.AppendUint32(b, 0x4000000A)
+	b = binary.BigEndian.AppendUint32(b, 9)          // authorization size
+	b = binary.BigEndian.AppendUint32(b, 0x40000009) // TPM_RS_PW
+	b = binary.BigEndian.AppendUint16(b, 0)          // nonce
+	b = append(b, 0)                                 // session attributes
+	b = binary.BigEndian.AppendUint16(b, 0)          // empty password
+	b = binary.BigEndian.AppendUint32(b, maxTries)
+	b = binary.BigEndian.AppendUint32(b, recoveryTime)
+	b = binary.BigEndian.AppendUint32(b, lockoutRecovery)
+	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
+	rsp, err := tpm.Send(b)
+	if err != nil {
+		return err
+	}
+	if len(rsp) < 10 {
+		return fmt.Errorf("tpmtest: TPM2_DictionaryAttackParameters: short response % x", rsp)
+	}
+	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
+		return fmt.Errorf("tpmtest: TPM2_DictionaryAttackParameters: TPM response code 0x%x", rc)
+	}
+	return nil
+}
