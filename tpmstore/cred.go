@@ -17,7 +17,6 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Credential ID layout (version 1), at most 255 bytes:
@@ -349,10 +348,10 @@ func (s *Store) Reset() error {
 		return err
 	}
 	err = s.update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketResidents); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+		if err := deleteResidentBuckets(tx, residentBuckets...); err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucket(bucketResidents); err != nil {
+		if err := createResidentBuckets(tx); err != nil {
 			return err
 		}
 		m := tx.Bucket(bucketMeta)

@@ -2,6 +2,7 @@ package tpmstore
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,8 +23,10 @@ import (
 )
 
 // DefaultMaxResidents is the number of resident credentials a store
-// holds unless Config.MaxResidents says otherwise.
-const DefaultMaxResidents = 256
+// holds unless Config.MaxResidents (or the capacity a daemon stored)
+// says otherwise. The layout keeps each operation's cost flat well past
+// it (docs/benchmarks.md); the bound only caps the disk an RP can fill.
+const DefaultMaxResidents = 10000
 
 // DefaultMaxLoaded is the number of transient TPM objects a store keeps
 // loaded at once, the storage primary included. Three is what the Linux
@@ -33,7 +37,9 @@ const DefaultMaxLoaded = 3
 // stateFile is the bbolt database in the state directory.
 const stateFile = "state.db"
 
-const stateVersion = 1
+// stateVersion is the layout this build writes. Version 1 (a residents
+// bucket without indexes) is upgraded in place at Open.
+const stateVersion = 2
 
 // PIN retries (CTAP 2.1 §6.5.2.1).
 const (
@@ -68,7 +74,10 @@ type Config struct {
 	Logger *slog.Logger // nil: discard
 	Rand   io.Reader    // nil: crypto/rand
 	Now    func() time.Time
-	// MaxResidents bounds the resident credentials (0: DefaultMaxResidents).
+	// MaxResidents bounds the resident credentials. A positive value is
+	// also stored, so that tools opening the state later (tpm-fido list)
+	// report the capacity the daemon runs with; 0 uses the stored value,
+	// else DefaultMaxResidents.
 	MaxResidents int
 	// MaxLoaded bounds the transient objects kept loaded in the TPM: the
 	// storage primary and the HMAC key stay loaded, the rest is an LRU of
@@ -138,8 +147,8 @@ func Open(cfg Config) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.maxResidents <= 0 {
-		s.maxResidents = DefaultMaxResidents
+	if cfg.MaxResidents < 0 || cfg.MaxResidents > math.MaxInt32 {
+		return nil, fmt.Errorf("tpmstore: Config.MaxResidents %d out of range", cfg.MaxResidents)
 	}
 	maxLoaded := cfg.MaxLoaded
 	if maxLoaded == 0 {
@@ -203,6 +212,8 @@ func prepareDir(dir string, log *slog.Logger) error {
 // persisted is the meta bucket as read at Open.
 type persisted struct {
 	fresh    bool
+	version  byte
+	maxRes   int // 0: none stored
 	srk      []byte
 	hmacPub  []byte
 	hmacPriv []byte
@@ -239,8 +250,15 @@ func (s *Store) readMeta() (persisted, error) {
 		if err != nil {
 			return err
 		}
-		if v[0] != stateVersion {
-			return fmt.Errorf("%w: state version %d, this build reads %d", ErrCorruptState, v[0], stateVersion)
+		if v[0] < 1 || v[0] > stateVersion {
+			return fmt.Errorf("%w: state version %d, this build reads 1 to %d", ErrCorruptState, v[0], stateVersion)
+		}
+		p.version = v[0]
+		if mr := m.Get(keyResMax); mr != nil {
+			if len(mr) != 4 {
+				return fmt.Errorf("%w: meta %q malformed", ErrCorruptState, keyResMax)
+			}
+			p.maxRes = int(binary.BigEndian.Uint32(mr))
 		}
 		if p.srk, err = get(keySRK, sha256.Size); err != nil {
 			return err
@@ -289,6 +307,9 @@ func (s *Store) start() error {
 	fp := sha256.Sum256(srkPub)
 	s.srkFP = fp[:]
 	if p.fresh {
+		if s.maxResidents <= 0 {
+			s.maxResidents = DefaultMaxResidents
+		}
 		return s.initialise(fp[:])
 	}
 	if !bytes.Equal(fp[:], p.srk) {
@@ -308,6 +329,39 @@ func (s *Store) start() error {
 	s.wrapKey = key
 	s.counter, s.reserved = p.counter, p.counter
 	s.pinPub, s.pinPriv, s.pinRetries = p.pinPub, p.pinPriv, p.retries
+	return s.upgrade(p)
+}
+
+// upgrade brings a verified state to the current layout and stores the
+// configured capacity, in one fsynced transaction when anything changes.
+func (s *Store) upgrade(p persisted) error {
+	storeMax := s.maxResidents > 0 && s.maxResidents != p.maxRes
+	if s.maxResidents <= 0 {
+		s.maxResidents = cmp.Or(p.maxRes, DefaultMaxResidents)
+	}
+	if p.version == stateVersion && !storeMax {
+		return nil
+	}
+	migrated := -1
+	err := s.update(func(tx *bolt.Tx) error {
+		if p.version == 1 {
+			n, err := migrateV1(tx)
+			if err != nil {
+				return err
+			}
+			migrated = n
+		}
+		if storeMax {
+			return tx.Bucket(bucketMeta).Put(keyResMax, be32(uint32(s.maxResidents)))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tpmstore: upgrading the state in %s: %w", filepath.Dir(s.db.Path()), err)
+	}
+	if migrated >= 0 {
+		s.log.Info("state upgraded to layout version 2 (indexed resident credentials)", "residents", migrated)
+	}
 	return nil
 }
 
@@ -332,7 +386,10 @@ func (s *Store) initialise(srkFingerprint []byte) error {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucketIfNotExists(bucketResidents); err != nil {
+		if err := putAll(m, keyResMax, be32(uint32(s.maxResidents))); err != nil {
+			return err
+		}
+		if err := createResidentBuckets(tx); err != nil {
 			return err
 		}
 		return putAll(m,

@@ -89,7 +89,10 @@ type Resident struct {
 // RP is a relying party with resident credentials.
 type RP struct {
 	ID    string
-	Name  string
+	Name  string // from the RP's newest credential
 	Hash  [32]byte
-	Count int
+	Count int // resident credentials
+	// CountWithoutUV is how many of them a getAssertion without user
+	// verification may discover (credProtect 1).
+	CountWithoutUV int
 }
