@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/presence"
@@ -109,6 +110,7 @@ func (e doctorEnv) run() []check {
 	cs = append(cs, e.checkUHID()...)
 	cs = append(cs, e.checkTPM()...)
 	cs = append(cs, e.checkStateDir())
+	cs = append(cs, e.checkResidents())
 	cs = append(cs, e.checkPresence())
 	cs = append(cs, e.checkDevice())
 	return cs
@@ -266,6 +268,38 @@ func (e doctorEnv) checkStateDir() check {
 			"chmod 700 " + e.stateDir}
 	}
 	return check{checkOK, what, e.stateDir + " (0700, yours)", ""}
+}
+
+// checkResidents reports how much of the resident-credential capacity
+// the state uses. It reads the state without the TPM, so only while the
+// daemon does not hold it.
+func (e doctorEnv) checkResidents() check {
+	const what = "passkeys"
+	u, err := tpmstore.ReadUsage(e.stateDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return check{checkOK, what, fmt.Sprintf("none yet (capacity %d resident credentials)", tpmstore.DefaultMaxResidents), ""}
+	case errors.Is(err, berrors.ErrTimeout):
+		return check{checkOK, what, "the running daemon holds the state, so it cannot be counted here; `fido2-token -I DEVICE` shows the remaining resident credentials", ""}
+	case err != nil:
+		return check{checkFail, what, err.Error(), "keep a copy of " + e.stateDir + " before changing anything; `tpm-fido serve` says what it cannot read"}
+	}
+	rpWord := "relying parties"
+	if u.RPs == 1 {
+		rpWord = "relying party"
+	}
+	detail := fmt.Sprintf("%d of %d resident credentials used, %d %s", u.Residents, u.Max, u.RPs, rpWord)
+	if u.Version == 1 {
+		detail += " (older state layout; the daemon upgrades it when it next starts)"
+	}
+	fix := "delete unused ones (tpm-fido list, tpm-fido delete ID), or raise the capacity: tpm-fido serve --max-residents N"
+	switch {
+	case u.Residents >= u.Max:
+		return check{checkWarn, what, detail + ": full, new passkeys are refused", fix}
+	case u.Residents*10 >= u.Max*9:
+		return check{checkWarn, what, detail + ": nearly full", fix}
+	}
+	return check{checkOK, what, detail, ""}
 }
 
 func (e doctorEnv) checkPresence() check {

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
 func runList(args []string, stdout, stderr io.Writer) int {
@@ -40,50 +42,84 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	if len(rps) == 0 && !*akOnly {
 		fmt.Fprintln(stdout, "no resident credentials")
 	}
+	total := 0
 	for _, rp := range rps {
-		creds, err := s.Residents(rp.Hash)
-		if err != nil {
+		total += rp.Count
+		if err := listRP(stdout, s, rp, *akOnly); err != nil {
 			return fail(stderr, "list", err)
 		}
-		ssh := strings.HasPrefix(rp.ID, "ssh:")
-		if !*akOnly {
-			name := ""
-			if rp.Name != "" && rp.Name != rp.ID {
-				name = " (" + rp.Name + ")"
-			}
-			fmt.Fprintf(stdout, "%s%s: %d resident credential(s)\n", rp.ID, name, len(creds))
+	}
+	if !*akOnly {
+		rpWord := "relying parties"
+		if len(rps) == 1 {
+			rpWord = "relying party"
 		}
-		for _, c := range creds {
-			var line string
-			if ssh && c.PublicKey != nil {
-				line, err = authorizedKey(c.PublicKey, rp.ID, "tpm-fido "+rp.ID)
-				if err != nil {
-					return fail(stderr, "list", err)
-				}
-			}
-			if *akOnly {
-				if line != "" {
-					fmt.Fprintln(stdout, line)
-				}
-				continue
-			}
-			fmt.Fprintf(stdout, "  id:          %s\n", base64.RawURLEncoding.EncodeToString(c.CredentialID))
-			user := c.User.Name
-			if c.User.DisplayName != "" && c.User.DisplayName != c.User.Name {
-				user += " (" + c.User.DisplayName + ")"
-			}
-			fmt.Fprintf(stdout, "  user:        %s [id %s]\n", user, hex.EncodeToString(c.User.ID))
-			created := "unknown"
-			if !c.Created.IsZero() {
-				created = c.Created.UTC().Format("2006-01-02 15:04:05Z")
-			}
-			fmt.Fprintf(stdout, "  created:     %s, credProtect %d\n", created, max(c.CredProtect, 1))
-			if line != "" {
-				fmt.Fprintf(stdout, "  ssh key:     %s\n", line)
-			}
-		}
+		fmt.Fprintf(stdout, "%d of %d resident credentials used, %d %s\n", total, s.MaxResidents(), len(rps), rpWord)
 	}
 	return 0
+}
+
+// listPage is how many credentials list reads at a time, so its memory
+// stays flat however many an RP has.
+const listPage = 256
+
+// listRP prints one RP's credentials, newest first.
+func listRP(stdout io.Writer, s *tpmstore.Store, rp tpmstore.RP, akOnly bool) error {
+	ssh := strings.HasPrefix(rp.ID, "ssh:")
+	if !akOnly {
+		name := ""
+		if rp.Name != "" && rp.Name != rp.ID {
+			name = " (" + rp.Name + ")"
+		}
+		fmt.Fprintf(stdout, "%s%s: %d resident credential(s)\n", rp.ID, name, rp.Count)
+	}
+	var cur tpmstore.Cursor
+	for {
+		creds, next, err := s.ListResidents(rp.Hash, tpmstore.AllResidents, cur, listPage)
+		if err != nil {
+			return err
+		}
+		for _, c := range creds {
+			if err := printResident(stdout, rp, c, ssh, akOnly); err != nil {
+				return err
+			}
+		}
+		if len(creds) < listPage {
+			return nil
+		}
+		cur = next
+	}
+}
+
+func printResident(stdout io.Writer, rp tpmstore.RP, c tpmstore.Resident, ssh, akOnly bool) error {
+	var line string
+	if ssh && c.PublicKey != nil {
+		var err error
+		if line, err = authorizedKey(c.PublicKey, rp.ID, "tpm-fido "+rp.ID); err != nil {
+			return err
+		}
+	}
+	if akOnly {
+		if line != "" {
+			fmt.Fprintln(stdout, line)
+		}
+		return nil
+	}
+	fmt.Fprintf(stdout, "  id:          %s\n", base64.RawURLEncoding.EncodeToString(c.CredentialID))
+	user := c.User.Name
+	if c.User.DisplayName != "" && c.User.DisplayName != c.User.Name {
+		user += " (" + c.User.DisplayName + ")"
+	}
+	fmt.Fprintf(stdout, "  user:        %s [id %s]\n", user, hex.EncodeToString(c.User.ID))
+	created := "unknown"
+	if !c.Created.IsZero() {
+		created = c.Created.UTC().Format("2006-01-02 15:04:05Z")
+	}
+	fmt.Fprintf(stdout, "  created:     %s, credProtect %d\n", created, max(c.CredProtect, 1))
+	if line != "" {
+		fmt.Fprintf(stdout, "  ssh key:     %s\n", line)
+	}
+	return nil
 }
 
 // skECDSAKey is the SSH wire format of an sk-ecdsa-sha2-nistp256 public

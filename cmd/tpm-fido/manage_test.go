@@ -175,3 +175,44 @@ func TestStoreCommands(t *testing.T) {
 		t.Errorf("PIN survived reset: %q", out)
 	}
 }
+
+// TestResidentUsage: list and doctor report how many resident
+// credentials are used of the capacity the daemon last ran with.
+func TestResidentUsage(t *testing.T) {
+	dir, tpm := withSimulator(t)
+	sd := "--state-dir=" + dir
+	env := doctorEnv{stateDir: dir}
+	if c := env.checkResidents(); c.status != checkOK || !strings.Contains(c.detail, "none yet") {
+		t.Errorf("doctor without state: %+v", c)
+	}
+	// As `tpm-fido serve --max-residents 3` would open it.
+	s, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: dir, MaxResidents: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addResident(t, s, "ssh:", "a")
+	addResident(t, s, "example.org", "b")
+	if c := env.checkResidents(); c.status != checkOK || !strings.Contains(c.detail, "running daemon holds the state") {
+		t.Errorf("doctor while the state is held: %+v", c)
+	}
+	s.Close()
+
+	out, e, rc := runCmd(t, "list", sd)
+	if rc != 0 || !strings.Contains(out, "2 of 3 resident credentials used, 2 relying parties") {
+		t.Errorf("list: rc %d %q %q", rc, out, e)
+	}
+	if c := env.checkResidents(); c.status != checkOK || c.detail != "2 of 3 resident credentials used, 2 relying parties" {
+		t.Errorf("doctor: %+v", c)
+	}
+	if s, err = tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	addResident(t, s, "ssh:", "c")
+	s.Close()
+	if c := env.checkResidents(); c.status != checkWarn || !strings.Contains(c.detail, "3 of 3") || !strings.Contains(c.fix, "--max-residents") {
+		t.Errorf("doctor when full: %+v", c)
+	}
+	if out, _, _ := runCmd(t, "list", sd); !strings.Contains(out, "3 of 3 resident credentials used, 2 relying parties") {
+		t.Errorf("list when full:\n%s", out)
+	}
+}

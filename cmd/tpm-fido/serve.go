@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/transport"
 )
 
@@ -27,6 +29,7 @@ type serveConfig struct {
 	Pinentry         string        // pinentry program; "" = $PINENTRY_PROGRAM, then the usual names
 	PromptTimeout    time.Duration // how long a presence prompt waits
 	InsecureTestMode bool          // allow a fixed presence answer etc. (tests only)
+	MaxResidents     int           // resident credential capacity
 	LogLevel         slog.Level
 	// TestTransport is true when Transport is a socket, not the kernel device.
 	TestTransport bool
@@ -49,6 +52,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fl.StringVar(&cfg.Pinentry, "pinentry", "", "pinentry program for --presence pinentry (default $PINENTRY_PROGRAM, then the usual names)")
 	fl.DurationVar(&cfg.PromptTimeout, "prompt-timeout", 30*time.Second, "how long a presence prompt waits for the user")
 	fl.BoolVar(&cfg.InsecureTestMode, "insecure-test-mode", false, "allow test-only behaviour such as a fixed presence answer; never use it for real keys")
+	fl.IntVar(&cfg.MaxResidents, "max-residents", tpmstore.DefaultMaxResidents, "how many resident credentials (passkeys) the key store holds")
 	level := fl.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -61,6 +65,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	}
 	if cfg.PromptTimeout <= 0 {
 		return cfg, fmt.Errorf("--prompt-timeout must be positive")
+	}
+	if cfg.MaxResidents < 1 || cfg.MaxResidents > math.MaxInt32 {
+		return cfg, fmt.Errorf("--max-residents must be between 1 and %d", math.MaxInt32)
 	}
 	if cfg.StateDir == "" {
 		return cfg, fmt.Errorf("no --state-dir and no home directory to derive it from")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
 // serveTestArgs are the flags every serve test passes besides
@@ -299,6 +300,17 @@ func TestParseServeFlags(t *testing.T) {
 	}
 	if _, err := parseServeFlags([]string{"--prompt-timeout", "0s"}, &bytes.Buffer{}); err == nil {
 		t.Error("zero prompt timeout accepted")
+	}
+	if cfg, _ := parseServeFlags(nil, &bytes.Buffer{}); cfg.MaxResidents != tpmstore.DefaultMaxResidents || cfg.MaxResidents < 10000 {
+		t.Errorf("default capacity %d", cfg.MaxResidents)
+	}
+	if cfg, err := parseServeFlags([]string{"--max-residents", "50000"}, &bytes.Buffer{}); err != nil || cfg.MaxResidents != 50000 {
+		t.Errorf("--max-residents 50000: %d %v", cfg.MaxResidents, err)
+	}
+	for _, bad := range []string{"0", "-1", "4294967296"} {
+		if _, err := parseServeFlags([]string{"--max-residents", bad}, &bytes.Buffer{}); err == nil {
+			t.Errorf("--max-residents %s accepted", bad)
+		}
 	}
 }
 

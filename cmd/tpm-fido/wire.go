@@ -34,7 +34,7 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: cfg.StateDir, Logger: log})
+	store, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: cfg.StateDir, Logger: log, MaxResidents: cfg.MaxResidents})
 	if err != nil {
 		tpm.Close()
 		if errors.Is(err, tpmstore.ErrForeignTPM) {
