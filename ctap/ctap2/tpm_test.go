@@ -50,6 +50,20 @@ func TestWithTPMSimulator(t *testing.T) {
 		t.Errorf("counter %d not above %d", as.auth.counter, rk.auth.counter)
 	}
 
+	// A warm assertion is one TPM command (the signature), also for a
+	// discoverable credential named in the allowList, whose user id is
+	// now looked up too (a database read, no TPM command).
+	for _, c := range []credential{plain, rk} {
+		e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 3: allowList(c.id)}) // warm up
+		counting.Reset()
+		st, m := e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 3: allowList(c.id)})
+		wantStatus(t, "warm getAssertion", st, ctap.StatusOK)
+		verifyAssertion(t, m, h, pubs)
+		if n := counting.Total(); n != 1 {
+			t.Errorf("warm getAssertion (credential %x…): %d TPM commands %v, want 1", c.id[:8], n, counting.Snapshot())
+		}
+	}
+
 	// Foreign and other-RP IDs are rejected with no TPM command.
 	counting.Reset()
 	st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 5: map[string]bool{"up": false},
