@@ -91,7 +91,8 @@ func TestFuzzSeedsCurrent(t *testing.T) {
 
 // FuzzHandleRequest feeds arbitrary CTAP2 requests to a fresh
 // authenticator. It must never panic, always answer with a status, keep
-// to the response size limits and emit only canonical CBOR.
+// to the response size limits and emit only canonical CBOR; and sent from
+// another channel, it must not continue a getNextAssertion walk.
 func FuzzHandleRequest(f *testing.F) {
 	// The seed corpus is testdata/fuzz/FuzzHandleRequest (see
 	// TestFuzzSeedsCurrent).
@@ -103,5 +104,22 @@ func FuzzHandleRequest(f *testing.F) {
 		}
 		// A second request exercises any state the first one left.
 		e.rawCall([]byte{cGetNextAssertion})
+		// State belongs to its channel: channel 1 starts a walk over two
+		// accounts; whatever channel 2 sends cannot continue it, and
+		// after channel 2 has spoken channel 1 cannot either.
+		w := newEnv(t)
+		w.makeCredential(mcOpts{rk: true, user: "a"})
+		w.makeCredential(mcOpts{rk: true, user: "b"})
+		if st, m := w.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("walk")}); st != ctap.StatusOK || m[5] == nil {
+			t.Fatalf("walk not started: %v", st)
+		}
+		w.cid = 2
+		if st, _ := w.rawCall(req); len(req) > 0 && req[0] == cGetNextAssertion && st == ctap.StatusOK {
+			t.Fatalf("getNextAssertion % x from another channel continued the walk: %v", req, st)
+		}
+		w.cid = 1
+		if st, _ := w.rawCall([]byte{cGetNextAssertion}); st != ctap.StatusNotAllowed {
+			t.Fatalf("getNextAssertion after another channel sent % x: %v, want NOT_ALLOWED", req, st)
+		}
 	})
 }
