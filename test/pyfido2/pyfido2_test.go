@@ -110,18 +110,19 @@ func tpmSpec(t *testing.T) string {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	spec := "swtpm:" + sock
+	// The socket file appears before swtpm accepts on it: retry until
+	// the command goes through.
 	for i := 0; ; i++ {
 		tpm, err := tpmstore.OpenTPM(spec)
 		if err == nil {
 			err = tpmtest.SetDAParameters(tpm, 32, 600, 600)
 			tpm.Close()
-			if err != nil {
-				t.Fatalf("TPM2_DictionaryAttackParameters: %v", err)
+			if err == nil {
+				return spec
 			}
-			return spec
 		}
 		if i == 500 {
-			t.Fatalf("swtpm did not answer within 5 s: %v", err)
+			t.Fatalf("swtpm: TPM2_DictionaryAttackParameters did not go through within 5 s: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
