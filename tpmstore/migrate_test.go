@@ -373,3 +373,33 @@ func TestCapacityStored(t *testing.T) {
 	}
 	checkResidentLayout(t, s)
 }
+
+// TestPutResidentsBatch: a batch is PutResident in order, in one
+// transaction: later entries replace earlier ones of the same RP and
+// user, and a batch that does not fit stores nothing.
+func TestPutResidentsBatch(t *testing.T) {
+	s, err := Open(Config{TPM: openSimulator(t), Dir: t.TempDir(), MaxResidents: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b, a2 := genResident("x.example", "a", 1), genResident("x.example", "b", 2), genResident("x.example", "a", 3)
+	if err := s.PutResidents([]Resident{a, b, a2}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Residents(rpHash("x.example"))
+	if !slices.Equal(ids(got), ids([]Resident{a2, b})) {
+		t.Fatalf("batch: %v", ids(got))
+	}
+	var four []Resident
+	for i := range 4 {
+		four = append(four, genResident("y.example", fmt.Sprint(i), 1))
+	}
+	if err := s.PutResidents(four); !errors.Is(err, ErrStoreFull) {
+		t.Fatalf("6 of 5: %v", err)
+	}
+	if n, _ := s.ResidentCount(); n != 2 {
+		t.Fatalf("%d stored after a refused batch", n)
+	}
+	checkResidentLayout(t, s)
+}

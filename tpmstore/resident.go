@@ -353,72 +353,93 @@ func (t *resTx) remove(id []byte, rec *residentRecord) error {
 // transaction. The write is fsynced before it returns. ErrStoreFull when
 // MaxResidents are stored already.
 func (s *Store) PutResident(r Resident) error {
-	if len(r.CredentialID) == 0 || len(r.CredentialID) > credIDMaxSize {
-		return errors.New("tpmstore: PutResident: bad credential ID length")
-	}
-	if r.PublicKey == nil {
-		return errors.New("tpmstore: PutResident: no public key")
-	}
-	pub, err := r.PublicKey.Bytes()
-	if err != nil || r.PublicKey.Curve != elliptic.P256() {
-		return fmt.Errorf("tpmstore: PutResident: public key is not a P-256 key: %v", err)
+	return s.PutResidents([]Resident{r})
+}
+
+// PutResidents stores several discoverable credentials in one fsynced
+// transaction, in order, each as PutResident would: all or none. It is
+// for seeding a store in tests and benchmarks, and for imports.
+func (s *Store) PutResidents(rs []Resident) error {
+	recs := make([]residentRecord, len(rs))
+	for i, r := range rs {
+		if len(r.CredentialID) == 0 || len(r.CredentialID) > credIDMaxSize {
+			return errors.New("tpmstore: PutResident: bad credential ID length")
+		}
+		if r.PublicKey == nil {
+			return errors.New("tpmstore: PutResident: no public key")
+		}
+		pub, err := r.PublicKey.Bytes()
+		if err != nil || r.PublicKey.Curve != elliptic.P256() {
+			return fmt.Errorf("tpmstore: PutResident: public key is not a P-256 key: %v", err)
+		}
+		recs[i] = residentRecord{
+			RPID:         r.RPID,
+			RPIDHash:     bytes.Clone(r.RPIDHash[:]),
+			RPName:       r.RPName,
+			UserID:       r.User.ID,
+			UserName:     r.User.Name,
+			UserDisplay:  r.User.DisplayName,
+			PublicKey:    pub,
+			CredProtect:  r.CredProtect,
+			LargeBlobKey: r.LargeBlobKey,
+			Created:      r.Created.UnixNano(),
+		}
 	}
 	if err := s.lock(); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	created := r.Created
-	if created.IsZero() {
-		created = s.now()
-	}
-	rec := residentRecord{
-		RPID:         r.RPID,
-		RPIDHash:     r.RPIDHash[:],
-		RPName:       r.RPName,
-		UserID:       r.User.ID,
-		UserName:     r.User.Name,
-		UserDisplay:  r.User.DisplayName,
-		PublicKey:    pub,
-		CredProtect:  r.CredProtect,
-		LargeBlobKey: r.LargeBlobKey,
-		Created:      created.UnixNano(),
+	for i, r := range rs {
+		if r.Created.IsZero() {
+			recs[i].Created = s.now().UnixNano()
+		}
 	}
 	return s.update(func(tx *bolt.Tx) error {
 		t, err := residentTx(tx)
 		if err != nil {
 			return err
 		}
-		if old, err := t.record(r.CredentialID); err != nil {
+		for i := range recs {
+			if err := s.putResident(t, rs[i].CredentialID, &recs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// putResident is PutResident inside a write transaction.
+func (s *Store) putResident(t *resTx, id []byte, rec *residentRecord) error {
+	if old, err := t.record(id); err != nil {
+		return err
+	} else if old != nil {
+		if err := t.remove(id, old); err != nil {
 			return err
-		} else if old != nil {
-			if err := t.remove(r.CredentialID, old); err != nil {
-				return err
-			}
 		}
-		if oldID := bytes.Clone(t.users.Get(userKey(r.RPIDHash[:], r.User.ID))); oldID != nil {
-			old, err := t.record(oldID)
-			if err != nil {
-				return err
-			}
-			if old == nil {
-				return fmt.Errorf("%w: user index names a missing resident %x", ErrCorruptState, oldID)
-			}
-			if err := t.remove(oldID, old); err != nil {
-				return err
-			}
-		}
-		n, err := t.count(keyResCount)
+	}
+	if oldID := bytes.Clone(t.users.Get(userKey(rec.RPIDHash, rec.UserID))); oldID != nil {
+		old, err := t.record(oldID)
 		if err != nil {
 			return err
 		}
-		if n >= s.maxResidents {
-			return ErrStoreFull
+		if old == nil {
+			return fmt.Errorf("%w: user index names a missing resident %x", ErrCorruptState, oldID)
 		}
-		if rec.Seq, err = t.recs.NextSequence(); err != nil {
+		if err := t.remove(oldID, old); err != nil {
 			return err
 		}
-		return t.insert(r.CredentialID, &rec)
-	})
+	}
+	n, err := t.count(keyResCount)
+	if err != nil {
+		return err
+	}
+	if n >= s.maxResidents {
+		return ErrStoreFull
+	}
+	if rec.Seq, err = t.recs.NextSequence(); err != nil {
+		return err
+	}
+	return t.insert(id, rec)
 }
 
 // view runs fn on the resident buckets in a read transaction.

@@ -158,37 +158,10 @@ func genResident(rp, user string, credProtect uint8) Resident {
 	}
 }
 
-// putResidentsBulk stores rs in one transaction through the same insert
-// path PutResident uses (no replacement: the caller gives new RP+user
-// pairs). Tests use it to reach 10,000 credentials without 10,000
-// fsyncs; what is measured or checked afterwards goes through the API.
+// putResidentsBulk seeds s through PutResidents (one transaction).
 func putResidentsBulk(t testing.TB, s *Store, rs []Resident) {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	err := s.update(func(tx *bolt.Tx) error {
-		rt, err := residentTx(tx)
-		if err != nil {
-			return err
-		}
-		for _, r := range rs {
-			pub, _ := r.PublicKey.Bytes()
-			rec := residentRecord{RPID: r.RPID, RPIDHash: r.RPIDHash[:], RPName: r.RPName, UserID: r.User.ID,
-				UserName: r.User.Name, UserDisplay: r.User.DisplayName, PublicKey: pub, CredProtect: r.CredProtect,
-				LargeBlobKey: r.LargeBlobKey, Created: r.Created.UnixNano()}
-			if rt.users.Get(userKey(rec.RPIDHash, rec.UserID)) != nil {
-				return fmt.Errorf("bulk: %s/%s exists", r.RPID, r.User.ID)
-			}
-			if rec.Seq, err = rt.recs.NextSequence(); err != nil {
-				return err
-			}
-			if err := rt.insert(r.CredentialID, &rec); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.PutResidents(rs); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
@@ -34,15 +34,14 @@ type pinTestStore struct {
 	retries     int
 	consecutive int
 	authBlocked bool
-	residents   []tpmstore.Resident
-	max         int
 	verifyErr   error // returned by VerifyPIN when set (TPM failures)
+	*ctap2test.ResidentList
 }
 
 const pinTestMaxRetries = 8
 
 func newPINTestStore() *pinTestStore {
-	return &pinTestStore{retries: pinTestMaxRetries, max: 25}
+	return &pinTestStore{retries: pinTestMaxRetries, ResidentList: ctap2test.NewResidentList(25)}
 }
 
 var errPINTestUnused = errors.New("pinTestStore: not used by these tests")
@@ -60,72 +59,6 @@ func (s *pinTestStore) CredRandom(*tpmstore.Credential, bool) ([]byte, error) {
 	return nil, errPINTestUnused
 }
 func (s *pinTestStore) NextCounter() (uint32, error) { return 0, errPINTestUnused }
-
-func (s *pinTestStore) PutResident(r tpmstore.Resident) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.residents = append([]tpmstore.Resident{r}, s.residents...)
-	return nil
-}
-
-func (s *pinTestStore) Residents(h [32]byte) ([]tpmstore.Resident, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []tpmstore.Resident
-	for _, r := range s.residents {
-		if r.RPIDHash == h {
-			out = append(out, r)
-		}
-	}
-	return out, nil
-}
-
-func (s *pinTestStore) ResidentRPs() ([]tpmstore.RP, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []tpmstore.RP
-	for _, r := range s.residents {
-		i := slices.IndexFunc(out, func(rp tpmstore.RP) bool { return rp.Hash == r.RPIDHash })
-		if i < 0 {
-			out = append(out, tpmstore.RP{ID: r.RPID, Name: r.RPName, Hash: r.RPIDHash})
-			i = len(out) - 1
-		}
-		out[i].Count++
-	}
-	return out, nil
-}
-
-func (s *pinTestStore) DeleteResident(id []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, r := range s.residents {
-		if bytes.Equal(r.CredentialID, id) {
-			s.residents = slices.Delete(s.residents, i, i+1)
-			return nil
-		}
-	}
-	return tpmstore.ErrNotFound
-}
-
-func (s *pinTestStore) UpdateResidentUser(id []byte, u tpmstore.User) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, r := range s.residents {
-		if bytes.Equal(r.CredentialID, id) {
-			s.residents[i].User = u
-			return nil
-		}
-	}
-	return tpmstore.ErrNotFound
-}
-
-func (s *pinTestStore) ResidentCount() (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.residents), nil
-}
-
-func (s *pinTestStore) MaxResidents() int { return s.max }
 
 func (s *pinTestStore) PINIsSet() bool {
 	s.mu.Lock()
@@ -197,7 +130,8 @@ func (s *pinTestStore) PINRetries() int {
 func (s *pinTestStore) Reset() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pinHash, s.retries, s.residents = nil, pinTestMaxRetries, nil
+	s.pinHash, s.retries = nil, pinTestMaxRetries
+	s.ResidentList.Clear()
 	s.consecutive, s.authBlocked = 0, false
 	return nil
 }

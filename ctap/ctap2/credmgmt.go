@@ -86,12 +86,22 @@ type cmResponse struct {
 }
 
 // credMgmtState is what enumerateRPsGetNextRP and
-// enumerateCredentialsGetNextCredential continue from: the entries not
-// yet returned. Any command other than credentialManagement, and any
-// other credentialManagement subcommand, clears it.
+// enumerateCredentialsGetNextCredential continue from: a cursor after
+// the last entry returned and how many of the announced total are still
+// due, never the entries themselves, so an enumeration costs the same
+// per step at 10 or 10,000 credentials. Any command other than
+// credentialManagement, and any other credentialManagement subcommand,
+// clears it.
 type credMgmtState struct {
-	rps   []tpmstore.RP
-	creds []tpmstore.Resident
+	rps      *cmWalk // enumerateRPs in progress
+	creds    *cmWalk // enumerateCredentials in progress
+	rpIDHash [32]byte
+}
+
+// cmWalk is one enumeration's position.
+type cmWalk struct {
+	after     tpmstore.Cursor
+	remaining int // of the total announced by the Begin subcommand
 }
 
 // credentialManagement handles authenticatorCredentialManagement
@@ -178,28 +188,40 @@ func (a *Authenticator) cmBeginRPs(perm pinuv.Permission) ([]byte, error) {
 	if err := a.pin.AuthorizeUnbound(perm); err != nil {
 		return nil, err
 	}
-	rps, err := a.cfg.Store.ResidentRPs()
+	total, err := a.cfg.Store.ResidentRPCount()
+	if err != nil {
+		return nil, fmt.Errorf("credentialManagement: counting RPs: %w", err)
+	}
+	rps, next, err := a.cfg.Store.ListResidentRPs(nil, 1)
 	if err != nil {
 		return nil, fmt.Errorf("credentialManagement: listing RPs: %w", err)
 	}
-	if len(rps) == 0 {
+	if total == 0 || len(rps) == 0 {
 		return nil, ctap.StatusNoCredentials
 	}
-	total := len(rps)
-	a.cm.rps = rps[1:]
+	a.cm.rps = &cmWalk{after: next, remaining: total - 1}
 	return cmEncodeRP(rps[0], &total)
 }
 
 // enumerateRPsGetNextRP (§6.8.3).
 func (a *Authenticator) cmNextRP() ([]byte, error) {
-	if len(a.cm.rps) == 0 {
+	w := a.cm.rps
+	a.cm.creds = nil
+	if w == nil || w.remaining <= 0 {
 		a.cm = credMgmtState{}
 		return nil, ctap.StatusNotAllowed
 	}
-	rp := a.cm.rps[0]
-	a.cm.rps = a.cm.rps[1:]
-	a.cm.creds = nil
-	return cmEncodeRP(rp, nil)
+	rps, next, err := a.cfg.Store.ListResidentRPs(w.after, 1)
+	if err != nil {
+		a.cm = credMgmtState{}
+		return nil, fmt.Errorf("credentialManagement: listing RPs: %w", err)
+	}
+	if len(rps) == 0 {
+		a.cm = credMgmtState{}
+		return nil, ctap.StatusNotAllowed
+	}
+	w.after, w.remaining = next, w.remaining-1
+	return cmEncodeRP(rps[0], nil)
 }
 
 func cmEncodeRP(rp tpmstore.RP, total *int) ([]byte, error) {
@@ -222,28 +244,46 @@ func (a *Authenticator) cmBeginCredentials(perm pinuv.Permission, params *cmPara
 	if err := a.pin.AuthorizeRPIDHash(perm, params.RPIDHash); err != nil {
 		return nil, err
 	}
-	creds, err := a.cfg.Store.Residents([32]byte(params.RPIDHash))
+	hash := [32]byte(params.RPIDHash)
+	rp, err := a.cfg.Store.ResidentRP(hash)
+	if errors.Is(err, tpmstore.ErrNotFound) {
+		return nil, ctap.StatusNoCredentials
+	}
+	if err != nil {
+		return nil, fmt.Errorf("credentialManagement: RP: %w", err)
+	}
+	creds, next, err := a.cfg.Store.ListResidents(hash, tpmstore.AllResidents, nil, 1)
 	if err != nil {
 		return nil, fmt.Errorf("credentialManagement: listing credentials: %w", err)
 	}
 	if len(creds) == 0 {
 		return nil, ctap.StatusNoCredentials
 	}
-	total := len(creds)
-	a.cm.creds = creds[1:]
+	total := rp.Count
+	a.cm.rpIDHash = hash
+	a.cm.creds = &cmWalk{after: next, remaining: total - 1}
 	return cmEncodeCredential(creds[0], &total)
 }
 
 // enumerateCredentialsGetNextCredential (§6.8.4).
 func (a *Authenticator) cmNextCredential() ([]byte, error) {
-	if len(a.cm.creds) == 0 {
+	w := a.cm.creds
+	a.cm.rps = nil
+	if w == nil || w.remaining <= 0 {
 		a.cm = credMgmtState{}
 		return nil, ctap.StatusNotAllowed
 	}
-	c := a.cm.creds[0]
-	a.cm.creds = a.cm.creds[1:]
-	a.cm.rps = nil
-	return cmEncodeCredential(c, nil)
+	creds, next, err := a.cfg.Store.ListResidents(a.cm.rpIDHash, tpmstore.AllResidents, w.after, 1)
+	if err != nil {
+		a.cm = credMgmtState{}
+		return nil, fmt.Errorf("credentialManagement: listing credentials: %w", err)
+	}
+	if len(creds) == 0 {
+		a.cm = credMgmtState{}
+		return nil, ctap.StatusNotAllowed
+	}
+	w.after, w.remaining = next, w.remaining-1
+	return cmEncodeCredential(creds[0], nil)
 }
 
 func cmEncodeCredential(r tpmstore.Resident, total *int) ([]byte, error) {
@@ -280,24 +320,16 @@ func cmCOSEPublicKey(pub *ecdsa.PublicKey) (*cmPublicKey, error) {
 	return &cmPublicKey{Kty: 2, Alg: -7, Crv: 1, X: b[1:33], Y: b[33:]}, nil
 }
 
-// cmFind looks up a resident credential by ID.
+// cmFind looks up a resident credential by ID (one read).
 func (a *Authenticator) cmFind(id []byte) (tpmstore.Resident, error) {
-	rps, err := a.cfg.Store.ResidentRPs()
+	r, err := a.cfg.Store.Resident(id)
+	if errors.Is(err, tpmstore.ErrNotFound) {
+		return tpmstore.Resident{}, ctap.StatusNoCredentials
+	}
 	if err != nil {
-		return tpmstore.Resident{}, fmt.Errorf("credentialManagement: listing RPs: %w", err)
+		return tpmstore.Resident{}, fmt.Errorf("credentialManagement: finding the credential: %w", err)
 	}
-	for _, rp := range rps {
-		creds, err := a.cfg.Store.Residents(rp.Hash)
-		if err != nil {
-			return tpmstore.Resident{}, fmt.Errorf("credentialManagement: listing credentials: %w", err)
-		}
-		for _, c := range creds {
-			if bytes.Equal(c.CredentialID, id) {
-				return c, nil
-			}
-		}
-	}
-	return tpmstore.Resident{}, ctap.StatusNoCredentials
+	return r, nil
 }
 
 // cmAuthorizedCredential checks the cm permission, finds the credential

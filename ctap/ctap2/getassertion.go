@@ -1,10 +1,10 @@
 package ctap2
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"time"
 
@@ -58,14 +58,20 @@ type assertionCred struct {
 	user *tpmstore.User
 }
 
-// nextAssertion is what getNextAssertion continues from.
+// nextAssertion is what getNextAssertion continues from: a cursor in the
+// RP's index after the credential last returned, and how many of the
+// announced numberOfCredentials are still due. The credentials are read
+// one per call, never listed up front.
 type nextAssertion struct {
 	rpIDHash       [32]byte
 	clientDataHash []byte
 	flags          byte
 	uv             bool
+	details        bool // user name and displayName in the answers
 	hmac           *hmacSecretState
-	creds          []assertionCred // still to return
+	filter         tpmstore.ResidentFilter
+	after          tpmstore.Cursor
+	remaining      int
 	deadline       time.Time
 }
 
@@ -232,17 +238,27 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 
 	// Step 7: locate applicable credentials, applying credProtect (§12.1).
 	hash := rpIDHash(r.rpID)
-	creds, err := a.applicableCredentials(r, hash, uv)
-	if err != nil {
+	var (
+		first assertionCred
+		n     int
+		walk  *nextAssertion
+	)
+	if r.hasAllowList {
+		if first, err = a.allowListCredential(r, hash, uv); err != nil {
+			return nil, err
+		}
+		if first.cred != nil {
+			n = 1
+		}
+	} else if first, n, walk, err = a.discoverCredential(hash, uv); err != nil {
 		return nil, err
 	}
-	if len(creds) == 0 {
+	if n == 0 {
 		return nil, ctap.StatusNoCredentials
 	}
-	if !accountDetails(uv, len(creds)) {
-		for i := range creds {
-			creds[i].user = userIDOnly(creds[i].user)
-		}
+	details := accountDetails(uv, n)
+	if !details {
+		first.user = userIDOnly(first.user)
 	}
 
 	// Step 9: user presence, unless the platform asked up=false.
@@ -260,18 +276,16 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 		a.pin.ClearPermissionsExceptLBW()
 	}
 
-	resp, err := a.assertion(hash, r.clientDataHash, flags, uv, hs, creds[0])
+	resp, err := a.assertion(hash, r.clientDataHash, flags, uv, hs, first)
 	if err != nil {
 		return nil, err
 	}
-	if !r.hasAllowList && len(creds) > 1 {
-		resp[0x05] = len(creds)
-		a.next = &nextAssertion{
-			rpIDHash: hash, clientDataHash: r.clientDataHash,
-			flags: flags, uv: uv, hmac: hs,
-			creds:    creds[1:],
-			deadline: a.cfg.Now().Add(nextAssertionTimeout),
-		}
+	if walk != nil && n > 1 {
+		resp[0x05] = n
+		walk.clientDataHash, walk.flags, walk.uv, walk.details, walk.hmac = r.clientDataHash, flags, uv, details, hs
+		walk.remaining = n - 1
+		walk.deadline = a.cfg.Now().Add(nextAssertionTimeout)
+		a.next = walk
 	}
 	return marshal(resp)
 }
@@ -282,12 +296,23 @@ func (a *Authenticator) getNextAssertion(raw []byte) ([]byte, error) {
 		return nil, ctap.StatusInvalidLength
 	}
 	n := a.next
-	if n == nil || len(n.creds) == 0 || a.cfg.Now().After(n.deadline) {
+	if n == nil || n.remaining <= 0 || a.cfg.Now().After(n.deadline) {
 		a.next = nil
 		return nil, ctap.StatusNotAllowed
 	}
-	c := n.creds[0]
-	n.creds = n.creds[1:]
+	c, after, _, err := a.nextResident(n.rpIDHash, n.filter, n.after)
+	if err != nil {
+		a.next = nil
+		return nil, err
+	}
+	if c.cred == nil { // deleted since: fewer than announced
+		a.next = nil
+		return nil, ctap.StatusNotAllowed
+	}
+	if !n.details {
+		c.user = userIDOnly(c.user)
+	}
+	n.after, n.remaining = after, n.remaining-1
 	n.deadline = a.cfg.Now().Add(nextAssertionTimeout)
 	resp, err := a.assertion(n.rpIDHash, n.clientDataHash, n.flags, n.uv, n.hmac, c)
 	if err != nil {
@@ -297,71 +322,95 @@ func (a *Authenticator) getNextAssertion(raw []byte) ([]byte, error) {
 	return marshal(resp)
 }
 
-// applicableCredentials returns the credentials a request may use: the
-// allowList entries this store made for the RP (first match only), or the
-// RP's discoverable credentials newest first. Credentials whose
-// credProtect policy needs UV that was not done are left out.
-func (a *Authenticator) applicableCredentials(r *getAssertionRequest, hash [32]byte, uv bool) ([]assertionCred, error) {
-	if r.hasAllowList {
-		for _, d := range r.allowList {
-			if d.typ != credTypePublicKy {
-				continue
-			}
-			c := a.openCredential(hash, d.id)
-			if c == nil {
-				continue
-			}
-			if credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv {
-				continue
-			}
-			ac := assertionCred{cred: c}
-			if c.Options.Resident {
-				// A discoverable credential's user id is returned also
-				// when the allowList named it (§6.2.2, 0x04): WebAuthn's
-				// userHandle comes from it.
-				u, err := a.residentUser(hash, c.ID)
-				if err != nil {
-					return nil, err
-				}
-				ac.user = u
-			}
-			return []assertionCred{ac}, nil
-		}
-		return nil, nil
-	}
-	rs, err := a.cfg.Store.Residents(hash)
-	if err != nil {
-		return nil, fmt.Errorf("ctap2: getAssertion: residents: %w", err)
-	}
-	var out []assertionCred
-	for i := range rs {
-		res := &rs[i]
-		if credProtectLevel(res.CredProtect) > tpmstore.CredProtectUVOptional && !uv {
+// allowListCredential returns the first allowList entry this store made
+// for the RP that the request may use (credProtect 3 needs UV), or none.
+func (a *Authenticator) allowListCredential(r *getAssertionRequest, hash [32]byte, uv bool) (assertionCred, error) {
+	for _, d := range r.allowList {
+		if d.typ != credTypePublicKy {
 			continue
 		}
-		c := a.openCredential(hash, res.CredentialID)
+		c := a.openCredential(hash, d.id)
 		if c == nil {
-			a.log.Warn("resident credential does not open; skipped", "rp", res.RPID)
 			continue
 		}
-		out = append(out, assertionCred{cred: c, user: &res.User})
+		if credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv {
+			continue
+		}
+		ac := assertionCred{cred: c}
+		if c.Options.Resident {
+			// A discoverable credential's user id is returned also when
+			// the allowList named it (§6.2.2, 0x04): WebAuthn's
+			// userHandle comes from it. One read by credential ID.
+			res, err := a.cfg.Store.Resident(c.ID)
+			switch {
+			case err == nil:
+				ac.user = &res.User
+			case !errors.Is(err, tpmstore.ErrNotFound):
+				return assertionCred{}, fmt.Errorf("ctap2: getAssertion: resident: %w", err)
+			}
+		}
+		return ac, nil
 	}
-	return out, nil
+	return assertionCred{}, nil
 }
 
-// residentUser returns the user entity stored with the discoverable
-// credential id, or nil when the store has no record of it.
-func (a *Authenticator) residentUser(hash [32]byte, id []byte) (*tpmstore.User, error) {
-	rs, err := a.cfg.Store.Residents(hash)
+// discoverFilter is which of an RP's discoverable credentials a request
+// may use: all with UV, only credProtect 1 without (§12.1: level 2 needs
+// an allowList, level 3 UV).
+func discoverFilter(uv bool) tpmstore.ResidentFilter {
+	if uv {
+		return tpmstore.AllResidents
+	}
+	return tpmstore.ResidentsWithoutUV
+}
+
+// discoverCredential finds the newest discoverable credential of the RP
+// the request may use, and numberOfCredentials from the RP's kept count
+// (no credential beyond the first is read). walk continues after it.
+func (a *Authenticator) discoverCredential(hash [32]byte, uv bool) (first assertionCred, n int, walk *nextAssertion, err error) {
+	rp, err := a.cfg.Store.ResidentRP(hash)
+	if errors.Is(err, tpmstore.ErrNotFound) {
+		return assertionCred{}, 0, nil, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("ctap2: getAssertion: residents: %w", err)
+		return assertionCred{}, 0, nil, fmt.Errorf("ctap2: getAssertion: residents: %w", err)
 	}
-	for i := range rs {
-		if bytes.Equal(rs[i].CredentialID, id) {
-			return &rs[i].User, nil
+	n = rp.Count
+	if !uv {
+		n = rp.CountWithoutUV
+	}
+	if n == 0 {
+		return assertionCred{}, 0, nil, nil
+	}
+	filter := discoverFilter(uv)
+	first, after, skipped, err := a.nextResident(hash, filter, nil)
+	if err != nil || first.cred == nil {
+		return assertionCred{}, 0, nil, err
+	}
+	return first, max(n-skipped, 1), &nextAssertion{rpIDHash: hash, filter: filter, after: after}, nil
+}
+
+// nextResident returns the RP's next discoverable credential after the
+// cursor that opens, the cursor after it, and how many were skipped
+// because they did not open (only a damaged record does not). cred is
+// nil when none is left.
+func (a *Authenticator) nextResident(hash [32]byte, f tpmstore.ResidentFilter, after tpmstore.Cursor) (c assertionCred, next tpmstore.Cursor, skipped int, err error) {
+	for {
+		rs, cur, err := a.cfg.Store.ListResidents(hash, f, after, 1)
+		if err != nil {
+			return assertionCred{}, nil, skipped, fmt.Errorf("ctap2: getAssertion: residents: %w", err)
 		}
+		if len(rs) == 0 {
+			return assertionCred{}, after, skipped, nil
+		}
+		after = cur
+		res := &rs[0]
+		if cred := a.openCredential(hash, res.CredentialID); cred != nil {
+			return assertionCred{cred: cred, user: &res.User}, after, skipped, nil
+		}
+		a.log.Warn("resident credential does not open; skipped", "rp", res.RPID)
+		skipped++
 	}
-	return nil, nil
 }
 
 // accountDetails reports whether an assertion may carry the user's name

@@ -356,14 +356,6 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 // replacesResident reports whether a discoverable credential for the same
 // RP and user ID exists, which a new one overwrites (§6.1.2 step 17).
 func (a *Authenticator) replacesResident(hash [32]byte, userID []byte) bool {
-	rs, err := a.cfg.Store.Residents(hash)
-	if err != nil {
-		return false
-	}
-	for _, r := range rs {
-		if string(r.User.ID) == string(userID) {
-			return true
-		}
-	}
-	return false
+	_, err := a.cfg.Store.ResidentByUser(hash, userID)
+	return err == nil
 }

@@ -11,7 +11,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 
 	"github.com/tpm-fido/tpm-fido/tpmstore"
@@ -35,16 +34,17 @@ type fakeCred struct {
 // FakeStore is an in-memory ctap2.Store. The zero value is not usable;
 // call NewFakeStore. Safe for concurrent use.
 type FakeStore struct {
-	mu        sync.Mutex
-	creds     map[string]*fakeCred
-	residents []tpmstore.Resident // insertion order
-	counter   uint32
-	pin       *[16]byte
-	retries   int
-	max       int
+	mu      sync.Mutex
+	creds   map[string]*fakeCred
+	counter uint32
+	pin     *[16]byte
+	retries int
+
+	// ResidentList holds the discoverable credentials.
+	*ResidentList
 
 	// Fail makes the named method ("Sign", "CreateCredential",
-	// "NextCounter", "PutResident", "Residents", "Reset", "CredRandom")
+	// "NextCounter", "PutResident", "ListResidents", "Reset", "CredRandom")
 	// return ErrInjected.
 	Fail map[string]bool
 	// Calls counts method calls by name.
@@ -58,11 +58,11 @@ func NewFakeStore(maxResidents int) *FakeStore {
 		maxResidents = 16
 	}
 	return &FakeStore{
-		creds:   map[string]*fakeCred{},
-		retries: pinRetries,
-		max:     maxResidents,
-		Fail:    map[string]bool{},
-		Calls:   map[string]int{},
+		creds:        map[string]*fakeCred{},
+		retries:      pinRetries,
+		ResidentList: NewResidentList(maxResidents),
+		Fail:         map[string]bool{},
+		Calls:        map[string]int{},
 	}
 }
 
@@ -174,92 +174,24 @@ func (s *FakeStore) NextCounter() (uint32, error) {
 // PutResident stores r, replacing one with the same RP and user ID.
 func (s *FakeStore) PutResident(r tpmstore.Resident) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.call("PutResident"); err != nil {
+	err := s.call("PutResident")
+	s.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	for i, old := range s.residents {
-		if old.RPIDHash == r.RPIDHash && bytes.Equal(old.User.ID, r.User.ID) {
-			s.residents = append(s.residents[:i], s.residents[i+1:]...)
-			break
-		}
-	}
-	if len(s.residents) >= s.max {
-		return tpmstore.ErrStoreFull
-	}
-	s.residents = append(s.residents, r)
-	return nil
+	return s.ResidentList.PutResident(r)
 }
 
-// Residents returns the RP's discoverable credentials, newest first.
-func (s *FakeStore) Residents(rpIDHash [32]byte) ([]tpmstore.Resident, error) {
+// ListResidents pages through an RP's discoverable credentials.
+func (s *FakeStore) ListResidents(rpIDHash [32]byte, f tpmstore.ResidentFilter, after tpmstore.Cursor, limit int) ([]tpmstore.Resident, tpmstore.Cursor, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.call("Residents"); err != nil {
-		return nil, err
+	err := s.call("ListResidents")
+	s.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
 	}
-	var out []tpmstore.Resident
-	for i := len(s.residents) - 1; i >= 0; i-- {
-		if s.residents[i].RPIDHash == rpIDHash {
-			out = append(out, s.residents[i])
-		}
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
-	return out, nil
+	return s.ResidentList.ListResidents(rpIDHash, f, after, limit)
 }
-
-// ResidentRPs lists RPs with discoverable credentials.
-func (s *FakeStore) ResidentRPs() ([]tpmstore.RP, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []tpmstore.RP
-	idx := map[[32]byte]int{}
-	for _, r := range s.residents {
-		if i, ok := idx[r.RPIDHash]; ok {
-			out[i].Count++
-			continue
-		}
-		idx[r.RPIDHash] = len(out)
-		out = append(out, tpmstore.RP{ID: r.RPID, Name: r.RPName, Hash: r.RPIDHash, Count: 1})
-	}
-	return out, nil
-}
-
-// DeleteResident deletes a discoverable credential.
-func (s *FakeStore) DeleteResident(credID []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, r := range s.residents {
-		if bytes.Equal(r.CredentialID, credID) {
-			s.residents = append(s.residents[:i], s.residents[i+1:]...)
-			return nil
-		}
-	}
-	return tpmstore.ErrNotFound
-}
-
-// UpdateResidentUser replaces a discoverable credential's user entity.
-func (s *FakeStore) UpdateResidentUser(credID []byte, u tpmstore.User) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, r := range s.residents {
-		if bytes.Equal(r.CredentialID, credID) {
-			s.residents[i].User = u
-			return nil
-		}
-	}
-	return tpmstore.ErrNotFound
-}
-
-// ResidentCount returns the number of discoverable credentials.
-func (s *FakeStore) ResidentCount() (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.residents), nil
-}
-
-// MaxResidents returns the capacity given to NewFakeStore.
-func (s *FakeStore) MaxResidents() int { return s.max }
 
 // PINIsSet reports whether a PIN hash is stored.
 func (s *FakeStore) PINIsSet() bool {
@@ -326,7 +258,7 @@ func (s *FakeStore) Reset() error {
 		return err
 	}
 	s.creds = map[string]*fakeCred{}
-	s.residents = nil
+	s.ResidentList.Clear()
 	s.pin = nil
 	s.retries = pinRetries
 	return nil
