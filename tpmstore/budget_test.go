@@ -21,8 +21,10 @@ func foreignIDs(n int) [][]byte {
 	return ids
 }
 
-// TestCommandBudget checks the TPM command budget of issue 3 with the
-// counting wrapper.
+// TestCommandBudget checks the TPM command budget of each store
+// operation with the counting wrapper (docs/tpmstore.md, "Command
+// budget"). An assertion is what getAssertion asks of the store:
+// OpenCredential over the allowList, NextCounter, Sign.
 func TestCommandBudget(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
@@ -33,23 +35,33 @@ func TestCommandBudget(t *testing.T) {
 				ct.Reset()
 				fn()
 				n := ct.Total()
-				t.Logf("%-40s %d TPM commands %v", what, n, ct.Snapshot())
+				t.Logf("%-44s %d TPM commands %v", what, n, ct.Snapshot())
 				if n > max {
 					t.Errorf("%s: %d TPM commands, budget %d", what, n, max)
 				}
 				return n
 			}
 			var s *Store
-			check("first start", 3, func() { s = openStore(t, ct, dir) })
+			// Once per store: SRK, 2 handle lists, anchor key (CreateLoaded,
+			// EvictControl, FlushContext), counter index (DefineSpace,
+			// Increment, Read), HMAC.
+			check("first start (creates the TPM objects)", 10, func() { s = openStore(t, ct, dir) })
 			s.Close()
-			check("start", 3, func() { s = openStore(t, ct, dir) })
+			if n := check("start", 3, func() { s = openStore(t, ct, dir) }); n != 3 ||
+				ct.Count(tpm2.TPMCCCreatePrimary) != 1 || ct.Count(tpm2.TPMCCHMAC) != 1 || ct.Count(tpm2.TPMCCNVRead) != 1 {
+				t.Errorf("start: %d commands %v, want CreatePrimary + HMAC + NV_Read", n, ct.Snapshot())
+			}
 			rp := rpHash("example.org")
 			d := sha256.Sum256([]byte("client data"))
 			var creds []*Credential
 			for i := 0; i < 3; i++ {
-				check("create credential + attestation sign", 3, func() {
+				// The first counter value after a start opens a block: +1.
+				check("create credential + counter + attestation sign", 4, func() {
 					c, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
 					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := s.NextCounter(); err != nil {
 						t.Fatal(err)
 					}
 					if _, err := s.Sign(c, d[:]); err != nil {
@@ -71,6 +83,9 @@ func TestCommandBudget(t *testing.T) {
 					if found == nil {
 						t.Fatal("own credential not found")
 					}
+					if _, err := s.NextCounter(); err != nil {
+						t.Fatal(err)
+					}
 					if _, err := s.Sign(found, d[:]); err != nil {
 						t.Fatal(err)
 					}
@@ -85,6 +100,25 @@ func TestCommandBudget(t *testing.T) {
 			if withForeign != warm {
 				t.Errorf("allowList of 64 foreign IDs costs %d, ours alone %d", withForeign, warm)
 			}
+			ct.Reset()
+			for _, id := range foreignIDs(64) {
+				if _, err := s.OpenCredential(rp, id); err == nil {
+					t.Fatal("a foreign ID opened")
+				}
+			}
+			if n := ct.Total(); n != 0 {
+				t.Errorf("64 foreign IDs alone: %d TPM commands, want 0", n)
+			}
+			const n = 1000
+			total := check("1000 warm assertions", n+n/counterReserve+1, func() {
+				for range n {
+					assert(creds[0], nil)()
+				}
+			})
+			t.Logf("average warm assertion: %.3f TPM commands (%d TPM2_NV_Increment)", float64(total)/n, ct.Count(tpm2.TPMCCNVIncrement))
+			if ct.Count(tpm2.TPMCCNVIncrement) < n/counterReserve {
+				t.Errorf("%d NV increments for %d counter values", ct.Count(tpm2.TPMCCNVIncrement), n)
+			}
 			hmacN := check("assertion + hmac-secret", warm+2, func() {
 				assert(creds[0], nil)()
 				c, _ := s.OpenCredential(rp, creds[0].ID)
@@ -98,6 +132,11 @@ func TestCommandBudget(t *testing.T) {
 			if ct.Count(tpm2.TPMCCHMAC) == 0 {
 				t.Error("CredRandom sent no TPM2_HMAC")
 			}
+			check("reset (replaces the anchor key)", 7, func() {
+				if err := s.Reset(); err != nil {
+					t.Fatal(err)
+				}
+			})
 		})
 	}
 }

@@ -19,20 +19,27 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Credential ID layout (version 1), at most 255 bytes:
+// Credential ID layout, at most 255 bytes:
 //
 //	version(1) ‖ nonce(16) ‖ AES-256-GCM(K_n, zero IV; plaintext; AD = rpIdHash ‖ version)
 //	plaintext = flags(1) ‖ len(2) ‖ TPM2B_PRIVATE contents ‖ x(32) ‖ y(32)
 //	K_n       = HMAC-SHA256(wrapping key, "tpm-fido credential id" ‖ nonce)
 //
+// Version 2 IDs are wrapped with the key derived by the TPM anchor key
+// (anchor.go), and their hmac-secret CredRandom comes from the anchor
+// key too. Version 1 IDs, made before the anchor, are wrapped with the
+// old wrapping key, which an upgraded state keeps sealed under the new
+// one until the next reset; their CredRandom comes from the old HMAC key.
+//
 // Each ID has its own key K_n, so the all-zero GCM IV is never reused
 // under one key. The public area is not stored: the template is fixed,
 // so x and y rebuild it exactly (checked at creation).
 const (
-	credIDVersion  = 1
-	credNonceSize  = 16
-	credIDMaxSize  = 255
-	credIDOverhead = 1 + credNonceSize + 16 // version, nonce, GCM tag
+	credIDVersion   = 2
+	credIDVersionV1 = 1
+	credNonceSize   = 16
+	credIDMaxSize   = 255
+	credIDOverhead  = 1 + credNonceSize + 16 // version, nonce, GCM tag
 )
 
 // Flag bits in the plaintext.
@@ -43,8 +50,17 @@ const (
 	flagsKnown          = flagCredProtectMask | flagHMACSecret | flagResident
 )
 
-func (s *Store) idAEAD(nonce []byte) (cipher.AEAD, error) {
-	m := hmac.New(sha256.New, s.wrapKey)
+// idAEAD returns the AEAD of the ID with this version and nonce; nil
+// when this store has no key for the version.
+func (s *Store) idAEAD(version byte, nonce []byte) (cipher.AEAD, error) {
+	key := s.wrapKey
+	if version == credIDVersionV1 {
+		key = s.wrapKeyV1
+	}
+	if key == nil {
+		return nil, nil
+	}
+	m := hmac.New(sha256.New, key)
 	m.Write([]byte("tpm-fido credential id"))
 	m.Write(nonce)
 	block, err := aes.NewCipher(m.Sum(nil))
@@ -54,8 +70,8 @@ func (s *Store) idAEAD(nonce []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-func idAD(rpIDHash [32]byte) []byte {
-	return append(rpIDHash[:], credIDVersion)
+func idAD(rpIDHash [32]byte, version byte) []byte {
+	return append(rpIDHash[:], version)
 }
 
 func encodeFlags(o CredentialOptions) (byte, error) {
@@ -140,12 +156,15 @@ func (s *Store) sealCredential(rpIDHash [32]byte, nonce []byte, flags byte, obj 
 	if credIDOverhead+len(plain) > credIDMaxSize {
 		return nil, nil, fmt.Errorf("tpmstore: credential ID would be %d bytes (max %d)", credIDOverhead+len(plain), credIDMaxSize)
 	}
-	aead, err := s.idAEAD(nonce)
+	aead, err := s.idAEAD(credIDVersion, nonce)
 	if err != nil {
 		return nil, nil, err
 	}
+	if aead == nil {
+		return nil, nil, errors.New("tpmstore: no wrapping key")
+	}
 	id := append([]byte{credIDVersion}, nonce...)
-	id = aead.Seal(id, make([]byte, aead.NonceSize()), plain, idAD(rpIDHash))
+	id = aead.Seal(id, make([]byte, aead.NonceSize()), plain, idAD(rpIDHash, credIDVersion))
 	cred, err := s.openID(rpIDHash, id)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tpmstore: fresh credential ID does not open: %w", err)
@@ -186,15 +205,19 @@ func (s *Store) OpenCredential(rpIDHash [32]byte, id []byte) (*Credential, error
 }
 
 func (s *Store) openID(rpIDHash [32]byte, id []byte) (*Credential, error) {
-	if len(id) < credIDOverhead+3+64 || len(id) > credIDMaxSize || id[0] != credIDVersion {
+	if len(id) < credIDOverhead+3+64 || len(id) > credIDMaxSize || (id[0] != credIDVersion && id[0] != credIDVersionV1) {
 		return nil, ErrCredentialInvalid
 	}
+	version := id[0]
 	nonce := id[1 : 1+credNonceSize]
-	aead, err := s.idAEAD(nonce)
+	aead, err := s.idAEAD(version, nonce)
 	if err != nil {
 		return nil, err
 	}
-	plain, err := aead.Open(nil, make([]byte, aead.NonceSize()), id[1+credNonceSize:], idAD(rpIDHash))
+	if aead == nil {
+		return nil, ErrCredentialInvalid
+	}
+	plain, err := aead.Open(nil, make([]byte, aead.NonceSize()), id[1+credNonceSize:], idAD(rpIDHash, version))
 	if err != nil {
 		return nil, ErrCredentialInvalid
 	}
@@ -220,6 +243,7 @@ func (s *Store) openID(rpIDHash [32]byte, id []byte) (*Credential, error) {
 			Resident:    flags&flagResident != 0,
 		},
 		priv: credentialSecret{
+			version: version,
 			nonce:   bytes.Clone(nonce),
 			public:  tpm2.Marshal(credKeyTemplate(x, y)),
 			private: bytes.Clone(priv),
@@ -279,9 +303,10 @@ func (s *Store) Sign(c *Credential, digest []byte) ([]byte, error) {
 }
 
 // CredRandom returns the hmac-secret CredRandom of c: TPM2_HMAC with the
-// store's TPM-resident HMAC key over the credential's nonce and the UV
-// bit, so it cannot be computed from the credential ID alone. TPM
-// commands: HMAC (+ Load/FlushContext if the HMAC key was evicted).
+// anchor key (version-1 credentials: the old HMAC key) over the
+// credential's nonce and the UV bit, so it cannot be computed from the
+// credential ID alone. TPM commands: HMAC (version 1: + Load the first
+// time).
 func (s *Store) CredRandom(c *Credential, uv bool) ([]byte, error) {
 	if c == nil || c.priv.nonce == nil {
 		return nil, errors.New("tpmstore: CredRandom: credential not opened by this store")
@@ -297,13 +322,18 @@ func (s *Store) CredRandom(c *Credential, uv bool) ([]byte, error) {
 	} else {
 		in = append(in, 0)
 	}
-	return s.tpmHMAC(in)
+	if c.priv.version == credIDVersionV1 {
+		return s.tpmHMAC(in)
+	}
+	return s.anchorHMAC(s.anchor, in)
 }
 
 // NextCounter returns the next signature counter value: strictly
-// increasing across restarts and crashes. Values are reserved 256 ahead
-// on disk (one fsync per 256 calls); after a crash the counter jumps
-// forward past the reservation, never back.
+// increasing across restarts, crashes and restored copies of the state.
+// Values come in blocks of 256 anchored in the TPM's counter index: the
+// first value of a block costs one TPM2_NV_Increment, the others
+// nothing. After a restart the counter continues above the block the
+// index last reached, never back.
 func (s *Store) NextCounter() (uint32, error) {
 	if err := s.lock(); err != nil {
 		return 0, err
@@ -314,38 +344,98 @@ func (s *Store) NextCounter() (uint32, error) {
 	}
 	next := s.counter + 1
 	if next > s.reserved {
-		r := uint64(s.counter) + counterReserve
-		if r > uint64(^uint32(0)) {
-			r = uint64(^uint32(0))
-		}
-		reserve := uint32(r)
-		err := s.update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(keyCounter, be32(reserve))
-		})
-		if err != nil {
+		if err := s.nvIncrement(s.counterIdx); err != nil {
 			return 0, err
 		}
-		s.reserved = reserve
+		s.ctrBlock++
+		s.reserved = counterBlockEnd(s.ctrBase, s.ctrN0, s.ctrBlock)
+		if next > s.reserved {
+			return 0, ErrCounterExhausted
+		}
 	}
 	s.counter = next
 	return next, nil
 }
 
-// Reset deletes every resident credential and the PIN, and rotates the
-// wrapping key so every earlier credential ID is rejected. The signature
-// counter keeps increasing.
+// Reset deletes every resident credential and the PIN, and replaces the
+// TPM anchor key (same persistent handle, new key and authValue), so
+// every earlier credential ID is rejected for good, also by a copy of
+// state.db taken before. The signature counter keeps increasing.
+//
+// The new state is committed before the new key takes the old one's
+// place in the TPM: if the process dies in between, the next Open says
+// the state is stale and RecoverStale (tpm-fido reset) finishes the job.
 func (s *Store) Reset() error {
 	if err := s.lock(); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
+	return s.reset()
+}
+
+// RecoverStale resets the key store in cfg.Dir also when Open refuses it
+// with ErrStaleState (a copy of state.db older than the last reset was
+// put back, or the TPM anchor was removed): the same as Reset, keeping
+// the counter index when it is still there. Nothing of the stale
+// state's credentials survives.
+func RecoverStale(cfg Config) error {
+	s, err := open(cfg, true)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reset()
+}
+
+func (s *Store) reset() error {
 	salt := make([]byte, 32)
 	if _, err := io.ReadFull(s.rand, salt); err != nil {
 		return fmt.Errorf("tpmstore: random: %w", err)
 	}
-	key, err := s.deriveWrapKey(salt)
+	// Keys of the old credentials (and a version-1 HMAC key) are useless
+	// now; free their slots, which also makes room for the new key.
+	for _, e := range append([]slotEntry(nil), s.slots.entries...) {
+		s.slots.remove(e.key)
+		if err := s.flush(e.handle.Handle); err != nil {
+			s.log.Warn("flush after reset", "err", err)
+		}
+	}
+	anchor, t, err := s.newAnchorKey()
 	if err != nil {
 		return err
+	}
+	anchor.handle = s.anchor.handle
+	key, err := s.anchorHMAC(tpmObject{handle: t.Handle, name: t.Name.Buffer, auth: anchor.auth}, wrapKeyInput(salt))
+	if err != nil {
+		s.flushQuiet(t.Handle)
+		return err
+	}
+	counterIdx, base, n0, block := s.counterIdx, s.ctrBase, s.ctrN0, s.ctrBlock
+	newCounter := false
+	if s.stale {
+		n, err := s.nvRead(counterIdx)
+		switch {
+		case err == nil && n >= n0:
+			block = n
+		case err == nil || isGone(err):
+			// The counter index is gone: a new one. Every credential is
+			// new after a reset, so no earlier value matters.
+			h, err := s.freeHandle(counterIndexFirst, counterIndexLast)
+			if err != nil {
+				s.flushQuiet(t.Handle)
+				return err
+			}
+			if counterIdx, n0, err = s.newCounterIndex(h); err != nil {
+				s.flushQuiet(t.Handle)
+				return err
+			}
+			base, block, newCounter = 0, n0, true
+		default:
+			s.flushQuiet(t.Handle)
+			return err
+		}
 	}
 	err = s.update(func(tx *bolt.Tx) error {
 		if err := deleteResidentBuckets(tx, residentBuckets...); err != nil {
@@ -355,31 +445,51 @@ func (s *Store) Reset() error {
 			return err
 		}
 		m := tx.Bucket(bucketMeta)
-		if err := m.Delete(keyPINPub); err != nil {
-			return err
+		for _, k := range [][]byte{keyPINPub, keyPINPriv, keyHMACPub, keyHMACPriv, keyWrapV1} {
+			if err := m.Delete(k); err != nil {
+				return err
+			}
 		}
-		if err := m.Delete(keyPINPriv); err != nil {
+		if err := putAll(m, anchorMeta(anchor, counterIdx, base, n0, wrapCheck(key))...); err != nil {
 			return err
 		}
 		return putAll(m, keyWrapSalt, salt, keyPINRetries, []byte{maxPINRetries})
 	})
 	if err != nil {
+		s.flushQuiet(t.Handle)
+		if newCounter {
+			s.removeTPMObjects([]tpm2.TPMHandle{counterIdx.handle})
+		}
 		return err
 	}
+	// The state names the new key from here on; put it in the TPM at the
+	// store's handle, in place of the old one.
+	if err := s.evictAnchorAt(anchor.handle); err != nil {
+		s.flushQuiet(t.Handle)
+		return fmt.Errorf("tpmstore: reset: the credentials are deleted but the old TPM anchor key could not be removed; run the reset again: %w", err)
+	}
+	if err := s.persistAnchor(t, anchor.handle); err != nil {
+		return fmt.Errorf("tpmstore: reset: the credentials are deleted but the new TPM anchor key could not be stored; run the reset again: %w", err)
+	}
 	clear(s.wrapKey)
-	s.wrapKey = key
+	clear(s.wrapKeyV1)
+	s.anchor, s.wrapKey, s.wrapKeyV1 = anchor, key, nil
+	s.hmacPub, s.hmacPriv = nil, nil
+	s.counterIdx, s.ctrBase, s.ctrN0, s.ctrBlock = counterIdx, base, n0, block
+	if s.stale || newCounter {
+		s.counter = counterBlockEnd(base, n0, block)
+		s.reserved = s.counter
+	}
+	s.stale = false
 	s.pinPub, s.pinPriv = nil, nil
 	s.pinRetries, s.pinFails = maxPINRetries, 0
-	// Keys of the old credentials are useless now; free their slots.
-	for _, e := range append([]slotEntry(nil), s.slots.entries...) {
-		if e.key == slotHMAC {
-			continue
-		}
-		s.slots.remove(e.key)
-		if err := s.flush(e.handle.Handle); err != nil {
-			s.log.Warn("flush after reset", "err", err)
-		}
-	}
-	s.log.Info("store reset: resident credentials and PIN deleted, wrapping key rotated")
+	s.log.Info("store reset: resident credentials and PIN deleted, TPM anchor key replaced",
+		"anchor_key", fmt.Sprintf("0x%08x", uint32(anchor.handle)))
 	return nil
+}
+
+func (s *Store) flushQuiet(h tpm2.TPMHandle) {
+	if err := s.flush(h); err != nil {
+		s.log.Warn("flush", "err", err)
+	}
 }

@@ -11,6 +11,7 @@ package tpmstore
 // credentialSecret is what a credential ID carries under its AEAD and
 // what the store needs to load the key into the TPM again.
 type credentialSecret struct {
+	version byte   // credential ID version
 	nonce   []byte // 16 random bytes, also the hmac-secret salt
 	public  []byte // marshalled TPMT_PUBLIC contents of TPM2B_PUBLIC
 	private []byte // contents of TPM2B_PRIVATE

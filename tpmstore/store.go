@@ -3,6 +3,7 @@ package tpmstore
 import (
 	"bytes"
 	"cmp"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -63,6 +64,22 @@ var (
 	keyPINPub     = []byte("pin.pub")
 	keyPINPriv    = []byte("pin.priv")
 	keyPINRetries = []byte("pin.retries")
+
+	// The TPM anchor (anchor.go): absent in states made before it, which
+	// Open upgrades.
+	keyAnchorHandle = []byte("anchor.handle") // persistent handle, 4 bytes
+	keyAnchorName   = []byte("anchor.name")
+	keyAnchorAuth   = []byte("anchor.auth")   // 32 bytes
+	keyWrapCheck    = []byte("wrap.check")    // 16 bytes: says the anchor derived the right key
+	keyWrapV1       = []byte("wrap.v1")       // upgraded states: the version-1 IDs' wrapping key, sealed
+	keyCtrIndex     = []byte("counter.index") // NV index handle, 4 bytes
+	keyCtrAuth      = []byte("counter.auth")  // 32 bytes
+	keyCtrBase      = []byte("counter.base")  // 4 bytes
+	keyCtrN0        = []byte("counter.n0")    // 8 bytes
+	// keyPending lists TPM handles (4 bytes each) being provisioned: if
+	// the process dies before the state records them, the next Open
+	// removes them instead of leaving them behind in the TPM.
+	keyPending = []byte("tpm.pending")
 )
 
 // Config configures Open.
@@ -79,9 +96,11 @@ type Config struct {
 	// report the capacity the daemon runs with; 0 uses the stored value,
 	// else DefaultMaxResidents.
 	MaxResidents int
-	// MaxLoaded bounds the transient objects kept loaded in the TPM: the
-	// storage primary and the HMAC key stay loaded, the rest is an LRU of
-	// credential keys (0: DefaultMaxLoaded; at least 3).
+	// MaxLoaded bounds the transient objects the TPM must hold for the
+	// store: the storage primary stays loaded, one slot is kept free for
+	// the persistent anchor key (the TPM loads a persistent object into a
+	// transient slot while a command uses it), the rest is an LRU of
+	// credential keys and the PIN object (0: DefaultMaxLoaded; at least 3).
 	MaxLoaded int
 }
 
@@ -95,17 +114,30 @@ type Store struct {
 	now          func() time.Time
 	maxResidents int
 
-	mu       sync.Mutex
-	closed   bool
-	srk      tpm2.NamedHandle
-	srkFP    []byte // SHA-256 of the SRK public area
-	hmacPub  []byte
-	hmacPriv []byte
-	wrapKey  []byte // 32 bytes, derived in the TPM at Open
-	slots    slotCache
+	mu     sync.Mutex
+	closed bool
+	srk    tpm2.NamedHandle
+	srkFP  []byte // SHA-256 of the SRK public area
+	// hmacPub/hmacPriv: the HMAC key of states made before the TPM
+	// anchor, kept for the hmac-secret of their version-1 credentials
+	// (nil in states made since).
+	hmacPub   []byte
+	hmacPriv  []byte
+	wrapKey   []byte // 32 bytes, derived with the anchor key at Open
+	wrapKeyV1 []byte // version-1 credential IDs' wrapping key, or nil
+	slots     slotCache
+
+	anchor     tpmObject // persistent anchor key (anchor.go)
+	counterIdx tpmObject // NV counter index
+	ctrBase    uint32    // counter value below block ctrN0
+	ctrN0      uint64    // counter index value when it was defined
+	ctrBlock   uint64    // counter index value last seen
+	// stale: opened with allowStale and the anchor does not match; only
+	// Reset may be used.
+	stale bool
 
 	counter  uint32 // last value handed out
-	reserved uint32 // persisted high-water mark
+	reserved uint32 // last value of the current block
 
 	pinPub, pinPriv []byte // nil when no PIN is set
 	pinRetries      int
@@ -125,6 +157,10 @@ type Store struct {
 // TPM was cleared), ErrCorruptState when the state cannot be read; in
 // both cases nothing in cfg.Dir is modified.
 func Open(cfg Config) (*Store, error) {
+	return open(cfg, false)
+}
+
+func open(cfg Config, allowStale bool) (*Store, error) {
 	if cfg.TPM == nil {
 		return nil, errors.New("tpmstore: Config.TPM is nil")
 	}
@@ -157,7 +193,7 @@ func Open(cfg Config) (*Store, error) {
 	if maxLoaded < 3 {
 		return nil, fmt.Errorf("tpmstore: Config.MaxLoaded %d: need at least 3", maxLoaded)
 	}
-	s.slots.capacity = maxLoaded - 1
+	s.slots.capacity = maxLoaded - 2
 
 	if err := prepareDir(cfg.Dir, s.log); err != nil {
 		return nil, err
@@ -181,7 +217,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("tpmstore: open %s: %w", path, err)
 	}
 	s.db = db
-	if err := s.start(); err != nil {
+	if err := s.start(allowStale); err != nil {
 		s.flushAll()
 		db.Close()
 		return nil, err
@@ -218,10 +254,19 @@ type persisted struct {
 	hmacPub  []byte
 	hmacPriv []byte
 	wrapSalt []byte
-	counter  uint32
+	counter  uint32 // states before the anchor: the reserved counter
 	pinPub   []byte
 	pinPriv  []byte
 	retries  int
+
+	anchored   bool
+	anchor     tpmObject
+	counterIdx tpmObject
+	wrapCheck  []byte
+	wrapV1     []byte
+	ctrBase    uint32
+	ctrN0      uint64
+	pending    []tpm2.TPMHandle
 }
 
 func (s *Store) readMeta() (persisted, error) {
@@ -236,6 +281,16 @@ func (s *Store) readMeta() (persisted, error) {
 			if !empty {
 				return fmt.Errorf("%w: meta bucket missing", ErrCorruptState)
 			}
+			p.fresh = true
+			return nil
+		}
+		pending, err := parseHandles(m.Get(keyPending))
+		if err != nil {
+			return err
+		}
+		p.pending = pending
+		if m.Get(keyVersion) == nil && m.Stats().KeyN == 1 && pending != nil {
+			// A first run that died while creating its TPM objects.
 			p.fresh = true
 			return nil
 		}
@@ -263,20 +318,9 @@ func (s *Store) readMeta() (persisted, error) {
 		if p.srk, err = get(keySRK, sha256.Size); err != nil {
 			return err
 		}
-		if p.hmacPub, err = get(keyHMACPub, 0); err != nil {
-			return err
-		}
-		if p.hmacPriv, err = get(keyHMACPriv, 0); err != nil {
-			return err
-		}
 		if p.wrapSalt, err = get(keyWrapSalt, 32); err != nil {
 			return err
 		}
-		c, err := get(keyCounter, 4)
-		if err != nil {
-			return err
-		}
-		p.counter = binary.BigEndian.Uint32(c)
 		r, err := get(keyPINRetries, 1)
 		if err != nil {
 			return err
@@ -290,12 +334,90 @@ func (s *Store) readMeta() (persisted, error) {
 			return fmt.Errorf("%w: PIN object half present", ErrCorruptState)
 		}
 		p.pinPub, p.pinPriv = bytes.Clone(pp), bytes.Clone(pv)
+		hp, hv := m.Get(keyHMACPub), m.Get(keyHMACPriv)
+		if (hp == nil) != (hv == nil) {
+			return fmt.Errorf("%w: HMAC key half present", ErrCorruptState)
+		}
+		p.hmacPub, p.hmacPriv = bytes.Clone(hp), bytes.Clone(hv)
+
+		p.anchored = m.Get(keyAnchorHandle) != nil
+		if !p.anchored {
+			// A state from before the TPM anchor: it has the HMAC key
+			// and keeps the counter reservation on disk.
+			if p.hmacPub == nil {
+				return fmt.Errorf("%w: meta %q missing", ErrCorruptState, keyHMACPub)
+			}
+			c, err := get(keyCounter, 4)
+			if err != nil {
+				return err
+			}
+			p.counter = binary.BigEndian.Uint32(c)
+			return nil
+		}
+		h, err := get(keyAnchorHandle, 4)
+		if err != nil {
+			return err
+		}
+		p.anchor.handle = tpm2.TPMHandle(binary.BigEndian.Uint32(h))
+		if p.anchor.name, err = get(keyAnchorName, 0); err != nil {
+			return err
+		}
+		if p.anchor.auth, err = get(keyAnchorAuth, 32); err != nil {
+			return err
+		}
+		if p.wrapCheck, err = get(keyWrapCheck, wrapCheckSize); err != nil {
+			return err
+		}
+		if w := m.Get(keyWrapV1); w != nil {
+			if p.hmacPub == nil {
+				return fmt.Errorf("%w: version-1 wrapping key without the HMAC key", ErrCorruptState)
+			}
+			p.wrapV1 = bytes.Clone(w)
+		}
+		if h, err = get(keyCtrIndex, 4); err != nil {
+			return err
+		}
+		p.counterIdx.handle = tpm2.TPMHandle(binary.BigEndian.Uint32(h))
+		if p.counterIdx.auth, err = get(keyCtrAuth, 32); err != nil {
+			return err
+		}
+		if p.counterIdx.name, err = counterName(p.counterIdx.handle); err != nil {
+			return fmt.Errorf("%w: counter index: %w", ErrCorruptState, err)
+		}
+		b, err := get(keyCtrBase, 4)
+		if err != nil {
+			return err
+		}
+		p.ctrBase = binary.BigEndian.Uint32(b)
+		n0, err := get(keyCtrN0, 8)
+		if err != nil {
+			return err
+		}
+		p.ctrN0 = binary.BigEndian.Uint64(n0)
+		if p.anchor.handle < anchorHandleFirst || p.anchor.handle > anchorHandleLast ||
+			p.counterIdx.handle < counterIndexFirst || p.counterIdx.handle > counterIndexLast {
+			return fmt.Errorf("%w: TPM handles 0x%08x/0x%08x out of range", ErrCorruptState, uint32(p.anchor.handle), uint32(p.counterIdx.handle))
+		}
 		return nil
 	})
 	return p, err
 }
 
-func (s *Store) start() error {
+func parseHandles(b []byte) ([]tpm2.TPMHandle, error) {
+	if b == nil {
+		return nil, nil
+	}
+	if len(b)%4 != 0 {
+		return nil, fmt.Errorf("%w: meta %q malformed", ErrCorruptState, keyPending)
+	}
+	hs := []tpm2.TPMHandle{}
+	for i := 0; i < len(b); i += 4 {
+		hs = append(hs, tpm2.TPMHandle(binary.BigEndian.Uint32(b[i:])))
+	}
+	return hs, nil
+}
+
+func (s *Store) start(allowStale bool) error {
 	p, err := s.readMeta()
 	if err != nil {
 		return err
@@ -310,26 +432,198 @@ func (s *Store) start() error {
 		if s.maxResidents <= 0 {
 			s.maxResidents = DefaultMaxResidents
 		}
-		return s.initialise(fp[:])
+		return s.initialise(fp[:], p.pending)
 	}
 	if !bytes.Equal(fp[:], p.srk) {
 		return fmt.Errorf("%w: the credentials in %s belong to another TPM (or this TPM was cleared); they cannot be used here", ErrForeignTPM, s.db.Path())
 	}
 	s.hmacPub, s.hmacPriv = p.hmacPub, p.hmacPriv
+	s.pinPub, s.pinPriv, s.pinRetries = p.pinPub, p.pinPriv, p.retries
+	if !p.anchored {
+		err = s.upgradeToAnchor(p)
+	} else {
+		err = s.openAnchored(p, allowStale)
+	}
+	if err != nil || s.stale {
+		return err
+	}
+	return s.upgrade(p)
+}
+
+// openAnchored derives the wrapping key with the anchor key and reads
+// the counter index: 2 TPM commands (TPM2_HMAC, TPM2_NV_Read).
+func (s *Store) openAnchored(p persisted, allowStale bool) error {
+	s.anchor, s.counterIdx = p.anchor, p.counterIdx
+	s.ctrBase, s.ctrN0 = p.ctrBase, p.ctrN0
+	key, err := s.anchorHMAC(s.anchor, wrapKeyInput(p.wrapSalt))
+	switch {
+	case err == nil && hmac.Equal(wrapCheck(key), p.wrapCheck):
+	case err == nil || isGone(err):
+		if allowStale {
+			s.stale = true
+			return nil
+		}
+		return fmt.Errorf("%w: the TPM anchor key of %s (persistent handle 0x%08x) is gone or was replaced: the key store was reset after this copy of state.db was made, or another program removed the key. Its credentials can no longer be used; `tpm-fido reset` starts afresh (%v)",
+			ErrStaleState, s.db.Path(), uint32(s.anchor.handle), err)
+	default:
+		return err
+	}
+	s.wrapKey = key
+	if p.wrapV1 != nil {
+		if s.wrapKeyV1, err = openWrapV1(key, p.wrapV1); err != nil {
+			return err
+		}
+	}
+	n, err := s.nvRead(s.counterIdx)
+	if err != nil {
+		if isGone(err) {
+			if allowStale {
+				s.stale = true
+				return nil
+			}
+			return fmt.Errorf("%w: the TPM counter index of %s (0x%08x) is gone: another program removed it, so the signature counter cannot be trusted; `tpm-fido reset` starts afresh (%v)",
+				ErrStaleState, s.db.Path(), uint32(s.counterIdx.handle), err)
+		}
+		return err
+	}
+	if n < s.ctrN0 {
+		return fmt.Errorf("%w: the TPM counter index 0x%08x reads %d, below its first value %d", ErrStaleState, uint32(s.counterIdx.handle), n, s.ctrN0)
+	}
+	// Every value of block n may have been handed out already.
+	s.ctrBlock = n
+	s.counter = counterBlockEnd(s.ctrBase, s.ctrN0, n)
+	s.reserved = s.counter
+	return nil
+}
+
+// provision creates the anchor key and the counter index at free
+// handles, recording the handles as pending first (in a transaction
+// that also creates the meta bucket) so that a process that dies before
+// the state records them does not leave them behind.
+func (s *Store) provision() (anchor, counterIdx tpmObject, n0 uint64, err error) {
+	ha, err := s.freeHandle(anchorHandleFirst, anchorHandleLast)
+	if err != nil {
+		return anchor, counterIdx, 0, err
+	}
+	hc, err := s.freeHandle(counterIndexFirst, counterIndexLast)
+	if err != nil {
+		return anchor, counterIdx, 0, err
+	}
+	err = s.update(func(tx *bolt.Tx) error {
+		m, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		return m.Put(keyPending, append(be32(uint32(ha)), be32(uint32(hc))...))
+	})
+	if err != nil {
+		return anchor, counterIdx, 0, err
+	}
+	anchor, t, err := s.newAnchorKey()
+	if err != nil {
+		return anchor, counterIdx, 0, err
+	}
+	if err := s.persistAnchor(t, ha); err != nil {
+		return anchor, counterIdx, 0, err
+	}
+	anchor.handle = ha
+	counterIdx, n0, err = s.newCounterIndex(hc)
+	if err != nil {
+		s.removeTPMObjects([]tpm2.TPMHandle{ha})
+		return anchor, counterIdx, 0, err
+	}
+	return anchor, counterIdx, n0, nil
+}
+
+// removeTPMObjects removes tpm-fido's persistent objects and NV indices
+// at the handles (best effort, logged): a provisioning that did not
+// complete.
+func (s *Store) removeTPMObjects(hs []tpm2.TPMHandle) {
+	for _, h := range hs {
+		var err error
+		switch tpm2.TPMHT(h >> 24) {
+		case tpm2.TPMHTPersistent:
+			err = s.evictAnchorAt(h)
+		case tpm2.TPMHTNVIndex:
+			err = s.undefineCounterAt(h)
+		}
+		if err != nil {
+			s.log.Warn("removing a TPM object of an unfinished setup", "handle", fmt.Sprintf("0x%08x", uint32(h)), "err", err)
+		} else {
+			s.log.Info("removed a TPM object of an unfinished setup", "handle", fmt.Sprintf("0x%08x", uint32(h)))
+		}
+	}
+}
+
+// anchorMeta is the key-value pairs recording the anchor and counter.
+func anchorMeta(anchor, counterIdx tpmObject, base uint32, n0 uint64, check []byte) [][]byte {
+	return [][]byte{
+		keyAnchorHandle, be32(uint32(anchor.handle)),
+		keyAnchorName, anchor.name,
+		keyAnchorAuth, anchor.auth,
+		keyWrapCheck, check,
+		keyCtrIndex, be32(uint32(counterIdx.handle)),
+		keyCtrAuth, counterIdx.auth,
+		keyCtrBase, be32(base),
+		keyCtrN0, binary.BigEndian.AppendUint64(nil, n0),
+	}
+}
+
+// upgradeToAnchor brings a state made before the TPM anchor to it, once:
+// it derives the old wrapping key with the old HMAC key, creates the
+// anchor key and the counter index, and stores the old wrapping key
+// sealed under the new one, so that version-1 credential IDs keep
+// working until the next reset. The counter continues above the old
+// reservation.
+func (s *Store) upgradeToAnchor(p persisted) error {
+	if len(p.pending) > 0 {
+		s.removeTPMObjects(p.pending)
+	}
 	if _, err := s.loaded(slotHMAC, s.hmacPub, s.hmacPriv); err != nil {
 		if isIntegrityError(err) {
 			return fmt.Errorf("%w: HMAC key blob rejected by the TPM: %w", ErrCorruptState, err)
 		}
 		return err
 	}
-	key, err := s.deriveWrapKey(p.wrapSalt)
+	keyV1, err := s.tpmHMAC(wrapKeyInput(p.wrapSalt))
 	if err != nil {
 		return err
 	}
-	s.wrapKey = key
-	s.counter, s.reserved = p.counter, p.counter
-	s.pinPub, s.pinPriv, s.pinRetries = p.pinPub, p.pinPriv, p.retries
-	return s.upgrade(p)
+	anchor, counterIdx, n0, err := s.provision()
+	if err != nil {
+		return err
+	}
+	key, err := s.anchorHMAC(anchor, wrapKeyInput(p.wrapSalt))
+	if err != nil {
+		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
+		return err
+	}
+	sealed, err := sealWrapV1(s.rand, key, keyV1)
+	if err != nil {
+		return err
+	}
+	err = s.update(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		kv := append(anchorMeta(anchor, counterIdx, p.counter, n0, wrapCheck(key)), keyWrapV1, sealed)
+		if err := putAll(m, kv...); err != nil {
+			return err
+		}
+		if err := m.Delete(keyCounter); err != nil {
+			return err
+		}
+		return m.Delete(keyPending)
+	})
+	if err != nil {
+		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
+		return err
+	}
+	s.anchor, s.counterIdx = anchor, counterIdx
+	s.wrapKey, s.wrapKeyV1 = key, keyV1
+	s.ctrBase, s.ctrN0, s.ctrBlock = p.counter, n0, n0
+	s.counter, s.reserved = p.counter, counterBlockEnd(p.counter, n0, n0)
+	s.log.Info("key store upgraded: reset and the signature counter are now anchored in the TPM",
+		"anchor_key", fmt.Sprintf("0x%08x", uint32(anchor.handle)), "counter_index", fmt.Sprintf("0x%08x", uint32(counterIdx.handle)))
+	return nil
 }
 
 // upgrade brings a verified state to the current layout and stores the
@@ -365,20 +659,23 @@ func (s *Store) upgrade(p persisted) error {
 	return nil
 }
 
-// initialise creates the HMAC key and the wrapping salt on first run.
-func (s *Store) initialise(srkFingerprint []byte) error {
-	rsp, err := s.createLoaded(hmacKeyTemplate(), nil)
-	if err != nil {
-		return fmt.Errorf("tpmstore: create HMAC key: %w", err)
+// initialise creates the anchor key, the counter index and the wrapping
+// salt on first run.
+func (s *Store) initialise(srkFingerprint []byte, pending []tpm2.TPMHandle) error {
+	if len(pending) > 0 {
+		s.removeTPMObjects(pending)
 	}
-	s.slots.add(slotHMAC, rsp.handle)
-	s.hmacPub, s.hmacPriv = rsp.public, rsp.private
 	salt := make([]byte, 32)
 	if _, err := io.ReadFull(s.rand, salt); err != nil {
 		return fmt.Errorf("tpmstore: random: %w", err)
 	}
-	key, err := s.deriveWrapKey(salt)
+	anchor, counterIdx, n0, err := s.provision()
 	if err != nil {
+		return err
+	}
+	key, err := s.anchorHMAC(anchor, wrapKeyInput(salt))
+	if err != nil {
+		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
 		return err
 	}
 	err = s.update(func(tx *bolt.Tx) error {
@@ -392,22 +689,30 @@ func (s *Store) initialise(srkFingerprint []byte) error {
 		if err := createResidentBuckets(tx); err != nil {
 			return err
 		}
+		if err := putAll(m, anchorMeta(anchor, counterIdx, 0, n0, wrapCheck(key))...); err != nil {
+			return err
+		}
+		if err := m.Delete(keyPending); err != nil {
+			return err
+		}
 		return putAll(m,
 			keyVersion, []byte{stateVersion},
 			keySRK, srkFingerprint,
-			keyHMACPub, s.hmacPub,
-			keyHMACPriv, s.hmacPriv,
 			keyWrapSalt, salt,
-			keyCounter, be32(0),
 			keyPINRetries, []byte{maxPINRetries},
 		)
 	})
 	if err != nil {
+		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
 		return err
 	}
+	s.anchor, s.counterIdx = anchor, counterIdx
 	s.wrapKey = key
+	s.ctrBase, s.ctrN0, s.ctrBlock = 0, n0, n0
+	s.counter, s.reserved = 0, counterBlockEnd(0, n0, n0)
 	s.pinRetries = maxPINRetries
-	s.log.Info("created new TPM key store", "dir", filepath.Dir(s.db.Path()))
+	s.log.Info("created new TPM key store", "dir", filepath.Dir(s.db.Path()),
+		"anchor_key", fmt.Sprintf("0x%08x", uint32(anchor.handle)), "counter_index", fmt.Sprintf("0x%08x", uint32(counterIdx.handle)))
 	return nil
 }
 

@@ -2,9 +2,13 @@ package tpmstore
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -53,13 +57,16 @@ func (c *slotCache) remove(key string) (tpm2.NamedHandle, bool) {
 	return tpm2.NamedHandle{}, false
 }
 
-// victim removes and returns the least recently used entry other than
-// the HMAC key, which stays loaded so hmac-secret costs one command.
+// victim removes and returns the least recently used entry, the HMAC
+// key of a version-1 state last (it makes hmac-secret of version-1
+// credentials cost one command while it stays).
 func (c *slotCache) victim() (slotEntry, bool) {
-	for i := len(c.entries) - 1; i >= 0; i-- {
-		if e := c.entries[i]; e.key != slotHMAC {
-			c.entries = append(c.entries[:i], c.entries[i+1:]...)
-			return e, true
+	for _, skipHMAC := range []bool{true, false} {
+		for i := len(c.entries) - 1; i >= 0; i-- {
+			if e := c.entries[i]; !skipHMAC || e.key != slotHMAC {
+				c.entries = append(c.entries[:i], c.entries[i+1:]...)
+				return e, true
+			}
 		}
 	}
 	return slotEntry{}, false
@@ -85,8 +92,11 @@ func (s *Store) createSRK() ([]byte, error) {
 		}.Execute(s.tpm)
 		return err
 	})
+	if errors.Is(err, tpm2.TPMRCBadAuth) || errors.Is(err, tpm2.TPMRCAuthFail) {
+		return nil, fmt.Errorf("%w (create storage primary key: %w)", ErrOwnerAuth, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("tpmstore: create storage primary key (does the TPM support ECC P-256? is the owner hierarchy password empty?): %w", err)
+		return nil, fmt.Errorf("tpmstore: create storage primary key (does the TPM support ECC P-256?): %w", err)
 	}
 	s.srk = tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name}
 	return rsp.OutPublic.Bytes(), nil
@@ -305,8 +315,12 @@ func pinObjectTemplate() tpm2.TPMTPublic {
 	}
 }
 
-// tpmHMAC computes HMAC-SHA256 with the TPM-resident HMAC key.
+// tpmHMAC computes HMAC-SHA256 with the HMAC key of a state made before
+// the TPM anchor (loaded when needed).
 func (s *Store) tpmHMAC(data []byte) ([]byte, error) {
+	if s.hmacPub == nil {
+		return nil, errors.New("tpmstore: this state has no version-1 HMAC key")
+	}
 	var rsp *tpm2.HmacResponse
 	err := s.withReload(func() error {
 		h, err := s.loaded(slotHMAC, s.hmacPub, s.hmacPriv)
@@ -338,12 +352,64 @@ const (
 	hmacDomainCredRandom = 0x01
 )
 
-// deriveWrapKey computes the credential-ID wrapping key from the salt in
-// the state: only this TPM's HMAC key can recompute it.
-func (s *Store) deriveWrapKey(salt []byte) ([]byte, error) {
+// wrapKeyInput is what the TPM HMACs to derive the credential-ID
+// wrapping key from the salt in the state: only the TPM key can
+// recompute it.
+func wrapKeyInput(salt []byte) []byte {
 	in := append([]byte{hmacDomainWrap}, "tpm-fido credential-id wrapping key"...)
-	in = append(in, salt...)
-	return s.tpmHMAC(in)
+	return append(in, salt...)
+}
+
+// wrapCheckSize is the length of the wrapping-key check value.
+const wrapCheckSize = 16
+
+// wrapCheck is recorded with the state so that Open knows the anchor key
+// derived the right wrapping key (a key that merely answers is not
+// enough: it could be another one at the same handle).
+func wrapCheck(wrapKey []byte) []byte {
+	m := hmac.New(sha256.New, wrapKey)
+	m.Write([]byte("tpm-fido wrapping key check"))
+	return m.Sum(nil)[:wrapCheckSize]
+}
+
+// sealWrapV1 seals the wrapping key of version-1 credential IDs under
+// the current wrapping key (AES-256-GCM, random nonce), so it is only
+// available while the anchor key is.
+func sealWrapV1(rnd io.Reader, wrapKey, keyV1 []byte) ([]byte, error) {
+	aead, err := wrapV1AEAD(wrapKey)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := io.ReadFull(rnd, nonce); err != nil {
+		return nil, fmt.Errorf("tpmstore: random: %w", err)
+	}
+	return aead.Seal(nonce, nonce, keyV1, []byte("tpm-fido v1 wrapping key")), nil
+}
+
+func openWrapV1(wrapKey, sealed []byte) ([]byte, error) {
+	aead, err := wrapV1AEAD(wrapKey)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < aead.NonceSize() {
+		return nil, fmt.Errorf("%w: meta %q malformed", ErrCorruptState, keyWrapV1)
+	}
+	k, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], []byte("tpm-fido v1 wrapping key"))
+	if err != nil || len(k) != 32 {
+		return nil, fmt.Errorf("%w: meta %q does not open", ErrCorruptState, keyWrapV1)
+	}
+	return k, nil
+}
+
+func wrapV1AEAD(wrapKey []byte) (cipher.AEAD, error) {
+	m := hmac.New(sha256.New, wrapKey)
+	m.Write([]byte("tpm-fido v1 wrapping key seal"))
+	block, err := aes.NewCipher(m.Sum(nil))
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
 }
 
 // isStaleHandle reports whether err says that a handle the store holds
@@ -369,9 +435,10 @@ func (s *Store) withReload(fn func() error) error {
 	return fn()
 }
 
-// reload forgets every cached handle and rebuilds the SRK and HMAC key
-// (CreatePrimary + Load). The handles are not flushed: after a TPM
-// restart their numbers may belong to someone else.
+// reload forgets every cached handle and rebuilds the SRK
+// (CreatePrimary); the objects are loaded again when next needed. The
+// handles are not flushed: after a TPM restart their numbers may belong
+// to someone else. (Persistent objects survive a TPM restart.)
 func (s *Store) reload() error {
 	s.slots.entries = nil
 	s.srk = tpm2.NamedHandle{}
@@ -382,6 +449,5 @@ func (s *Store) reload() error {
 	if fp := sha256.Sum256(pub); !bytes.Equal(fp[:], s.srkFP) {
 		return fmt.Errorf("%w: the storage key changed while running (TPM cleared?)", ErrForeignTPM)
 	}
-	_, err = s.loaded(slotHMAC, s.hmacPub, s.hmacPriv)
-	return err
+	return nil
 }

@@ -122,3 +122,41 @@ func TestDoctorDANoTry(t *testing.T) {
 		t.Fatalf("maxTries 1: %+v", c)
 	}
 }
+
+// TestResetStaleState: a state.db copy from before a reset is refused
+// with a message naming the fix, and `tpm-fido reset` starts afresh
+// from it.
+func TestResetStaleState(t *testing.T) {
+	dir, tpm := withSimulator(t)
+	sd := "--state-dir=" + dir
+	s, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addResident(t, s, "ssh:", "openssh")
+	s.Close()
+	snap, err := os.ReadFile(dir + "/state.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withStdin(t, "YES\n")
+	if _, e, rc := runCmd(t, "reset", sd); rc != 0 {
+		t.Fatalf("reset: %s", e)
+	}
+	if err := os.WriteFile(dir+"/state.db", snap, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, e, rc := runCmd(t, "list", sd)
+	t.Logf("list on the old copy: %s", e)
+	if rc == 0 || !strings.Contains(e, "reset after this copy of state.db was made") {
+		t.Fatalf("list on a pre-reset copy: rc %d %q", rc, e)
+	}
+	withStdin(t, "YES\n")
+	out, e, rc := runCmd(t, "reset", sd)
+	if rc != 0 || !strings.Contains(out, "stale state was reset") {
+		t.Fatalf("reset of the stale copy: rc %d %q %q", rc, out, e)
+	}
+	if out, _, rc := runCmd(t, "list", sd); rc != 0 || !strings.Contains(out, "no resident credentials") {
+		t.Fatalf("list after: rc %d %q", rc, out)
+	}
+}

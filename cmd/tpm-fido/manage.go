@@ -196,6 +196,20 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	s, closeAll, err := sf.open()
+	if errors.Is(err, tpmstore.ErrStaleState) {
+		// A copy of the state older than the last reset, or its TPM
+		// objects were removed: reset it from what is left.
+		tpm, terr := openTPM(sf.tpm)
+		if terr != nil {
+			return fail(stderr, "reset", terr)
+		}
+		defer tpm.Close()
+		if err := tpmstore.RecoverStale(tpmstore.Config{TPM: tpm, Dir: sf.stateDir}); err != nil {
+			return fail(stderr, "reset", err)
+		}
+		fmt.Fprintln(stdout, "reset: the stale state was reset; every credential and the PIN are gone")
+		return 0
+	}
 	if err != nil {
 		return fail(stderr, "reset", err)
 	}

@@ -40,6 +40,9 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 		if errors.Is(err, tpmstore.ErrForeignTPM) {
 			return nil, nil, fmt.Errorf("%w; the files were left untouched: move %s away to start afresh", err, cfg.StateDir)
 		}
+		if errors.Is(err, tpmstore.ErrStaleState) {
+			return nil, nil, fmt.Errorf("%w; the files were left untouched: put back the newer state.db, or run `tpm-fido reset --state-dir %s` with the daemon stopped", err, cfg.StateDir)
+		}
 		return nil, nil, fmt.Errorf("opening the state in %s: %w", cfg.StateDir, err)
 	}
 	closeAll := func() error {
