@@ -77,8 +77,11 @@ func parseAPDU(b []byte) (apdu, error) {
 	switch {
 	case len(body) <= 1:
 		// Case 1, or case 2 short: no data.
-	case body[0] == 0 && len(body) >= 3:
-		// Extended: 00 ‖ Lc(2) ‖ data ‖ [Le(2)], or 00 ‖ Le(2).
+	case body[0] == 0 && len(body) == 3:
+		// Case 2, extended: 00 ‖ Le(2), any Le. Three bytes are never
+		// an Lc: extended data is at least one byte.
+	case body[0] == 0 && len(body) > 3:
+		// Extended: 00 ‖ Lc(2) ‖ data ‖ [Le(2)].
 		lc := int(binary.BigEndian.Uint16(body[1:3]))
 		rest := body[3:]
 		if len(rest) != lc && len(rest) != lc+2 {

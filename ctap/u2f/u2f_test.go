@@ -161,6 +161,8 @@ func TestVersion(t *testing.T) {
 		{0, 3, 0, 0},                   // case 1
 		{0, 3, 0, 0, 0},                // case 2 short, Le 00
 		{0, 3, 0, 0, 0, 0, 0},          // case 2 extended, Le 0000
+		{0, 3, 0, 0, 0, 0x01, 0},       // case 2 extended, Le 0100 (no Lc: not data)
+		{0, 3, 0, 0, 0, 0, 0x40},       // case 2 extended, Le 0040
 		{0, 3, 0, 0, 0, 0, 0, 0, 0},    // extended Lc 0000 then Le 0000 (libfido2, python-fido2, authenticator-rs)
 		{0, 3, 0, 0, 0, 0, 0, 0x01, 0}, // the same with Le 0100
 	} {
