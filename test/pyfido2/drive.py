@@ -316,8 +316,8 @@ def case_clientpin(transport):
                          pin_uv_param=proto.authenticate(tok, h2), pin_uv_protocol=v)
         print("protocol %d: token bound to example.com used for other.example: %s" % (v, e))
     # A wrong PIN counts down; the right one restores the count. (Each
-    # wrong PIN also counts against the TPM's dictionary-attack limit,
-    # which is 3 on swtpm: this script makes two.)
+    # wrong PIN also counts against the TPM's dictionary-attack limit;
+    # pyfido2_test.go gives its swtpm 32 tries, not the reference 3.)
     cp = ClientPin(ctap, PinProtocolV2())
     e = expect_error(CtapError.ERR.PIN_INVALID, cp.get_pin_token, "00000000", P.GET_ASSERTION)
     print("wrong PIN: %s, retries now %s" % (e, cp.get_pin_retries()))
