@@ -8,6 +8,8 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -131,6 +133,28 @@ func TestVerifySSHAttestation(t *testing.T) {
 	for name, c := range bad {
 		if err := VerifySSHAttestation(c.att, c.chal, c.pub); !errors.Is(err, ErrBadAttestation) {
 			t.Errorf("%s: err = %v, want ErrBadAttestation", name, err)
+		}
+	}
+}
+
+// TestHostProgramsInPackageList: every package the VM's host programs come
+// from is in scripts/packages.txt, marked demo, so that `make demo` and
+// `make test` install it (apt, dpkg and libc-bin are on every Debian).
+func TestHostProgramsInPackageList(t *testing.T) {
+	b, err := os.ReadFile("../../../scripts/packages.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo := map[string]bool{"apt": true, "dpkg": true, "libc-bin": true}
+	for _, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if f := strings.Fields(line); len(f) >= 2 && f[1] == "demo" {
+			demo[f[0]] = true
+		}
+	}
+	for _, p := range HostPrograms {
+		if !demo[p.Package] {
+			t.Errorf("%s comes from %s, which scripts/packages.txt does not list for demo", p.Name, p.Package)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/test/e2e/vm"
@@ -33,17 +34,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// Ctrl-C and SIGTERM alike stop the VM and remove the temporary files.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	tools, err := vm.LookTools()
 	if err != nil {
 		fmt.Fprintln(stderr, "demo:", err)
 		if errors.Is(err, vm.ErrUnavailable) {
-			fmt.Fprintln(stderr, "demo: test/e2e/demo.sh installs these when run as root")
+			fmt.Fprintln(stderr, "demo: `make demo` installs these (scripts/packages.txt)")
 		}
 		return 1
 	}
+	work, err := os.MkdirTemp("", "tpm-fido-demo-")
+	if err != nil {
+		fmt.Fprintln(stderr, "demo:", err)
+		return 1
+	}
+	defer os.RemoveAll(work)
 	start := time.Now()
 	say := func(format string, a ...any) { fmt.Fprintf(stdout, "demo: "+format+"\n", a...) }
 	say("getting the Debian cloud kernel (cached in %s)", *cacheDir)
@@ -57,12 +65,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "demo:", err)
 		return 1
 	}
-	work, err := os.MkdirTemp("", "tpm-fido-demo-")
-	if err != nil {
-		fmt.Fprintln(stderr, "demo:", err)
-		return 1
-	}
-	defer os.RemoveAll(work)
 	say("building tpm-fido (static) and the guest initramfs")
 	daemon := filepath.Join(work, "tpm-fido")
 	initrd := filepath.Join(work, "initrd.cpio.zst")
