@@ -32,6 +32,9 @@ const (
 // allow-after:D without Options.InsecureTestMode.
 var ErrInsecure = errors.New("presence: fixed answers need --insecure-test-mode")
 
+// ErrUnknownBackend is returned by New for a name it does not know.
+var ErrUnknownBackend = errors.New("presence: unknown backend")
+
 // Options configure New. The zero value is usable.
 type Options struct {
 	Timeout          time.Duration // per prompt; 0 = DefaultTimeout
@@ -146,7 +149,7 @@ func New(name string, opts Options) (Prompter, error) {
 	default:
 		d, ok, err := parseAllowAfter(name, opts.Timeout)
 		if !ok {
-			return nil, fmt.Errorf("presence: unknown backend %q (want auto, notification, pinentry, terminal, always-allow, always-deny or allow-after:DURATION)", name)
+			return nil, fmt.Errorf("%w %q (want auto, notification, pinentry, terminal, always-allow, always-deny or allow-after:DURATION)", ErrUnknownBackend, name)
 		}
 		if err != nil {
 			return nil, err

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
@@ -30,35 +32,87 @@ const (
 //	udp:LISTEN,REPLY     the same with other loopback addresses
 //
 // UDP cannot authenticate its peer: callers must reserve it for tests.
-//
-// IsTest reports whether the transport is a test transport (not uhid).
 func Open(spec string, log *slog.Logger) (ctaphid.ReportDevice, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	switch {
-	case spec == "uhid":
+	sp, err := parseSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	switch sp.kind {
+	case "uhid":
 		d, err := uhid.Open(uhid.Identity{}, log)
 		if err != nil {
 			return nil, err
 		}
 		return d, nil
+	case "unix":
+		return ListenUnix(sp.path, log)
+	}
+	return ListenUDP(sp.listen, sp.reply, log)
+}
+
+// CheckSpec reports whether Open knows spec, from its text alone: a bad
+// --transport is a usage error.
+func CheckSpec(spec string) error {
+	_, err := parseSpec(spec)
+	return err
+}
+
+// Preflight checks, without opening or creating anything, what Open will
+// check first: the spec, and for unix:PATH PATH's directory, if it
+// exists, as ListenUnix will. The daemon runs it before its other
+// start-up checks, which come before Open.
+func Preflight(spec string) error {
+	sp, err := parseSpec(spec)
+	if err != nil {
+		return err
+	}
+	if sp.kind == "unix" {
+		if dir := filepath.Dir(sp.path); exists(dir) {
+			return checkPrivateDir(dir)
+		}
+	}
+	return nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+type parsedSpec struct {
+	kind          string // uhid, unix, udp
+	path          string // unix
+	listen, reply string // udp
+}
+
+func parseSpec(spec string) (parsedSpec, error) {
+	switch {
+	case spec == "uhid":
+		return parsedSpec{kind: "uhid"}, nil
 	case strings.HasPrefix(spec, "unix:"):
 		path := strings.TrimPrefix(spec, "unix:")
 		if path == "" {
-			return nil, fmt.Errorf("%w: %q has no path", ErrBadSpec, spec)
+			return parsedSpec{}, fmt.Errorf("%w: %q has no path", ErrBadSpec, spec)
 		}
-		return ListenUnix(path, log)
+		return parsedSpec{kind: "unix", path: path}, nil
 	case spec == "udp":
-		return ListenUDP(DefaultUDPListen, DefaultUDPReply, log)
+		return parsedSpec{kind: "udp", listen: DefaultUDPListen, reply: DefaultUDPReply}, nil
 	case strings.HasPrefix(spec, "udp:"):
 		listen, reply, ok := strings.Cut(strings.TrimPrefix(spec, "udp:"), ",")
 		if !ok {
 			reply = DefaultUDPReply
 		}
-		return ListenUDP(listen, reply, log)
+		for _, a := range []string{listen, reply} {
+			if _, err := loopbackAddr(a); err != nil {
+				return parsedSpec{}, err
+			}
+		}
+		return parsedSpec{kind: "udp", listen: listen, reply: reply}, nil
 	}
-	return nil, fmt.Errorf("%w: %q", ErrBadSpec, spec)
+	return parsedSpec{}, fmt.Errorf("%w: %q", ErrBadSpec, spec)
 }
 
 // IsTest reports whether spec names a socket transport rather than the

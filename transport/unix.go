@@ -107,6 +107,11 @@ func privateDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("transport: creating the socket directory: %w", err)
 	}
+	return checkPrivateDir(dir)
+}
+
+// checkPrivateDir is privateDir's check of an existing dir.
+func checkPrivateDir(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("transport: %w", err)

@@ -53,15 +53,14 @@ type check struct {
 }
 
 func runDoctor(args []string, stdout, stderr io.Writer) int {
-	fl := newFlagSet("doctor", "doctor [--tpm T] [--state-dir D] [--pinentry PROGRAM]", stderr)
-	sf := addStoreFlags(fl)
-	pinentry := fl.String("pinentry", "", "pinentry program the daemon is given")
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() != 0 {
-		fl.Usage()
-		return 2
+	fl := newFlagSet("doctor", "doctor [FLAGS]",
+		"Check what the daemon needs (uhid, the TPM, the state directory, the\n"+
+			"prompt, the virtual key) and print each problem with its fix. Give it the\n"+
+			"flags the daemon is given. Exits 1 when a check failed.")
+	sf := addStoreFlags(fl.FlagSet)
+	pinentry := fl.String("pinentry", "", "the pinentry `PROGRAM` the daemon is given")
+	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
+		return code
 	}
 	env := doctorEnv{
 		uhid: "/dev/uhid", sysModule: "/sys/module/uhid", hidraw: "/sys/class/hidraw",

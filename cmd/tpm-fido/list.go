@@ -14,21 +14,19 @@ import (
 )
 
 func runList(args []string, stdout, stderr io.Writer) int {
-	fl := newFlagSet("list", "list [--tpm T] [--state-dir D] [--authorized-keys]", stderr)
-	sf := addStoreFlags(fl)
+	fl := newFlagSet("list", "list [FLAGS]",
+		"List the resident credentials by relying party; SSH ones also as\n"+
+			"authorized_keys lines.")
+	sf := addStoreFlags(fl.FlagSet)
 	akOnly := fl.Bool("authorized-keys", false, "print only the SSH keys, as authorized_keys lines")
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() != 0 {
-		fl.Usage()
-		return 2
+	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
+		return code
 	}
 	if !sf.stateExists() {
 		if !*akOnly {
 			fmt.Fprintf(stdout, "no resident credentials (no state in %s yet)\n", sf.stateDir)
 		}
-		return 0
+		return exitOK
 	}
 	s, closeAll, err := sf.open()
 	if err != nil {
@@ -56,7 +54,15 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "%d of %d resident credentials used, %d %s\n", total, s.MaxResidents(), len(rps), rpWord)
 	}
-	return 0
+	return exitOK
+}
+
+// countNoun is "1 thing" or "n things".
+func countNoun(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // listPage is how many credentials list reads at a time, so its memory
@@ -69,9 +75,10 @@ func listRP(stdout io.Writer, s *tpmstore.Store, rp tpmstore.RP, akOnly bool) er
 	if !akOnly {
 		name := ""
 		if rp.Name != "" && rp.Name != rp.ID {
-			name = " (" + rp.Name + ")"
+			name = fmt.Sprintf(" %q", rp.Name)
 		}
-		fmt.Fprintf(stdout, "%s%s: %d resident credential(s)\n", rp.ID, name, rp.Count)
+		// No colon after the RP ID: SSH's is "ssh:" already.
+		fmt.Fprintf(stdout, "%s%s (%s)\n", rp.ID, name, countNoun(rp.Count, "resident credential"))
 	}
 	var cur tpmstore.Cursor
 	for {

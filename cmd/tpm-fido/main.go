@@ -24,7 +24,7 @@ func commands() []command {
 		{"setup", "install udev rules, module loading and the systemd user unit", runSetup},
 		{"doctor", "check uhid, the TPM, the state directory and the prompt backend", runDoctor},
 		{"list", "list resident credentials (SSH ones also as authorized_keys lines)", runList},
-		{"delete", "delete a resident credential", runDelete},
+		{"delete", "delete a resident credential (its ID, or the start of it)", runDelete},
 		{"pin", "set, change or show the PIN (set|change|status)", runPin},
 		{"reset", "delete every credential and the PIN", runReset},
 		{"version", "print the version", runVersion},
@@ -32,12 +32,24 @@ func commands() []command {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: tpm-fido [command] [flags]")
-	fmt.Fprintln(w, "\ncommands:")
+	fmt.Fprint(w, `usage: tpm-fido [COMMAND] [FLAGS]
+
+A FIDO2 security key whose credential keys live in this machine's TPM.
+With no command, tpm-fido runs serve.
+
+commands:
+`)
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.short)
 	}
-	fmt.Fprintln(w, "\nRun 'tpm-fido COMMAND -h' for a command's flags.")
+	fmt.Fprint(w, `
+  -h, --help     this help; 'tpm-fido COMMAND -h' or 'tpm-fido help COMMAND'
+                 for a command's flags
+  --version      print the version
+
+Exit status: 0 success, 1 the command failed, 2 a wrong command line.
+See man tpm-fido.
+`)
 }
 
 func main() {
@@ -45,25 +57,39 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help":
+			usage(stdout)
+			return exitOK
+		case "help":
+			if len(args) > 1 {
+				return run([]string{args[1], "-h"}, stdout, stderr)
+			}
+			usage(stdout)
+			return exitOK
+		case "-version", "--version":
+			return runVersion(nil, stdout, stderr)
+		}
+	}
 	name := "serve"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
-	}
-	if name == "help" {
-		usage(stdout)
-		return 0
 	}
 	for _, c := range commands() {
 		if c.name == name {
 			return c.run(args, stdout, stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "tpm-fido: unknown command %q\n", name)
-	usage(stderr)
-	return 2
+	fmt.Fprintf(stderr, "tpm-fido: unknown command %q\nRun 'tpm-fido --help' for the commands.\n", name)
+	return exitUsage
 }
 
 func runVersion(args []string, stdout, stderr io.Writer) int {
+	fl := newFlagSet("version", "version", "Print the version.")
+	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
+		return code
+	}
 	fmt.Fprintln(stdout, "tpm-fido", version)
-	return 0
+	return exitOK
 }

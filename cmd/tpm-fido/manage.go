@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -42,8 +43,8 @@ type storeFlags struct {
 
 func addStoreFlags(fl *flag.FlagSet) *storeFlags {
 	sf := &storeFlags{}
-	fl.StringVar(&sf.tpm, "tpm", tpmstore.DefaultTPM, "TPM: a device path or swtpm:SOCKET")
-	fl.StringVar(&sf.stateDir, "state-dir", manageStateDir(), "state directory")
+	fl.StringVar(&sf.tpm, "tpm", tpmstore.DefaultTPM, "the TPM, a `SPEC`: a device path or swtpm:SOCKET")
+	fl.StringVar(&sf.stateDir, "state-dir", manageStateDir(), "`DIR` for the state (credentials, PIN, counter)")
 	return sf
 }
 
@@ -106,20 +107,10 @@ func (sf *storeFlags) open() (*tpmstore.Store, func(), error) {
 	return s, func() { s.Close(); tpm.Close() }, nil
 }
 
-// newFlagSet returns a flag set that reports to stderr.
-func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
-	fl := flag.NewFlagSet(name, flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tpm-fido "+usage)
-		fl.PrintDefaults()
-	}
-	return fl
-}
-
+// fail prints a runtime error and returns exitFail.
 func fail(stderr io.Writer, cmd string, err error) int {
 	fmt.Fprintf(stderr, "tpm-fido %s: %v\n", cmd, err)
-	return 1
+	return exitFail
 }
 
 // decodeCredID accepts a credential ID as printed by list (base64url
@@ -137,19 +128,72 @@ func decodeCredID(s string) ([]byte, error) {
 	return nil, fmt.Errorf("credential ID %q is neither base64url nor hex", s)
 }
 
-func runDelete(args []string, stdout, stderr io.Writer) int {
-	fl := newFlagSet("delete", "delete [--tpm T] [--state-dir D] CREDID", stderr)
-	sf := addStoreFlags(fl)
-	if err := fl.Parse(args); err != nil {
-		return 2
+// isCredIDArg reports whether s can be (the start of) a credential ID as
+// list prints it, or a whole one in hex or standard base64.
+func isCredIDArg(s string) bool {
+	if s == "" {
+		return false
 	}
-	if fl.NArg() != 1 {
-		fl.Usage()
-		return 2
+	for _, r := range s {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || strings.ContainsRune("-_+/=", r)) {
+			return false
+		}
 	}
-	id, err := decodeCredID(fl.Arg(0))
+	return true
+}
+
+// findResident returns the resident credentials that arg names: the one
+// whose whole ID it is (any encoding decodeCredID takes), else every one
+// whose ID, as list prints it, starts with arg.
+func findResident(s *tpmstore.Store, arg string) ([]tpmstore.Resident, error) {
+	rps, err := s.ResidentRPs()
 	if err != nil {
-		return fail(stderr, "delete", err)
+		return nil, err
+	}
+	whole, _ := decodeCredID(arg)
+	var prefixed []tpmstore.Resident
+	for _, rp := range rps {
+		creds, err := s.Residents(rp.Hash)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range creds {
+			if whole != nil && bytes.Equal(c.CredentialID, whole) {
+				return []tpmstore.Resident{c}, nil
+			}
+			if strings.HasPrefix(base64.RawURLEncoding.EncodeToString(c.CredentialID), arg) {
+				prefixed = append(prefixed, c)
+			}
+		}
+	}
+	return prefixed, nil
+}
+
+// describe names a resident credential for people: its RP and user.
+func describe(c tpmstore.Resident) string {
+	user := c.User.Name
+	if user == "" {
+		user = "user id " + hex.EncodeToString(c.User.ID)
+	}
+	return c.RPID + ", " + user
+}
+
+func runDelete(args []string, stdout, stderr io.Writer) int {
+	fl := newFlagSet("delete", "delete [FLAGS] ID",
+		"Delete one resident credential, after asking. ID is the credential's ID as\n"+
+			"'tpm-fido list' shows it, or its first characters when no other ID starts\n"+
+			"with them (hex is accepted too).")
+	sf := addStoreFlags(fl.FlagSet)
+	yes := fl.Bool("yes", false, "delete without asking")
+	if code, ok := fl.parse(args, 0, 1, stdout, stderr); !ok {
+		return code
+	}
+	if fl.NArg() == 0 {
+		return fl.usageError(stderr, "needs a credential ID (as tpm-fido list shows it, or the start of it)")
+	}
+	arg := strings.TrimSpace(fl.Arg(0))
+	if !isCredIDArg(arg) {
+		return fl.usageError(stderr, "%q is not a credential ID (base64url as tpm-fido list shows it, or hex)", arg)
 	}
 	if !sf.stateExists() {
 		return fail(stderr, "delete", fmt.Errorf("no state in %s: there are no credentials", sf.stateDir))
@@ -158,30 +202,56 @@ func runDelete(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "delete", err)
 	}
+	found, err := findResident(s, arg)
+	closeAll() // not held open while the user answers
+	switch {
+	case err != nil:
+		return fail(stderr, "delete", err)
+	case len(found) == 0:
+		return fail(stderr, "delete", fmt.Errorf("no resident credential with an ID that starts with %q (see tpm-fido list)", arg))
+	case len(found) > 1:
+		return fail(stderr, "delete", fmt.Errorf("%d credentials have an ID that starts with %q: give more of it (see tpm-fido list)", len(found), arg))
+	}
+	c := found[0]
+	id := base64.RawURLEncoding.EncodeToString(c.CredentialID)
+	if !*yes {
+		fmt.Fprintf(stderr, "Delete the credential for %s (ID %s)?\nIt cannot be undone: the key stops working for that account. [y/N] ", describe(c), id)
+		answer, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && answer == "" {
+			fmt.Fprintln(stderr)
+			return fail(stderr, "delete", errors.New("no answer: nothing was deleted (--yes deletes without asking)"))
+		}
+		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+			fmt.Fprintln(stderr, "not deleted")
+			return exitFail
+		}
+	}
+	s, closeAll, err = sf.open()
+	if err != nil {
+		return fail(stderr, "delete", err)
+	}
 	defer closeAll()
-	if err := s.DeleteResident(id); err != nil {
+	if err := s.DeleteResident(c.CredentialID); err != nil {
 		if errors.Is(err, tpmstore.ErrNotFound) {
-			return fail(stderr, "delete", errors.New("no resident credential with that ID (see tpm-fido list)"))
+			return fail(stderr, "delete", errors.New("the credential is gone already (see tpm-fido list)"))
 		}
 		return fail(stderr, "delete", err)
 	}
-	fmt.Fprintln(stdout, "deleted", base64.RawURLEncoding.EncodeToString(id))
-	return 0
+	fmt.Fprintf(stdout, "deleted %s (%s)\n", id, describe(c))
+	return exitOK
 }
 
 func runReset(args []string, stdout, stderr io.Writer) int {
-	fl := newFlagSet("reset", "reset [--tpm T] [--state-dir D]", stderr)
-	sf := addStoreFlags(fl)
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() != 0 {
-		fl.Usage()
-		return 2
+	fl := newFlagSet("reset", "reset [FLAGS]",
+		"Delete every credential and the PIN, after you type YES. Every key made\n"+
+			"before stops working everywhere.")
+	sf := addStoreFlags(fl.FlagSet)
+	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
+		return code
 	}
 	if !sf.stateExists() {
 		fmt.Fprintf(stdout, "no state in %s: nothing to reset\n", sf.stateDir)
-		return 0
+		return exitOK
 	}
 	if err := sf.checkUnlocked(); err != nil {
 		return fail(stderr, "reset", err)
@@ -193,7 +263,7 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 	}
 	if strings.TrimSpace(answer) != "YES" {
 		fmt.Fprintln(stderr, "not confirmed: nothing was reset")
-		return 1
+		return exitFail
 	}
 	s, closeAll, err := sf.open()
 	if errors.Is(err, tpmstore.ErrStaleState) {
@@ -218,7 +288,7 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 		return fail(stderr, "reset", err)
 	}
 	fmt.Fprintln(stdout, "reset: every credential and the PIN are gone")
-	return 0
+	return exitOK
 }
 
 // isTerminal reports whether f is a terminal.

@@ -81,7 +81,7 @@ func TestStoreCommands(t *testing.T) {
 	if rc != 0 {
 		t.Fatalf("list: %d %s", rc, e)
 	}
-	for _, want := range []string{"ssh:: 1 resident", "github.com: 1 resident", "alice", "openssh",
+	for _, want := range []string{"ssh: (1 resident credential)", "github.com (1 resident credential)", "alice", "openssh",
 		base64.RawURLEncoding.EncodeToString(webCred.CredentialID)} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list output lacks %q:\n%s", want, out)
@@ -110,14 +110,14 @@ func TestStoreCommands(t *testing.T) {
 
 	// delete
 	id := base64.RawURLEncoding.EncodeToString(webCred.CredentialID)
-	if _, e, rc := runCmd(t, "delete", sd, id); rc != 0 {
+	if _, e, rc := runCmd(t, "delete", "--yes", sd, id); rc != 0 {
 		t.Fatalf("delete: %s", e)
 	}
 	out, _, _ = runCmd(t, "list", sd)
 	if strings.Contains(out, "github.com") {
 		t.Errorf("deleted credential still listed:\n%s", out)
 	}
-	if _, e, rc := runCmd(t, "delete", sd, id); rc == 0 || !strings.Contains(e, "no resident credential") {
+	if _, e, rc := runCmd(t, "delete", "--yes", sd, id); rc == 0 || !strings.Contains(e, "no resident credential") {
 		t.Errorf("deleting twice: rc %d %q", rc, e)
 	}
 	if _, _, rc := runCmd(t, "delete", sd, "!!!"); rc == 0 {

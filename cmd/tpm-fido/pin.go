@@ -23,25 +23,35 @@ const (
 )
 
 func runPin(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprintln(stderr, "usage: tpm-fido pin set|change|status [--tpm T] [--state-dir D]")
-		return 2
+	top := newFlagSet("pin", "pin set|change|status [FLAGS]",
+		"Set the first PIN, change it, or show whether one is set and how many\n"+
+			"retries are left. PINs are read from the terminal without echo, or one\n"+
+			"per line from standard input. Run 'tpm-fido pin set -h' for the flags.")
+	about := map[string]string{
+		"set":    "Set the first PIN (typed twice).",
+		"change": "Change the PIN: the current one, then the new one twice.",
+		"status": "Show whether a PIN is set, how many retries are left, and the TPM's\ndictionary-attack state with when the next PIN try is possible.",
+	}
+	switch {
+	case len(args) == 0:
+		return top.usageError(stderr, "needs a command: set, change or status")
+	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
+		top.printUsage(stdout)
+		return exitOK
+	case about[args[0]] == "":
+		return top.usageError(stderr, "unknown pin command %q (want set, change or status)", args[0])
 	}
 	sub, args := args[0], args[1:]
-	fl := newFlagSet("pin "+sub, "pin "+sub+" [--tpm T] [--state-dir D]", stderr)
-	sf := addStoreFlags(fl)
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() != 0 {
-		fl.Usage()
-		return 2
+	fl := newFlagSet("pin "+sub, "pin "+sub+" [FLAGS]", about[sub])
+	sf := addStoreFlags(fl.FlagSet)
+	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
+		return code
 	}
 	in := newPINReader(stdin, stderr)
 	switch sub {
 	case "status":
 		return pinStatus(sf, stdout, stderr)
-	case "set", "change":
+	default: // set, change
 		if err := sf.checkUnlocked(); err != nil {
 			return fail(stderr, "pin", err)
 		}
@@ -82,9 +92,12 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 			err = s.ChangePIN(pinHash(current), pinHash(next))
 		}
 		switch {
+		case err == nil && sub == "set":
+			fmt.Fprintln(stdout, "The PIN is set.")
+			return exitOK
 		case err == nil:
-			fmt.Fprintln(stdout, "PIN "+sub+" done")
-			return 0
+			fmt.Fprintln(stdout, "The PIN is changed.")
+			return exitOK
 		case errors.Is(err, tpmstore.ErrPINAlreadySet):
 			return fail(stderr, "pin", errors.New("a PIN is already set; use `tpm-fido pin change`"))
 		case errors.Is(err, tpmstore.ErrPINNotSet):
@@ -103,8 +116,6 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 		}
 		return fail(stderr, "pin", err)
 	}
-	fmt.Fprintf(stderr, "tpm-fido pin: unknown subcommand %q (want set, change or status)\n", sub)
-	return 2
 }
 
 // pinStatus prints whether a PIN is set, its retries, and the TPM's
@@ -138,7 +149,7 @@ func pinStatus(sf *storeFlags, stdout, stderr io.Writer) int {
 	if !st.AllowsCTAPRetries() {
 		fmt.Fprintf(stdout, "note: this TPM locks out after %d failures, fewer than the %d PIN tries CTAP allows; see `tpm-fido doctor`\n", st.MaxTries, tpmstore.CTAPPINFailures)
 	}
-	return 0
+	return exitOK
 }
 
 // readDA reads the TPM's dictionary-attack state with its own TPM

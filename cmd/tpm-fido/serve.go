@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/transport"
 )
@@ -35,65 +36,80 @@ type serveConfig struct {
 	TestTransport bool
 }
 
-// parseServeFlags parses serve's flags. The error has already been
-// printed by the flag package when it is flag.ErrHelp or a parse error.
-func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
+// presenceChoices are the --presence values for real use; the fixed test
+// answers are left out of the help on purpose.
+var presenceChoices = []string{presence.BackendAuto, presence.BackendNotification, presence.BackendPinentry, presence.BackendTerminal}
+
+// parseServeFlags parses serve's command line. Every error it returns is
+// a usage error; flag.ErrHelp means -h. The flag set is returned for the
+// help text.
+func parseServeFlags(args []string) (serveConfig, *flagSet, error) {
 	var cfg serveConfig
-	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tpm-fido serve [flags]\n\nRun the authenticator daemon.\n\nflags:")
-		fl.PrintDefaults()
-	}
-	fl.StringVar(&cfg.Transport, "transport", "uhid", "where to serve CTAPHID: uhid, unix:PATH (SOCK_SEQPACKET, in a directory only you can enter) or, with --insecure-test-mode, udp or udp:LISTEN,REPLY (loopback only)")
-	fl.StringVar(&cfg.TPM, "tpm", "/dev/tpmrm0", "TPM: a device path, swtpm:SOCKET or simulator")
-	fl.StringVar(&cfg.StateDir, "state-dir", manageStateDir(), "state directory")
-	fl.StringVar(&cfg.Presence, "presence", "auto", "user-presence prompt backend: auto, notification, pinentry, terminal; with --insecure-test-mode also always-allow, always-deny or allow-after:DURATION (approve after a delay, e.g. allow-after:1.5s)")
-	fl.StringVar(&cfg.Pinentry, "pinentry", "", "pinentry program for --presence pinentry (default $PINENTRY_PROGRAM, then the usual names)")
-	fl.DurationVar(&cfg.PromptTimeout, "prompt-timeout", 30*time.Second, "how long a presence prompt waits for the user")
+	fl := newFlagSet("serve", "serve [FLAGS]", "Run the authenticator daemon (what tpm-fido does with no command).")
+	fl.StringVar(&cfg.Transport, "transport", "uhid", "where to serve CTAPHID, a `SPEC`: uhid, unix:PATH (SOCK_SEQPACKET, in a directory only you can enter) or, with --insecure-test-mode, udp or udp:LISTEN,REPLY (loopback only)")
+	fl.StringVar(&cfg.TPM, "tpm", "/dev/tpmrm0", "the TPM, a `SPEC`: a device path, swtpm:SOCKET or simulator")
+	fl.StringVar(&cfg.StateDir, "state-dir", manageStateDir(), "`DIR` for the state (credentials, PIN, counter)")
+	fl.StringVar(&cfg.Presence, "presence", presence.BackendAuto, "how to ask the user to approve, a `NAME`: "+choiceList(presenceChoices)+"; with --insecure-test-mode also always-allow, always-deny or allow-after:DURATION (approve after a delay, e.g. allow-after:1.5s)")
+	fl.StringVar(&cfg.Pinentry, "pinentry", "", "pinentry `PROGRAM` for the pinentry prompt (default $PINENTRY_PROGRAM, then the usual names)")
+	fl.durationVar(&cfg.PromptTimeout, "prompt-timeout", 30*time.Second, "how long a prompt waits for the user, a `DURATION` such as 30s or 2m")
 	fl.BoolVar(&cfg.InsecureTestMode, "insecure-test-mode", false, "allow test-only behaviour such as a fixed presence answer; never use it for real keys")
-	fl.IntVar(&cfg.MaxResidents, "max-residents", tpmstore.DefaultMaxResidents, "how many resident credentials (passkeys) the key store holds")
-	level := fl.String("log-level", "info", "log level: debug, info, warn or error")
+	fl.IntVar(&cfg.MaxResidents, "max-residents", tpmstore.DefaultMaxResidents, "how many resident credentials (passkeys) the key store holds, a number `N`")
+	level := fl.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	if err := fl.Parse(args); err != nil {
-		return cfg, err
+		return cfg, fl, err
 	}
 	if fl.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected arguments: %s", strings.Join(fl.Args(), " "))
+		return cfg, fl, fmt.Errorf("unexpected argument: %s", strings.Join(fl.Args(), " "))
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(*level)); err != nil {
-		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
+		return cfg, fl, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
 	}
 	if cfg.PromptTimeout <= 0 {
-		return cfg, fmt.Errorf("--prompt-timeout must be positive")
+		return cfg, fl, fmt.Errorf("--prompt-timeout must be positive")
+	}
+	if err := transport.CheckSpec(cfg.Transport); err != nil {
+		return cfg, fl, fmt.Errorf("--transport: %w", err)
 	}
 	if cfg.MaxResidents < 1 || cfg.MaxResidents > math.MaxInt32 {
-		return cfg, fmt.Errorf("--max-residents must be between 1 and %d", math.MaxInt32)
+		return cfg, fl, fmt.Errorf("--max-residents must be between 1 and %d", math.MaxInt32)
 	}
 	if cfg.StateDir == "" {
-		return cfg, fmt.Errorf("no --state-dir and no home directory to derive it from")
+		return cfg, fl, fmt.Errorf("no --state-dir and no home directory to derive it from")
 	}
 	cfg.TestTransport = transport.IsTest(cfg.Transport)
-	return cfg, nil
+	return cfg, fl, nil
+}
+
+// choiceList is "a, b, c or d".
+func choiceList(c []string) string {
+	if len(c) < 2 {
+		return strings.Join(c, "")
+	}
+	return strings.Join(c[:len(c)-1], ", ") + " or " + c[len(c)-1]
 }
 
 // runServe runs the daemon until SIGINT or SIGTERM.
 func runServe(args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseServeFlags(args, stderr)
+	cfg, fl, err := parseServeFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
-		return 0
+		fl.printUsage(stdout)
+		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "tpm-fido serve: %v\n", err)
-		return 2
+		return fl.usageError(stderr, "%v", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, log); err != nil {
+	err = serve(ctx, cfg, log)
+	switch {
+	case errors.Is(err, presence.ErrUnknownBackend):
+		return fl.usageError(stderr, "--presence %q: want %s", cfg.Presence, choiceList(presenceChoices))
+	case err != nil:
 		fmt.Fprintf(stderr, "tpm-fido: %v\n", err)
-		return 1
+		return exitFail
 	}
-	return 0
+	return exitOK
 }
 
 // serve opens the handler and the transport, tells systemd it is ready
@@ -102,15 +118,15 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	if err := cfg.checkTestModes(); err != nil {
 		return err
 	}
-	// The transport first: a bad --transport is reported before the TPM
-	// is touched, and the device exists before systemd hears READY.
-	dev, err := transport.Open(cfg.Transport, log)
-	if err != nil {
+	if err := transport.Preflight(cfg.Transport); err != nil {
 		return err
 	}
+	// Every start-up check (the prompt, the TPM, the state) before the
+	// transport opens: only a daemon that can answer creates the device
+	// or says it listens, and the device exists before systemd hears
+	// READY.
 	h, closeHandler, err := newHandler(ctx, cfg, log)
 	if err != nil {
-		dev.Close()
 		return err
 	}
 	defer func() {
@@ -118,6 +134,10 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 			log.Error("closing the authenticator", "err", err)
 		}
 	}()
+	dev, err := transport.Open(cfg.Transport, log)
+	if err != nil {
+		return err
+	}
 	srv := ctaphid.NewServer(dev, h, ctaphid.Config{
 		Logger:  log,
 		Version: [3]byte{0, 1, 0},

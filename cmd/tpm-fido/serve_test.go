@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
@@ -37,12 +38,23 @@ var (
 	buildOut  []byte
 )
 
+// TestMain also lets the test binary act as the tpm-fido command for the
+// testscripts (script_test.go).
 func TestMain(m *testing.M) {
-	code := m.Run()
+	testscript.Main(removeBuild{m}, map[string]func(){
+		"tpm-fido": func() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) },
+	})
+}
+
+// removeBuild runs the tests, then removes the daemon daemonBinary built.
+type removeBuild struct{ m *testing.M }
+
+func (r removeBuild) Run() int {
+	code := r.m.Run()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}
-	os.Exit(code)
+	return code
 }
 
 // daemonBinary builds ./cmd/tpm-fido once per test run.
@@ -275,7 +287,9 @@ func TestServeStartupErrors(t *testing.T) {
 		if !ok || ee.ExitCode() == 0 {
 			t.Errorf("%v: err %v, want a non-zero exit", tc.args, err)
 		}
-		if !strings.Contains(string(out), tc.want) || strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
+		// One line, and for a usage error the pointer to the help.
+		msg := strings.TrimSuffix(strings.TrimSpace(string(out)), "\nRun 'tpm-fido serve -h' for help.")
+		if !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
 			t.Errorf("%v: output %q, want one line mentioning %q", tc.args, out, tc.want)
 		}
 	}
@@ -283,7 +297,7 @@ func TestServeStartupErrors(t *testing.T) {
 
 func TestParseServeFlags(t *testing.T) {
 	t.Setenv("XDG_DATA_HOME", "/xdg")
-	cfg, err := parseServeFlags(nil, &bytes.Buffer{})
+	cfg, _, err := parseServeFlags(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,24 +305,24 @@ func TestParseServeFlags(t *testing.T) {
 		cfg.Presence != "auto" || cfg.PromptTimeout != 30*time.Second || cfg.InsecureTestMode || cfg.TestTransport {
 		t.Errorf("defaults: %+v", cfg)
 	}
-	cfg, err = parseServeFlags([]string{"--transport", "unix:/x", "--log-level", "debug", "--insecure-test-mode"}, &bytes.Buffer{})
+	cfg, _, err = parseServeFlags([]string{"--transport", "unix:/x", "--log-level", "debug", "--insecure-test-mode"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !cfg.TestTransport || !cfg.InsecureTestMode || cfg.LogLevel.String() != "DEBUG" {
 		t.Errorf("parsed: %+v", cfg)
 	}
-	if _, err := parseServeFlags([]string{"--prompt-timeout", "0s"}, &bytes.Buffer{}); err == nil {
+	if _, _, err := parseServeFlags([]string{"--prompt-timeout", "0s"}); err == nil {
 		t.Error("zero prompt timeout accepted")
 	}
-	if cfg, _ := parseServeFlags(nil, &bytes.Buffer{}); cfg.MaxResidents != tpmstore.DefaultMaxResidents || cfg.MaxResidents < 10000 {
+	if cfg, _, _ := parseServeFlags(nil); cfg.MaxResidents != tpmstore.DefaultMaxResidents || cfg.MaxResidents < 10000 {
 		t.Errorf("default capacity %d", cfg.MaxResidents)
 	}
-	if cfg, err := parseServeFlags([]string{"--max-residents", "50000"}, &bytes.Buffer{}); err != nil || cfg.MaxResidents != 50000 {
+	if cfg, _, err := parseServeFlags([]string{"--max-residents", "50000"}); err != nil || cfg.MaxResidents != 50000 {
 		t.Errorf("--max-residents 50000: %d %v", cfg.MaxResidents, err)
 	}
 	for _, bad := range []string{"0", "-1", "4294967296"} {
-		if _, err := parseServeFlags([]string{"--max-residents", bad}, &bytes.Buffer{}); err == nil {
+		if _, _, err := parseServeFlags([]string{"--max-residents", bad}); err == nil {
 			t.Errorf("--max-residents %s accepted", bad)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -27,22 +26,16 @@ type setupFile struct {
 // that already has the right content is left alone. Steps that need root
 // and are not file writes are printed, never run.
 func runSetup(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("setup", flag.ContinueOnError)
-	fl.SetOutput(stderr)
+	fl := newFlagSet("setup", "setup [FLAGS]",
+		"Install the udev rules, the module loading entry and the systemd user unit\n"+
+			"(all embedded in this binary), then print the steps left to do, which it\n"+
+			"never runs itself. Running it twice changes nothing.")
 	dryRun := fl.Bool("dry-run", false, "print what would change, change nothing")
-	root := fl.String("root", "/", "install into this root directory (for packaging and tests)")
+	root := fl.String("root", "/", "install below this root `DIR` (for packaging and tests)")
 	user := fl.Bool("user", false, "install only the user unit, into $XDG_CONFIG_HOME/systemd/user (no root needed)")
-	binary := fl.String("binary", "", "path of the installed tpm-fido binary for ExecStart (default: this executable)")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tpm-fido setup [--dry-run] [--root DIR] [--user] [--binary PATH]")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() != 0 {
-		fl.Usage()
-		return 2
+	binary := fl.String("binary", "", "`PATH` of the installed tpm-fido binary for ExecStart (default: this executable)")
+	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
+		return code
 	}
 	bin := *binary
 	if bin == "" {
@@ -57,8 +50,7 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 		bin = exe
 	}
 	if !filepath.IsAbs(bin) {
-		fmt.Fprintf(stderr, "tpm-fido setup: --binary %q must be an absolute path\n", bin)
-		return 2
+		return fl.usageError(stderr, "--binary %q must be an absolute path", bin)
 	}
 
 	var files []setupFile
