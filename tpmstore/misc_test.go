@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -250,5 +253,52 @@ func TestPINRetryPersistedBeforeCheck(t *testing.T) {
 	}
 	if err := s.VerifyPIN(pinHash("1234")); err != nil || s.PINRetries() != 8 {
 		t.Fatalf("right PIN: %v, retries %d", err, s.PINRetries())
+	}
+}
+
+// TestSwtpmHintWorks runs the command OpenTPM's error gives for a missing
+// swtpm socket, exactly as printed, and opens the TPM it starts.
+func TestSwtpmHintWorks(t *testing.T) {
+	if _, err := exec.LookPath("swtpm"); err != nil {
+		t.Skip("swtpm not installed")
+	}
+	sock := filepath.Join(t.TempDir(), "tpm.sock")
+	_, err := OpenTPM("swtpm:" + sock)
+	m := regexp.MustCompile(`\(start (?:one: )?([^)]*)\)`).FindStringSubmatch(fmt.Sprint(err))
+	if m == nil {
+		t.Fatalf("no command in %v", err)
+	}
+	cmd := exec.Command("sh", "-c", m[1])
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // the shell and swtpm
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-exited })
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("%s: %v\n%s", m[1], waitErr, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s made no socket in 5 s\n%s", m[1], out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tpm, err := OpenTPM("swtpm:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := (tpm2.GetRandom{BytesRequested: 8}).Execute(tpm); err != nil {
+		t.Fatalf("the hinted swtpm does not answer: %v", err)
 	}
 }

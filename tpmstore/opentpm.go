@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -28,7 +29,7 @@ func OpenTPM(spec string) (transport.TPMCloser, error) {
 		t, err := linuxudstpm.Open(path)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("no swtpm socket at %s (start swtpm socket --tpm2 --server type=unixio,path=%s --flags not-need-init,startup-clear): %w", path, path, err)
+				return nil, fmt.Errorf("no swtpm socket at %s (start one: %s): %w", path, SwtpmCommand(path), err)
 			}
 			return nil, fmt.Errorf("open swtpm socket %s: %w", path, err)
 		}
@@ -38,6 +39,13 @@ func OpenTPM(spec string) (transport.TPMCloser, error) {
 		return nil, fmt.Errorf("TPM %q: the simulator is only available in builds with cgo (package tpmsim)", spec)
 	}
 	return openDevice(spec)
+}
+
+// SwtpmCommand is the shell command that starts a swtpm serving a TPM 2.0
+// on the data socket sock, with its state in a directory beside it.
+func SwtpmCommand(sock string) string {
+	state := filepath.Join(filepath.Dir(sock), "swtpm-state")
+	return fmt.Sprintf("mkdir -p %s && swtpm socket --tpm2 --tpmstate dir=%s --server type=unixio,path=%s --flags not-need-init,startup-clear", state, state, sock)
 }
 
 func openDevice(path string) (transport.TPMCloser, error) {

@@ -15,6 +15,10 @@ import (
 	"github.com/tpm-fido/tpm-fido/udev"
 )
 
+// tpmGroup is the group that may use the TPM device: Debian's tpm-udev
+// creates it and gives it /dev/tpmrm0.
+const tpmGroup = "tss"
+
 // setupFile is one file setup installs.
 type setupFile struct {
 	path string // absolute, inside the root
@@ -23,8 +27,9 @@ type setupFile struct {
 
 // runSetup installs the udev rules, the modules-load.d entry and the
 // systemd user unit, embedded in this binary. It is idempotent: a file
-// that already has the right content is left alone. Steps that need root
-// and are not file writes are printed, never run.
+// that already has the right content is left alone. The steps that are
+// not file writes (groups, modprobe, udevadm, systemctl) are printed, in
+// the order that makes each one work, and never run.
 func runSetup(args []string, stdout, stderr io.Writer) int {
 	fl := newFlagSet("setup", "setup [FLAGS]",
 		"Install the udev rules, the module loading entry and the systemd user unit\n"+
@@ -93,10 +98,15 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 	// What the files cannot do by themselves.
 	var next []string
 	if !*user {
-		if !groupExists(filepath.Join(*root, "etc", "group"), udev.Group) {
+		groups := filepath.Join(*root, "etc", "group")
+		if !groupExists(groups, tpmGroup) {
+			// Else usermod below fails as a whole.
+			next = append(next, "sudo apt-get install tpm-udev   # creates the "+tpmGroup+" group, which may use /dev/tpmrm0")
+		}
+		if !groupExists(groups, udev.Group) {
 			next = append(next, "sudo groupadd --system "+udev.Group)
 		}
-		next = append(next, `sudo usermod -aG `+udev.Group+`,tss "$USER"   # then log out and in again`)
+		next = append(next, `sudo usermod -aG `+udev.Group+`,`+tpmGroup+` "$USER"   # then log out and in again`)
 		if changed[udev.ModulesLoadName] || *root == "/" && !exists("/sys/module/uhid") {
 			next = append(next, "sudo modprobe uhid")
 		}
@@ -113,7 +123,7 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 	} else if len(changed) > 0 && !anyTrue(changed) {
 		fmt.Fprintln(stdout, "nothing changed: everything was already installed")
 	}
-	fmt.Fprintln(stdout, "\nthen:")
+	fmt.Fprintln(stdout, "\nthen run, in this order (setup never runs these itself):")
 	for _, s := range next {
 		fmt.Fprintln(stdout, "  "+s)
 	}
