@@ -228,19 +228,20 @@ func TestNewFixedNeedsInsecure(t *testing.T) {
 	}
 }
 
-func TestDetectNothing(t *testing.T) {
+func TestChooseNothing(t *testing.T) {
 	opts := Options{
 		BusAddress: "unix:path=/nonexistent/bus",
 		LookPath:   func(string) (string, error) { return "", errors.New("none") },
 		Getenv:     func(string) string { return "" },
 		TTYPath:    "/nonexistent/tty",
 	}
-	if _, err := Detect(opts); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Detect = %v, want ErrUnavailable", err)
+	if _, err := Choose(BackendAuto, opts); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Choose = %v, want ErrUnavailable", err)
 	}
-	opts.LookPath = func(n string) (string, error) { return "/usr/bin/" + n, nil }
-	if got, err := Detect(opts); err != nil || got != BackendPinentry {
-		t.Fatalf("Detect with pinentry = %q, %v", got, err)
+	prog, _, _ := fakePinentry(t, "allow")
+	opts.LookPath = func(n string) (string, error) { return prog, nil }
+	if got, err := Choose(BackendAuto, opts); err != nil || got.Backend != BackendPinentry || got.Program != prog {
+		t.Fatalf("Choose with pinentry = %+v, %v", got, err)
 	}
 }
 

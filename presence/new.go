@@ -71,25 +71,99 @@ func (o *Options) defaults() {
 	}
 }
 
-// Detect returns the backend name "auto" resolves to: notification when
-// the session bus has a notification server, else pinentry when a
-// pinentry program is found, else terminal when a terminal can be opened.
-// It returns ErrUnavailable, with the reasons, when none fits.
-func Detect(opts Options) (string, error) {
+// Choice is the backend New builds for a --presence name, as Choose found
+// it.
+type Choice struct {
+	Backend string        // notification, pinentry, terminal, always-allow, always-deny or allow-after:D
+	Program string        // pinentry: the program's path
+	Delay   time.Duration // allow-after:D: D
+	Detail  string        // for people: what was found, e.g. the pinentry's flavor
+	// Terminal: the prompt appears on a terminal (the terminal backend, or
+	// a curses pinentry), which a daemon started by systemd does not have.
+	Terminal bool
+	// Fixed: a test answer (always-allow, always-deny, allow-after:D); no
+	// one is asked.
+	Fixed bool
+}
+
+// Choose resolves a --presence name to the backend New builds and checks,
+// the way that backend will prompt, that it can: "auto" is the first of
+// notification (the session bus has a notification server), pinentry (a
+// program is found and can draw: see ProbePinentry) and terminal (one
+// can be opened). It returns ErrUnavailable, with every reason, when the
+// named backend (or, for auto, none) can prompt; ErrInsecure and
+// ErrUnknownBackend as New does.
+func Choose(name string, opts Options) (Choice, error) {
 	opts.defaults()
-	errNotify := NotificationServerAvailable(opts.BusAddress)
-	if errNotify == nil {
-		return BackendNotification, nil
+	switch name {
+	case "", BackendAuto:
+		c, errNotify := Choose(BackendNotification, opts)
+		if errNotify == nil {
+			return c, nil
+		}
+		c, errPin := Choose(BackendPinentry, opts)
+		if errPin == nil {
+			return c, nil
+		}
+		c, errTTY := Choose(BackendTerminal, opts)
+		if errTTY == nil {
+			return c, nil
+		}
+		return Choice{}, fmt.Errorf("%w: %s; %s; %s", ErrUnavailable, reason(errNotify), reason(errPin), reason(errTTY))
+	case BackendNotification, "notify", "dbus":
+		if err := NotificationServerAvailable(opts.BusAddress); err != nil {
+			return Choice{}, unavailable("notification", err)
+		}
+		return Choice{Backend: BackendNotification, Detail: "a notification server on the session bus"}, nil
+	case BackendPinentry:
+		prog, err := FindPinentry(opts.PinentryProgram, opts.Getenv("PINENTRY_PROGRAM"), opts.LookPath)
+		if err != nil {
+			return Choice{}, unavailable("pinentry", err)
+		}
+		tty := opts.Getenv("GPG_TTY")
+		flavor, err := ProbePinentry(prog, tty, opts.Getenv("TERM"))
+		if err != nil {
+			return Choice{}, unavailable("pinentry", err)
+		}
+		c := Choice{Backend: BackendPinentry, Program: prog, Detail: prog, Terminal: DrawsOnTerminal(flavor)}
+		if flavor != "" {
+			c.Detail += ", flavor " + flavor
+		}
+		if c.Terminal {
+			c.Detail += " on " + tty
+		}
+		return c, nil
+	case BackendTerminal, "tty":
+		if err := ttyAvailable(opts); err != nil {
+			return Choice{}, unavailable("terminal", err)
+		}
+		return Choice{Backend: BackendTerminal, Detail: opts.TTYPath, Terminal: true}, nil
+	case BackendAlwaysAllow, BackendAlwaysDeny:
+		if !opts.InsecureTestMode {
+			return Choice{}, fmt.Errorf("%w (asked for %s)", ErrInsecure, name)
+		}
+		return Choice{Backend: name, Detail: "a fixed answer, for tests", Fixed: true}, nil
 	}
-	_, errPin := FindPinentry(opts.PinentryProgram, opts.Getenv("PINENTRY_PROGRAM"), opts.LookPath)
-	if errPin == nil {
-		return BackendPinentry, nil
+	d, ok, err := parseAllowAfter(name, opts.Timeout)
+	switch {
+	case !ok:
+		return Choice{}, fmt.Errorf("%w %q (want auto, notification, pinentry, terminal, always-allow, always-deny or allow-after:DURATION)", ErrUnknownBackend, name)
+	case err != nil:
+		return Choice{}, err
+	case !opts.InsecureTestMode:
+		return Choice{}, fmt.Errorf("%w (asked for %s)", ErrInsecure, name)
 	}
-	errTTY := ttyAvailable(opts)
-	if errTTY == nil {
-		return BackendTerminal, nil
-	}
-	return "", fmt.Errorf("%w: notification: %v; pinentry: %v; terminal: %v", ErrUnavailable, errNotify, errPin, errTTY)
+	return Choice{Backend: name, Detail: "approves after " + d.String() + ", for tests", Delay: d, Fixed: true}, nil
+}
+
+// unavailable is ErrUnavailable for backend, with err's reason.
+func unavailable(backend string, err error) error {
+	return fmt.Errorf("%w: %s: %s", ErrUnavailable, backend, reason(err))
+}
+
+// reason is err's message without ErrUnavailable's own text.
+func reason(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrUnavailable.Error()+": ")
 }
 
 func ttyAvailable(opts Options) error {
@@ -109,28 +183,20 @@ func ttyAvailable(opts Options) error {
 // log a warning when accepted. An unusable backend gives ErrUnavailable.
 func New(name string, opts Options) (Prompter, error) {
 	opts.defaults()
+	c, err := Choose(name, opts)
+	if err != nil {
+		return nil, err
+	}
 	if name == "" || name == BackendAuto {
-		picked, err := Detect(opts)
-		if err != nil {
-			return nil, err
-		}
-		opts.Logger.Info("presence backend chosen", "backend", picked)
-		name = picked
+		opts.Logger.Info("presence backend chosen", "backend", c.Backend, "detail", c.Detail)
 	}
 	var p Prompter
-	switch name {
-	case BackendNotification, "notify", "dbus":
-		if err := NotificationServerAvailable(opts.BusAddress); err != nil {
-			return nil, err
-		}
+	switch c.Backend {
+	case BackendNotification:
 		p = NewNotification(opts.BusAddress, opts.Timeout, opts.Logger)
 	case BackendPinentry:
-		prog, err := FindPinentry(opts.PinentryProgram, opts.Getenv("PINENTRY_PROGRAM"), opts.LookPath)
-		if err != nil {
-			return nil, err
-		}
-		p = NewPinentry(prog, opts.Timeout, opts.Logger)
-	case BackendTerminal, "tty":
+		p = NewPinentry(c.Program, opts.Timeout, opts.Logger)
+	case BackendTerminal:
 		rw := opts.TTY
 		if rw == nil {
 			f, err := os.OpenFile(opts.TTYPath, os.O_RDWR, 0)
@@ -141,24 +207,11 @@ func New(name string, opts Options) (Prompter, error) {
 		}
 		p = NewTerminal(rw, opts.Timeout)
 	case BackendAlwaysAllow, BackendAlwaysDeny:
-		if !opts.InsecureTestMode {
-			return nil, fmt.Errorf("%w (asked for %s)", ErrInsecure, name)
-		}
-		opts.Logger.Warn("INSECURE: user presence is not checked; every request is answered without asking", "presence", name)
-		p = Fixed{Allow: name == BackendAlwaysAllow}
-	default:
-		d, ok, err := parseAllowAfter(name, opts.Timeout)
-		if !ok {
-			return nil, fmt.Errorf("%w %q (want auto, notification, pinentry, terminal, always-allow, always-deny or allow-after:DURATION)", ErrUnknownBackend, name)
-		}
-		if err != nil {
-			return nil, err
-		}
-		if !opts.InsecureTestMode {
-			return nil, fmt.Errorf("%w (asked for %s)", ErrInsecure, name)
-		}
-		opts.Logger.Warn("INSECURE: user presence is not checked; every request is approved after a fixed delay", "presence", name, "delay", d)
-		p = Fixed{Allow: true, Delay: d}
+		opts.Logger.Warn("INSECURE: user presence is not checked; every request is answered without asking", "presence", c.Backend)
+		p = Fixed{Allow: c.Backend == BackendAlwaysAllow}
+	default: // allow-after:D
+		opts.Logger.Warn("INSECURE: user presence is not checked; every request is approved after a fixed delay", "presence", c.Backend, "delay", c.Delay)
+		p = Fixed{Allow: true, Delay: c.Delay}
 	}
 	return NewCoalescer(p, 0, nil), nil
 }

@@ -131,8 +131,13 @@ func (n *Notification) Confirm(ctx context.Context, req Request) error {
 		"resident": dbus.MakeVariant(false),
 		"category": dbus.MakeVariant("device"),
 	}
+	// Not ctx: a cancel while Notify is under way would lose the ID of a
+	// notification the server shows, which then could not be closed. A
+	// cancel is seen right after, in the loop below.
+	notifyCtx, notifyCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer notifyCancel()
 	var id uint32
-	call := obj.CallWithContext(ctx, notifyIface+".Notify", 0,
+	call := obj.CallWithContext(notifyCtx, notifyIface+".Notify", 0,
 		"tpm-fido", uint32(0), "security-high", req.Message(), body,
 		[]string{"allow", "Allow", "deny", "Deny"}, hints, int32(n.timeout/time.Millisecond))
 	if err := call.Store(&id); err != nil {

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +45,96 @@ func FindPinentry(flag, env string, lookPath func(string) (string, error)) (stri
 		}
 	}
 	return "", fmt.Errorf("%w: no pinentry program found (tried %v)", ErrUnavailable, PinentryPrograms)
+}
+
+// probeTimeout bounds ProbePinentry: a pinentry answers GETINFO at once.
+var probeTimeout = 5 * time.Second
+
+// ProbePinentry starts program as a prompt would and asks it which flavor
+// it draws with (Assuan GETINFO flavor). A graphical pinentry without a
+// display falls back to curses and says so ("gnome3:curses"). A curses or
+// tty flavor draws on the terminal named by gpgTTY (the daemon's
+// $GPG_TTY, passed as its ttyname option), of the type term ($TERM):
+// without them it has no terminal at all, since its standard input and
+// output are the Assuan pipes, so every CONFIRM would fail. ProbePinentry returns what it found, for
+// people, or ErrUnavailable with the reason. A pinentry that does not
+// know GETINFO flavor is taken as able to prompt.
+func ProbePinentry(program, gpgTTY, term string) (string, error) {
+	proc := &killableProcess{}
+	type result struct {
+		flavor string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		flavor, err := getFlavor(proc, program)
+		done <- result{flavor, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(probeTimeout):
+		proc.kill()
+		<-done
+		return "", fmt.Errorf("%w: %s did not answer within %s", ErrUnavailable, program, probeTimeout)
+	}
+	if r.err != nil {
+		return "", fmt.Errorf("%w: %s: %w", ErrUnavailable, program, r.err)
+	}
+	if !DrawsOnTerminal(r.flavor) {
+		return r.flavor, nil
+	}
+	if gpgTTY == "" {
+		return "", fmt.Errorf("%w: %s draws on a terminal (flavor %s) and has none: GPG_TTY is not set", ErrUnavailable, program, r.flavor)
+	}
+	if term == "" {
+		return "", fmt.Errorf("%w: %s draws on a terminal (flavor %s) and TERM is not set", ErrUnavailable, program, r.flavor)
+	}
+	f, err := os.OpenFile(gpgTTY, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s draws on a terminal (flavor %s) and cannot open GPG_TTY: %w", ErrUnavailable, program, r.flavor, err)
+	}
+	f.Close()
+	return r.flavor, nil
+}
+
+// DrawsOnTerminal reports whether a pinentry flavor needs a terminal.
+func DrawsOnTerminal(flavor string) bool {
+	return flavor == "curses" || flavor == "tty" || strings.HasSuffix(flavor, ":curses")
+}
+
+// getFlavor runs program and returns its answer to GETINFO flavor ("" if
+// it has none).
+func getFlavor(proc *killableProcess, program string) (string, error) {
+	if err := proc.Start(program, nil); err != nil {
+		return "", err
+	}
+	defer proc.Close()
+	line, _, err := proc.ReadLine()
+	if err != nil {
+		return "", fmt.Errorf("no greeting: %w", err)
+	}
+	if !strings.HasPrefix(string(line), "OK") {
+		return "", fmt.Errorf("unexpected greeting %q", line)
+	}
+	if _, err := proc.Write([]byte("GETINFO flavor\n")); err != nil {
+		return "", err
+	}
+	flavor := ""
+	for {
+		line, _, err := proc.ReadLine()
+		if err != nil {
+			return "", fmt.Errorf("GETINFO flavor: %w", err)
+		}
+		l := string(line)
+		switch {
+		case strings.HasPrefix(l, "D "):
+			flavor = strings.TrimSpace(l[2:])
+		case strings.HasPrefix(l, "OK"), strings.HasPrefix(l, "ERR"):
+			_, _ = proc.Write([]byte("BYE\n"))
+			return flavor, nil
+		}
+	}
 }
 
 // Pinentry asks through a pinentry program with the Assuan CONFIRM

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -161,5 +162,95 @@ func TestFindPinentry(t *testing.T) {
 	none := func(string) (string, error) { return "", errors.New("not found") }
 	if _, err := FindPinentry("", "", none); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("nothing installed: err = %v, want ErrUnavailable", err)
+	}
+}
+
+// flavorPinentry writes a pinentry that answers GETINFO flavor with
+// flavor, and fails every CONFIRM the way a curses pinentry without a
+// terminal does.
+func flavorPinentry(t *testing.T, flavor string) string {
+	t.Helper()
+	script := fmt.Sprintf(`#!/bin/sh
+echo "OK Pleased to meet you"
+while IFS= read -r line; do
+  case "$line" in
+    "GETINFO flavor") echo "D %s"; echo OK ;;
+    CONFIRM*) echo "ERR 83918950 Inappropriate ioctl for device <Pinentry>" ;;
+    BYE) echo OK; exit 0 ;;
+    *) echo OK ;;
+  esac
+done
+`, flavor)
+	prog := filepath.Join(t.TempDir(), "pinentry-flavor")
+	if err := os.WriteFile(prog, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return prog
+}
+
+// TestProbePinentryCurses: the real pinentry-curses, asked as a prompt
+// would ask it, needs a terminal: without GPG_TTY (a daemon under
+// systemd) or TERM it cannot prompt, and ProbePinentry says why.
+func TestProbePinentryCurses(t *testing.T) {
+	prog, err := exec.LookPath("pinentry-curses")
+	if err != nil {
+		t.Skip("pinentry-curses not installed")
+	}
+	_, err = ProbePinentry(prog, "", "xterm")
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "GPG_TTY is not set") {
+		t.Errorf("no GPG_TTY: %v, want ErrUnavailable naming GPG_TTY", err)
+	}
+	_, tty := openPTY(t)
+	if _, err := ProbePinentry(prog, tty, ""); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "TERM is not set") {
+		t.Errorf("no TERM: %v, want ErrUnavailable naming TERM", err)
+	}
+	if _, err := ProbePinentry(prog, "/nonexistent/tty", "xterm"); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("GPG_TTY that does not open: %v, want ErrUnavailable", err)
+	}
+	got, err := ProbePinentry(prog, tty, "xterm")
+	if err != nil || got != "curses" {
+		t.Errorf("with a terminal: %q, %v; want curses", got, err)
+	}
+}
+
+// TestChooseTriesPinentryLikeServe: with only a curses pinentry and no
+// terminal, --presence pinentry is unavailable (with the reason) and auto
+// does not pick it; a graphical one falling back to curses is the same;
+// a graphical flavor is picked.
+func TestChooseTriesPinentryLikeServe(t *testing.T) {
+	for _, tc := range []struct {
+		flavor string
+		ok     bool
+	}{
+		{"curses", false},
+		{"gnome3:curses", false},
+		{"tty", false},
+		{"gnome3", true},
+		{"qt", true},
+	} {
+		prog := flavorPinentry(t, tc.flavor)
+		opts := Options{
+			BusAddress:      "unix:path=/nonexistent/bus",
+			PinentryProgram: prog,
+			Getenv:          func(string) string { return "" },
+			TTYPath:         "/nonexistent/tty",
+		}
+		c, err := Choose(BackendPinentry, opts)
+		if tc.ok {
+			if err != nil || c.Backend != BackendPinentry || !strings.Contains(c.Detail, "flavor "+tc.flavor) {
+				t.Errorf("%s: Choose(pinentry) = %+v, %v", tc.flavor, c, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "GPG_TTY is not set") {
+			t.Errorf("%s: Choose(pinentry) = %+v, %v; want ErrUnavailable naming GPG_TTY", tc.flavor, c, err)
+		}
+		_, err = Choose(BackendAuto, opts)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "GPG_TTY is not set") {
+			t.Errorf("%s: Choose(auto) = %v; want ErrUnavailable with pinentry's reason", tc.flavor, err)
+		}
+		if _, err := New(BackendPinentry, opts); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("%s: New(pinentry) = %v, want ErrUnavailable", tc.flavor, err)
+		}
 	}
 }

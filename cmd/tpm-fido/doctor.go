@@ -32,6 +32,7 @@ type doctorEnv struct {
 	dev        string // /dev
 	tpm        string // --tpm
 	stateDir   string
+	promptName string // --presence
 	presence   presence.Options
 	tpmTimeout time.Duration
 }
@@ -58,6 +59,8 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 			"prompt, the virtual key) and print each problem with its fix. Give it the\n"+
 			"flags the daemon is given. Exits 1 when a check failed.")
 	sf := addStoreFlags(fl.FlagSet)
+	promptName := fl.String("presence", presence.BackendAuto, "the --presence `NAME` the daemon is given")
+	insecure := fl.Bool("insecure-test-mode", false, "as given to the daemon: lets --presence name a fixed test answer")
 	pinentry := fl.String("pinentry", "", "the pinentry `PROGRAM` the daemon is given")
 	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
 		return code
@@ -65,7 +68,8 @@ func runDoctor(args []string, stdout, stderr io.Writer) int {
 	env := doctorEnv{
 		uhid: "/dev/uhid", sysModule: "/sys/module/uhid", hidraw: "/sys/class/hidraw",
 		udevData: "/run/udev/data", dev: "/dev", tpm: sf.tpm, stateDir: sf.stateDir,
-		presence:   presence.Options{PinentryProgram: *pinentry},
+		promptName: *promptName,
+		presence:   presence.Options{PinentryProgram: *pinentry, InsecureTestMode: *insecure},
 		tpmTimeout: 5 * time.Second,
 	}
 	return printChecks(stdout, env.run())
@@ -301,16 +305,27 @@ func (e doctorEnv) checkResidents() check {
 	return check{checkOK, what, detail, ""}
 }
 
+// checkPresence chooses and tries the prompt as serve does at start-up
+// (presence.Choose): serve refuses to start without one.
 func (e doctorEnv) checkPresence() check {
 	const what = "prompt"
-	name, err := presence.Detect(e.presence)
-	if err != nil {
-		return check{checkFail, what, "no way to ask for user presence: " + err.Error(),
-			"run the daemon in a desktop session (notifications over D-Bus), or install a pinentry (sudo apt install pinentry-gnome3 or pinentry-curses)"}
+	name := e.promptName
+	if name == "" {
+		name = presence.BackendAuto
 	}
-	detail := "--presence auto uses " + name
-	if name == presence.BackendTerminal {
-		detail += " (only useful when the daemon runs in this terminal)"
+	c, err := presence.Choose(name, e.presence)
+	if err != nil {
+		return check{checkFail, what, "--presence " + name + " cannot ask for user presence, so the daemon would not start: " + err.Error(),
+			"in a desktop session: a notification server, or a graphical pinentry (sudo apt-get install pinentry-gnome3)\n" +
+				"with the session's environment in the user manager: dbus-update-activation-environment --systemd --all"}
+	}
+	detail := fmt.Sprintf("--presence %s uses %s (%s)", name, c.Backend, c.Detail)
+	if c.Fixed {
+		return check{checkWarn, what, detail + ": nobody is asked", "for tests only, never for real keys: --presence auto"}
+	}
+	if c.Terminal {
+		return check{checkWarn, what, detail + ", which needs this terminal",
+			"a daemon started by systemd has no terminal and would not start: use a desktop session's\nnotifications or a graphical pinentry, or run tpm-fido serve in this terminal"}
 	}
 	return check{checkOK, what, detail, ""}
 }

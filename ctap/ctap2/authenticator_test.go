@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -302,7 +303,9 @@ func TestPresenceOutcomes(t *testing.T) {
 	}{
 		{"denied", func(context.Context, presence.Request) error { return presence.ErrDenied }, ctap.StatusOperationDenied},
 		{"timeout", func(context.Context, presence.Request) error { return presence.ErrTimeout }, ctap.StatusUserActionTimeout},
-		{"unavailable", func(context.Context, presence.Request) error { return presence.ErrUnavailable }, ctap.StatusOperationDenied},
+		{"unavailable", func(context.Context, presence.Request) error {
+			return fmt.Errorf("%w: pinentry /usr/bin/pinentry-curses: no terminal", presence.ErrUnavailable)
+		}, ctap.StatusOperationDenied},
 		{"broken", func(context.Context, presence.Request) error { return errors.New("dbus exploded") }, ctap.StatusOther},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -317,6 +320,10 @@ func TestPresenceOutcomes(t *testing.T) {
 			wantStatus(t, "selection", st, tc.want)
 			if tc.want == ctap.StatusOther && !strings.Contains(e.logs.String(), "dbus exploded") {
 				t.Error("internal error not logged")
+			}
+			// Why no prompt could be shown is in the log, not only that.
+			if tc.name == "unavailable" && !strings.Contains(e.logs.String(), "pinentry-curses: no terminal") {
+				t.Errorf("the cause of the missing prompt is not logged:\n%s", e.logs.String())
 			}
 		})
 	}

@@ -27,7 +27,7 @@ func (a *Authenticator) confirmPresence(ctx context.Context, req presence.Reques
 	case errors.Is(err, presence.ErrDenied):
 		return ctap.StatusOperationDenied
 	case errors.Is(err, presence.ErrUnavailable):
-		a.log.Warn("no user-presence prompt available; denying", "op", req.Message())
+		a.log.Warn("no user-presence prompt available; denying", "op", req.Message(), "err", err)
 		return ctap.StatusOperationDenied
 	}
 	return fmt.Errorf("ctap2: presence prompt: %w", err)
