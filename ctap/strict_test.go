@@ -159,6 +159,21 @@ func TestStrictChoices(t *testing.T) {
 				t.Errorf("discoverable without a token, PIN set: %v, want PUAT_REQUIRED", st)
 			}
 		}},
+		{"credProtect 3 (`verify-required`) without UV", "`CTAP2_ERR_PIN_NOT_SET` (0x35)", func(t *testing.T, s *stack) {
+			level3 := map[string]any{"credProtect": 3}
+			if st, _ := s.cbor(0x01, makeCredential(false, level3)); st != ctap.StatusPINNotSet {
+				t.Errorf("credProtect 3, no PIN: %v, want PIN_NOT_SET", st)
+			}
+			if err := s.store.SetPIN([16]byte(hash("1234")[:16])); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := s.cbor(0x01, makeCredential(false, level3)); st != ctap.StatusPUATRequired {
+				t.Errorf("credProtect 3, non-discoverable, PIN set, no token: %v, want PUAT_REQUIRED", st)
+			}
+			if st, _ := s.cbor(0x01, makeCredential(false, map[string]any{"credProtect": 2})); st != ctap.StatusOK {
+				t.Errorf("credProtect 2, non-discoverable, PIN set, no token: %v", st)
+			}
+		}},
 		{"`rk` option in getAssertion", "`CTAP2_ERR_UNSUPPORTED_OPTION` (0x2B)", func(t *testing.T, s *stack) {
 			st, _ := s.cbor(0x02, map[int]any{1: "example.com", 2: hash("ga"), 5: map[string]bool{"rk": true}})
 			if st != ctap.StatusUnsupportedOption {

@@ -336,7 +336,7 @@ func v1State(t *testing.T, tpm transport.TPM, dir string, rp [32]byte, reserved 
 	}
 	salt := bytes.Repeat([]byte{7}, 32)
 	wrap := hmacWith(wrapKeyInput(salt))
-	ck, err := tpm2.CreateLoaded{ParentHandle: parent, InPublic: tpm2.New2BTemplate(&[]tpm2.TPMTPublic{credKeyTemplate(nil, nil)}[0])}.Execute(tpm)
+	ck, err := tpm2.CreateLoaded{ParentHandle: parent, InPublic: tpm2.New2BTemplate(&[]tpm2.TPMTPublic{credKeyTemplate(nil, nil, nil)}[0])}.Execute(tpm)
 	if err != nil {
 		t.Fatal(err)
 	}

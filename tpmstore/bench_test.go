@@ -11,6 +11,9 @@ import (
 // counting wrapper next to the latency. Run:
 //
 //	go test -run '^$' -bench . -benchtime 200x ./tpmstore/
+//
+// (The store's start includes creating the TPM objects once per store;
+// BenchmarkStart measures the later starts.)
 func benchBackends(b *testing.B, fn func(b *testing.B, ct *CountingTPM)) {
 	for _, be := range backends(b) {
 		b.Run(be.name, func(b *testing.B) {
@@ -134,6 +137,61 @@ func restore(ct *CountingTPM, m map[tpm2.TPMCC]int) {
 	for k, v := range m {
 		ct.counts[k] += v
 	}
+}
+
+// BenchmarkAssertionUV is a user-verified assertion with a credProtect-3
+// (PIN-bound) credential: the TPM policy session with PolicySecret on
+// the PIN object around TPM2_Sign.
+func BenchmarkAssertionUV(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+		s := openStore(b, ct, b.TempDir())
+		rp := rpHash("ssh:")
+		pin := [16]byte{1, 2, 3, 4}
+		if err := s.SetPIN(pin); err != nil {
+			b.Fatal(err)
+		}
+		c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: CredProtectUVRequired})
+		if err != nil {
+			b.Fatal(err)
+		}
+		d := sha256.Sum256([]byte("client data"))
+		if _, err := s.SignWithPIN(c, d[:], pin); err != nil {
+			b.Fatal(err)
+		}
+		ct.Reset()
+		for b.Loop() {
+			o, err := s.OpenCredential(rp, c.ID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.NextCounter(); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.SignWithPIN(o, d[:], pin); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportCmds(b, ct)
+	})
+}
+
+// BenchmarkVerifyPIN is a PIN check with the dictionary-attack guard
+// (TPM2_GetCapability before the PIN object's Load and Unseal).
+func BenchmarkVerifyPIN(b *testing.B) {
+	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+		s := openStore(b, ct, b.TempDir())
+		pin := [16]byte{1, 2, 3, 4}
+		if err := s.SetPIN(pin); err != nil {
+			b.Fatal(err)
+		}
+		ct.Reset()
+		for b.Loop() {
+			if err := s.VerifyPIN(pin); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportCmds(b, ct)
+	})
 }
 
 func BenchmarkAssertionWarm(b *testing.B) {

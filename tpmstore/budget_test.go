@@ -132,6 +132,38 @@ func TestCommandBudget(t *testing.T) {
 			if ct.Count(tpm2.TPMCCHMAC) == 0 {
 				t.Error("CredRandom sent no TPM2_HMAC")
 			}
+			// A user-verified assertion with a credProtect-3 (PIN-bound)
+			// credential: the policy session costs StartAuthSession, Load
+			// and FlushContext of the PIN object, PolicySecret.
+			if err := s.SetPIN(pinHash("1234")); err != nil {
+				t.Fatal(err)
+			}
+			c3, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			uvAssert := func() {
+				o, err := s.OpenCredential(rp, c3.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.NextCounter(); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.SignWithPIN(o, d[:], pinHash("1234")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			uvAssert()
+			if n := check("UV assertion, PIN-bound credential used last", 5, uvAssert); n != 5 ||
+				ct.Count(tpm2.TPMCCStartAuthSession) != 1 || ct.Count(tpm2.TPMCCPolicySecret) != 1 {
+				t.Errorf("UV assertion: %d commands %v, want StartAuthSession, Load, PolicySecret, FlushContext, Sign", n, ct.Snapshot())
+			}
+			check("UV assertion, PIN-bound credential cold", 7, func() {
+				assert(creds[0], nil)()
+				ct.Reset()
+				uvAssert()
+			})
 			check("reset (replaces the anchor key)", 7, func() {
 				if err := s.Reset(); err != nil {
 					t.Fatal(err)

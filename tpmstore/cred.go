@@ -16,6 +16,7 @@ import (
 	"math/big"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -47,7 +48,8 @@ const (
 	flagCredProtectMask = 0x03
 	flagHMACSecret      = 0x04
 	flagResident        = 0x08
-	flagsKnown          = flagCredProtectMask | flagHMACSecret | flagResident
+	flagPINBound        = 0x10 // the key's TPM policy needs the PIN (credProtect 3)
+	flagsKnown          = flagCredProtectMask | flagHMACSecret | flagResident | flagPINBound
 )
 
 // idAEAD returns the AEAD of the ID with this version and nonce; nil
@@ -96,6 +98,12 @@ func encodeFlags(o CredentialOptions) (byte, error) {
 // rpIDHash and returns it with its credential ID. The key stays loaded,
 // so signing the attestation right after costs one more TPM command.
 // TPM commands: CreateLoaded (+ FlushContext when the cache is full).
+//
+// A credProtect-3 (userVerificationRequired) credential is PIN-bound:
+// its key gets a TPM policy that needs the PIN (pinPolicyDigest), so it
+// signs only through SignWithPIN, also for whoever holds the state
+// directory and the TPM. It needs a PIN to bind to: ErrPINNotSet
+// without one.
 func (s *Store) CreateCredential(rpIDHash [32]byte, opts CredentialOptions) (*Credential, error) {
 	flags, err := encodeFlags(opts)
 	if err != nil {
@@ -105,6 +113,16 @@ func (s *Store) CreateCredential(rpIDHash [32]byte, opts CredentialOptions) (*Cr
 		return nil, err
 	}
 	defer s.mu.Unlock()
+	var policy []byte
+	if opts.CredProtect == CredProtectUVRequired {
+		if s.pinPub == nil {
+			return nil, fmt.Errorf("%w: a credProtect 3 (verify-required) credential is bound to the PIN", ErrPINNotSet)
+		}
+		if policy, err = pinPolicyDigest(s.pinPub); err != nil {
+			return nil, err
+		}
+		flags |= flagPINBound
+	}
 	nonce := make([]byte, credNonceSize)
 	if _, err := io.ReadFull(s.rand, nonce); err != nil {
 		return nil, fmt.Errorf("tpmstore: random: %w", err)
@@ -112,13 +130,13 @@ func (s *Store) CreateCredential(rpIDHash [32]byte, opts CredentialOptions) (*Cr
 	var obj createdObject
 	err = s.withReload(func() error {
 		var err error
-		obj, err = s.createLoaded(credKeyTemplate(nil, nil), nil)
+		obj, err = s.createLoaded(credKeyTemplate(nil, nil, policy), nil)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tpmstore: create credential key: %w", err)
 	}
-	id, cred, err := s.sealCredential(rpIDHash, nonce, flags, obj)
+	id, cred, err := s.sealCredential(rpIDHash, nonce, flags, policy, obj)
 	if err != nil {
 		if ferr := s.flush(obj.handle.Handle); ferr != nil {
 			s.log.Warn("flush after failed create", "err", ferr)
@@ -131,7 +149,7 @@ func (s *Store) CreateCredential(rpIDHash [32]byte, opts CredentialOptions) (*Cr
 
 func credSlot(id []byte) string { return "cred:" + string(id) }
 
-func (s *Store) sealCredential(rpIDHash [32]byte, nonce []byte, flags byte, obj createdObject) ([]byte, *Credential, error) {
+func (s *Store) sealCredential(rpIDHash [32]byte, nonce []byte, flags byte, policy []byte, obj createdObject) ([]byte, *Credential, error) {
 	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](obj.public)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tpmstore: TPM returned a bad public area: %w", err)
@@ -141,7 +159,7 @@ func (s *Store) sealCredential(rpIDHash [32]byte, nonce []byte, flags byte, obj 
 		return nil, nil, fmt.Errorf("tpmstore: TPM returned a non-ECC key: %w", err)
 	}
 	x, y := pt.X.Buffer, pt.Y.Buffer
-	if len(x) != 32 || len(y) != 32 || !bytes.Equal(tpm2.Marshal(credKeyTemplate(x, y)), obj.public) {
+	if len(x) != 32 || len(y) != 32 || !bytes.Equal(tpm2.Marshal(credKeyTemplate(x, y, policy)), obj.public) {
 		return nil, nil, errors.New("tpmstore: TPM returned a public area that differs from the credential template")
 	}
 	if len(obj.private) > 0xffff {
@@ -229,6 +247,14 @@ func (s *Store) openID(rpIDHash [32]byte, id []byte) (*Credential, error) {
 	}
 	priv := plain[3 : 3+privLen]
 	x, y := plain[3+privLen:3+privLen+32], plain[3+privLen+32:]
+	var policy []byte
+	if flags&flagPINBound != 0 {
+		// Bound to this store's PIN object (kept across PIN changes;
+		// only a reset, which kills the ID too, removes it).
+		if policy, err = pinPolicyDigest(s.pinPub); err != nil || policy == nil {
+			return nil, fmt.Errorf("%w: PIN-bound credential without a PIN", ErrCredentialInvalid)
+		}
+	}
 	key, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCredentialInvalid, err)
@@ -242,10 +268,11 @@ func (s *Store) openID(rpIDHash [32]byte, id []byte) (*Credential, error) {
 			HMACSecret:  flags&flagHMACSecret != 0,
 			Resident:    flags&flagResident != 0,
 		},
+		PINBound: flags&flagPINBound != 0,
 		priv: credentialSecret{
 			version: version,
 			nonce:   bytes.Clone(nonce),
-			public:  tpm2.Marshal(credKeyTemplate(x, y)),
+			public:  tpm2.Marshal(credKeyTemplate(x, y, policy)),
 			private: bytes.Clone(priv),
 		},
 	}, nil
@@ -253,26 +280,75 @@ func (s *Store) openID(rpIDHash [32]byte, id []byte) (*Credential, error) {
 
 // Sign signs a 32-byte SHA-256 digest with the credential's TPM key and
 // returns an ASN.1 DER ECDSA signature. TPM commands: Sign when the key is
-// cached; otherwise Load + Sign (+ FlushContext of the evicted key).
+// cached; otherwise Load + Sign (+ FlushContext of the evicted key). A
+// PIN-bound credential gives ErrPINRequired.
 func (s *Store) Sign(c *Credential, digest []byte) ([]byte, error) {
-	if c == nil || c.priv.private == nil {
-		return nil, errors.New("tpmstore: Sign: credential not opened by this store")
+	if err := checkSign(c, digest); err != nil {
+		return nil, err
 	}
-	if len(digest) != sha256.Size {
-		return nil, fmt.Errorf("tpmstore: Sign: digest is %d bytes, want 32", len(digest))
+	if c.PINBound {
+		return nil, ErrPINRequired
 	}
 	if err := s.lock(); err != nil {
 		return nil, err
 	}
 	defer s.mu.Unlock()
+	return s.sign(c, digest, nil)
+}
+
+// SignWithPIN is Sign for a user-verified request: pinHash is the PIN
+// hash the TPM verified when the pinUvAuthToken was issued. A PIN-bound
+// credential's key is used in a policy session satisfied with
+// TPM2_PolicySecret on the PIN object (which the TPM checks against its
+// authValue, under its dictionary-attack protection); any other
+// credential signs as with Sign. TPM commands for a PIN-bound key:
+// StartAuthSession, Load (PIN object, into the slot kept free),
+// PolicySecret, FlushContext, Sign (the session ends with it), plus the
+// credential key's Load when it is not cached.
+func (s *Store) SignWithPIN(c *Credential, digest []byte, pinHash [16]byte) ([]byte, error) {
+	if err := checkSign(c, digest); err != nil {
+		return nil, err
+	}
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	if !c.PINBound {
+		return s.sign(c, digest, nil)
+	}
+	if s.pinPub == nil {
+		return nil, ErrPINNotSet
+	}
+	return s.sign(c, digest, &pinHash)
+}
+
+func checkSign(c *Credential, digest []byte) error {
+	if c == nil || c.priv.private == nil {
+		return errors.New("tpmstore: Sign: credential not opened by this store")
+	}
+	if len(digest) != sha256.Size {
+		return fmt.Errorf("tpmstore: Sign: digest is %d bytes, want 32", len(digest))
+	}
+	return nil
+}
+
+func (s *Store) sign(c *Credential, digest []byte, pinHash *[16]byte) ([]byte, error) {
 	var rsp *tpm2.SignResponse
 	err := s.withReload(func() error {
 		h, err := s.loaded(credSlot(c.ID), c.priv.public, c.priv.private)
 		if err != nil {
 			return err
 		}
+		auth := tpm2.PasswordAuth(nil)
+		if pinHash != nil {
+			// A one-off policy session: started and satisfied just before
+			// TPM2_Sign, ended by it.
+			auth = tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tpm transport.TPM, sess tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce) error {
+				return s.pinPolicySecret(tpm, sess, nonce, *pinHash)
+			})
+		}
 		rsp, err = tpm2.Sign{
-			KeyHandle: authOf(h, nil),
+			KeyHandle: tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: auth},
 			Digest:    tpm2.TPM2BDigest{Buffer: digest},
 			InScheme: tpm2.TPMTSigScheme{
 				Scheme:  tpm2.TPMAlgECDSA,
@@ -300,6 +376,44 @@ func (s *Store) Sign(c *Credential, digest []byte) ([]byte, error) {
 		return nil, fmt.Errorf("tpmstore: encode signature: %w", err)
 	}
 	return der, nil
+}
+
+// pinPolicySecret satisfies the PIN policy in session sess: the PIN
+// object is loaded into the transient slot the cache keeps free,
+// TPM2_PolicySecret is authorised with pinHash, and the object is
+// flushed again.
+func (s *Store) pinPolicySecret(tpm transport.TPM, sess tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce, pinHash [16]byte) error {
+	var l *tpm2.LoadResponse
+	err := s.retryObjectMemory(func() error {
+		var err error
+		l, err = tpm2.Load{
+			ParentHandle: s.srkAuth(),
+			InPrivate:    tpm2.TPM2BPrivate{Buffer: s.pinPriv},
+			InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](s.pinPub),
+		}.Execute(tpm)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("load the PIN object: %w", err)
+	}
+	defer func() {
+		if _, err := (tpm2.FlushContext{FlushHandle: l.ObjectHandle}).Execute(tpm); err != nil {
+			s.log.Warn("flush the PIN object", "err", err)
+		}
+	}()
+	_, err = tpm2.PolicySecret{
+		AuthHandle:    tpm2.AuthHandle{Handle: l.ObjectHandle, Name: l.Name, Auth: tpm2.PasswordAuth(pinHash[:])},
+		PolicySession: sess,
+		NonceTPM:      nonce,
+	}.Execute(tpm)
+	if err != nil {
+		// go-tpm does not end a session whose policy callback failed.
+		if _, ferr := (tpm2.FlushContext{FlushHandle: sess}).Execute(tpm); ferr != nil {
+			s.log.Warn("flush the policy session", "err", ferr)
+		}
+		return fmt.Errorf("TPM2_PolicySecret with the PIN object: %w", err)
+	}
+	return nil
 }
 
 // CredRandom returns the hmac-secret CredRandom of c: TPM2_HMAC with the

@@ -71,6 +71,9 @@ func FuzzOpenCredential(f *testing.F) {
 	tpm := openSimulator(f)
 	s := openStore(f, tpm, f.TempDir())
 	rp := rpHash("example.org")
+	if err := s.SetPIN(pinHash("1234")); err != nil { // credProtect 3 binds to it
+		f.Fatal(err)
+	}
 	c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 3, HMACSecret: true, Resident: true})
 	if err != nil {
 		f.Fatal(err)

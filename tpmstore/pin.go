@@ -43,16 +43,38 @@ func (s *Store) SetPIN(pinHash [16]byte) error {
 }
 
 // ChangePIN checks current exactly like VerifyPIN (same errors, same
-// retry accounting) and then replaces the PIN with next.
+// retry accounting, the same dictionary-attack guard) and replaces the
+// PIN with next in the same TPM command: TPM2_ObjectChangeAuth, which
+// needs the current PIN as the object's authorisation and keeps the PIN
+// object's name, so PIN-bound credentials keep working with the new PIN.
+// TPM commands: GetCapability, [FlushContext], Load, ObjectChangeAuth,
+// FlushContext.
+//
+// The PIN object's earlier blob, in a copy of state.db from before the
+// change, still takes the old PIN (the TPM cannot revoke a blob); see
+// docs/threat-model.md.
 func (s *Store) ChangePIN(current, next [16]byte) error {
 	if err := s.lock(); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	if err := s.verifyPIN(current); err != nil {
+	var priv []byte
+	err := s.pinAttempt(func() error {
+		var err error
+		priv, err = s.changePINInTPM(current, next)
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	return s.replacePIN(next)
+	err = s.update(func(tx *bolt.Tx) error {
+		return putAll(tx.Bucket(bucketMeta), keyPINPriv, priv, keyPINRetries, []byte{maxPINRetries})
+	})
+	if err != nil {
+		return err
+	}
+	s.pinPriv = priv
+	return nil
 }
 
 // replacePIN creates the PIN object for pinHash (TPM2_Create, not
@@ -126,6 +148,12 @@ func (s *Store) setRetries(n int) error {
 }
 
 func (s *Store) verifyPIN(pinHash [16]byte) error {
+	return s.pinAttempt(func() error { return s.checkPINInTPM(pinHash) })
+}
+
+// pinAttempt runs try, a TPM command authorised with a PIN, with the
+// retry accounting and the dictionary-attack guard.
+func (s *Store) pinAttempt(try func() error) error {
 	if s.pinPub == nil {
 		return ErrPINNotSet
 	}
@@ -143,7 +171,7 @@ func (s *Store) verifyPIN(pinHash [16]byte) error {
 	if err := s.setRetries(before - 1); err != nil {
 		return err
 	}
-	err := s.withReload(func() error { return s.checkPINInTPM(pinHash) })
+	err := s.withReload(try)
 	switch {
 	case err == nil:
 		s.pinFails = 0
@@ -197,4 +225,27 @@ func (s *Store) checkPINInTPM(pinHash [16]byte) error {
 		return fmt.Errorf("tpmstore: check PIN: %w", uerr)
 	}
 	return nil
+}
+
+// changePINInTPM loads the PIN object and changes its authValue from
+// current to next with TPM2_ObjectChangeAuth, returning the new private
+// blob; the public area, and so the name, stay the same.
+func (s *Store) changePINInTPM(current, next [16]byte) ([]byte, error) {
+	h, err := s.loaded(slotPIN, s.pinPub, s.pinPriv)
+	if err != nil {
+		return nil, err
+	}
+	rsp, cerr := tpm2.ObjectChangeAuth{
+		ObjectHandle: authOf(h, current[:]),
+		ParentHandle: s.srk,
+		NewAuth:      tpm2.TPM2BAuth{Buffer: next[:]},
+	}.Execute(s.tpm)
+	s.slots.remove(slotPIN)
+	if ferr := s.flush(h.Handle); ferr != nil {
+		s.log.Warn("flush PIN object", "err", ferr)
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("tpmstore: change PIN: %w", cerr)
+	}
+	return rsp.OutPrivate.Buffer, nil
 }

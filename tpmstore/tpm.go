@@ -268,8 +268,11 @@ func hmacKeyTemplate() tpm2.TPMTPublic {
 }
 
 // credKeyTemplate is the credential signing key; x and y are empty for
-// creation and the key's point when rebuilding its public area.
-func credKeyTemplate(x, y []byte) tpm2.TPMTPublic {
+// creation and the key's point when rebuilding its public area. With a
+// policy (credProtect 3, pinPolicyDigest) the key has no userWithAuth:
+// the TPM signs with it only in a policy session that satisfied the
+// policy, i.e. only with the PIN.
+func credKeyTemplate(x, y, policy []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgECC,
 		NameAlg: tpm2.TPMAlgSHA256,
@@ -277,10 +280,11 @@ func credKeyTemplate(x, y []byte) tpm2.TPMTPublic {
 			FixedTPM:            true,
 			FixedParent:         true,
 			SensitiveDataOrigin: true,
-			UserWithAuth:        true,
+			UserWithAuth:        policy == nil,
 			NoDA:                true,
 			SignEncrypt:         true,
 		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: policy},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
 			Scheme: tpm2.TPMTECCScheme{
@@ -295,6 +299,33 @@ func credKeyTemplate(x, y []byte) tpm2.TPMTPublic {
 			Y: tpm2.TPM2BECCParameter{Buffer: y},
 		}),
 	}
+}
+
+// pinPolicyDigest is the authPolicy of PIN-bound credential keys:
+// TPM2_PolicySecret with the PIN object (TPM 2.0 Part 3 §23.4), whose
+// authValue is the PIN hash. It depends on the PIN object's name only,
+// which TPM2_ObjectChangeAuth keeps, so a PIN change leaves every
+// credential usable with the new PIN. Nil when no PIN is set.
+func pinPolicyDigest(pinPub []byte) ([]byte, error) {
+	if pinPub == nil {
+		return nil, nil
+	}
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](pinPub)
+	if err != nil {
+		return nil, fmt.Errorf("tpmstore: PIN object public area: %w", err)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return nil, err
+	}
+	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, err
+	}
+	if err := (tpm2.PolicySecret{AuthHandle: tpm2.NamedHandle{Name: *name}}).Update(calc); err != nil {
+		return nil, err
+	}
+	return calc.Hash().Digest, nil
 }
 
 // pinObjectTemplate is the sealed object whose authValue is the PIN hash.

@@ -37,6 +37,9 @@ var (
 	// consumed. It clears after the TPM's recovery time (or with
 	// TPM2_DictionaryAttackLockReset by the lockout owner).
 	ErrTPMLockout = errors.New("tpmstore: TPM is in dictionary-attack lockout; PIN not checked, wait for the TPM's recovery time")
+	// ErrPINRequired: Sign of a PIN-bound credential; use SignWithPIN
+	// with the PIN hash of a verified PIN.
+	ErrPINRequired = errors.New("tpmstore: the credential's TPM key signs only with the PIN")
 	// ErrCounterExhausted: the 32-bit signature counter has no values left.
 	ErrCounterExhausted = errors.New("tpmstore: signature counter exhausted")
 )
@@ -62,6 +65,9 @@ type Credential struct {
 	RPIDHash  [32]byte
 	PublicKey *ecdsa.PublicKey
 	Options   CredentialOptions
+	// PINBound: the TPM signs with this credential's key only with the
+	// PIN (SignWithPIN); credProtect 3 credentials are made so.
+	PINBound bool
 	// private TPM blobs and nonce, unexported, set by the store
 	priv credentialSecret
 }

@@ -148,6 +148,8 @@ func TestMakeCredentialAndAssert(t *testing.T) {
 
 func TestMakeCredentialExtensions(t *testing.T) {
 	e := newEnv(t)
+	p := e.newPlatform(2)
+	p.setPIN("4321") // a credProtect 3 key is bound to the PIN
 	for _, tc := range []struct {
 		o    mcOpts
 		want map[string]any
@@ -157,6 +159,9 @@ func TestMakeCredentialExtensions(t *testing.T) {
 		{mcOpts{credProtect: 3, hmacSecret: true}, map[string]any{"credProtect": uint64(3), "hmac-secret": true}},
 		{mcOpts{hmacSecret: true}, map[string]any{"hmac-secret": true}},
 	} {
+		if tc.o.credProtect == 3 {
+			tc.o.token = p.token("4321", 0x01, "example.org")
+		}
 		c := e.makeCredential(tc.o)
 		if c.auth.flags&0x80 == 0 {
 			t.Fatalf("%+v: ED clear", tc.o)
@@ -287,7 +292,9 @@ func TestExcludeList(t *testing.T) {
 	// The same ID for another RP does not exclude.
 	e.makeCredential(mcOpts{rp: "other.example", exclude: [][]byte{c.id}})
 	// A credProtect=3 credential is not revealed without UV.
-	c3 := e.makeCredential(mcOpts{credProtect: 3})
+	p := e.newPlatform(2)
+	p.setPIN("4321")
+	c3 := e.makeCredential(mcOpts{credProtect: 3, token: p.token("4321", 0x01, "example.org")})
 	e.makeCredential(mcOpts{exclude: [][]byte{c3.id}})
 	// Denial while excluded still answers CREDENTIAL_EXCLUDED.
 	e.prompt.answer = func(context.Context, presence.Request) error { return presence.ErrDenied }

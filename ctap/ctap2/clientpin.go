@@ -387,7 +387,9 @@ func (a *Authenticator) cpGetToken(req *cpRequest) ([]byte, error) {
 	if err := a.cpVerifyPIN(h); err != nil {
 		return nil, err
 	}
-	tok := a.pin.IssueToken(perms, rpID)
+	// The PIN hash the TPM just verified stays with the token: PIN-bound
+	// (credProtect 3) keys sign only with it.
+	tok := a.pin.IssueTokenWithSecret(perms, rpID, h[:])
 	if tok == nil {
 		return nil, errors.New("clientPIN: could not issue a token (random source failed)")
 	}

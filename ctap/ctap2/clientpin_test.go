@@ -55,6 +55,9 @@ func (s *pinTestStore) OpenCredential([32]byte, []byte) (*tpmstore.Credential, e
 func (s *pinTestStore) Sign(*tpmstore.Credential, []byte) ([]byte, error) {
 	return nil, errPINTestUnused
 }
+func (s *pinTestStore) SignWithPIN(*tpmstore.Credential, []byte, [16]byte) ([]byte, error) {
+	return nil, errPINTestUnused
+}
 func (s *pinTestStore) CredRandom(*tpmstore.Credential, bool) ([]byte, error) {
 	return nil, errPINTestUnused
 }

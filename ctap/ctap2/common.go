@@ -211,12 +211,36 @@ func truncateUTF8(s string, n int) string {
 	return s
 }
 
-// signAssertion returns the ECDSA signature of authData ‖ clientDataHash.
-func (a *Authenticator) signData(c *tpmstore.Credential, authData, clientDataHash []byte) ([]byte, error) {
+// signData returns the ECDSA signature of authData ‖ clientDataHash; uv
+// says the request verified the user.
+func (a *Authenticator) signData(c *tpmstore.Credential, authData, clientDataHash []byte, uv bool) ([]byte, error) {
 	h := sha256.New()
 	h.Write(authData)
 	h.Write(clientDataHash)
-	sig, err := a.cfg.Store.Sign(c, h.Sum(nil))
+	return a.signDigest(c, h.Sum(nil), uv)
+}
+
+// signDigest signs a SHA-256 digest with c. A PIN-bound credential
+// (credProtect 3) is signed with the PIN hash held with the current
+// pinUvAuthToken, which verified the user: the TPM uses its key with
+// nothing less.
+func (a *Authenticator) signDigest(c *tpmstore.Credential, digest []byte, uv bool) ([]byte, error) {
+	var (
+		sig []byte
+		err error
+	)
+	if c.PINBound {
+		secret, ok := a.pin.UVSecret()
+		if !uv || !ok || len(secret) != cpPINHashLength {
+			// The token that verified the user has ended meanwhile.
+			return nil, fmt.Errorf("%w: the PIN-bound key needs the token's PIN", ctap.StatusPINAuthInvalid)
+		}
+		a.log.Debug("signing with a PIN-bound key (credProtect 3): TPM policy session with the token's PIN")
+		sig, err = a.cfg.Store.SignWithPIN(c, digest, [cpPINHashLength]byte(secret))
+		clear(secret)
+	} else {
+		sig, err = a.cfg.Store.Sign(c, digest)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ctap2: sign: %w", err)
 	}

@@ -501,7 +501,7 @@ func (a *Authenticator) assertion(hash [32]byte, clientDataHash []byte, flags by
 	if err != nil {
 		return nil, err
 	}
-	sig, err := a.signData(c.cred, ad, clientDataHash)
+	sig, err := a.signData(c.cred, ad, clientDataHash, uv)
 	if err != nil {
 		return nil, err
 	}

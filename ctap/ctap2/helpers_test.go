@@ -581,6 +581,19 @@ func (p *platform) setPIN(pin string) {
 	wantStatus(p.e.t, "setPIN", st, ctap.StatusOK)
 }
 
+// changePIN changes the PIN from cur to next (clientPIN 0x04).
+func (p *platform) changePIN(cur, next string) ctap.Status {
+	p.e.t.Helper()
+	padded := make([]byte, 64)
+	copy(padded, next)
+	newEnc := p.encrypt(padded)
+	h := sha256.Sum256([]byte(cur))
+	hashEnc := p.encrypt(h[:16])
+	st, _ := p.e.call(cClientPIN, map[int]any{1: p.proto, 2: 4, 3: p.coseKey(),
+		4: authenticate(p.proto, p.shared, append(append([]byte(nil), newEnc...), hashEnc...)), 5: newEnc, 6: hashEnc})
+	return st
+}
+
 // token gets a pinUvAuthToken with permissions for rpID.
 func (p *platform) token(pin string, perms uint8, rpID string) []byte {
 	p.e.t.Helper()

@@ -228,6 +228,19 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 	if a.cfg.Store.PINIsSet() && !r.pua.present && rk {
 		return nil, ctap.StatusPUATRequired
 	}
+	// A credProtect 3 (userVerificationRequired) key is bound to the PIN
+	// by a TPM policy (docs/tpmstore.md), so even its self-attestation,
+	// its first signature, needs the PIN: with a PIN set that is a
+	// pinUvAuthToken (PUAT_REQUIRED, which OpenSSH answers by asking for
+	// the PIN); without one there is nothing to bind the key to, and a
+	// key the TPM would let anyone use is not made: PIN_NOT_SET.
+	if r.credProtect == tpmstore.CredProtectUVRequired && !r.pua.present {
+		if !a.cfg.Store.PINIsSet() {
+			a.log.Info("credProtect 3 (verify-required) credential refused: it is bound to the PIN, and no PIN is set (fido2-token -S, or tpm-fido pin set)", "rp", r.rpID)
+			return nil, ctap.StatusPINNotSet
+		}
+		return nil, ctap.StatusPUATRequired
+	}
 	// Step 11: verify the token: mc permission, bound to this RP.
 	uv := false
 	if r.pua.present {
@@ -317,7 +330,7 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 		return nil, fmt.Errorf("ctap2: makeCredential: authData: %w", err)
 	}
 	st, err := attestation.PackedSelf(ad, r.clientDataHash, func(d []byte) ([]byte, error) {
-		return a.cfg.Store.Sign(cred, d)
+		return a.signDigest(cred, d, uv)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ctap2: makeCredential: %w", err)

@@ -9,7 +9,13 @@ type Store interface {
 	// OpenCredential checks a credential ID for rpIDHash in software.
 	OpenCredential(rpIDHash [32]byte, id []byte) (*tpmstore.Credential, error)
 	// Sign returns an ASN.1 DER ECDSA signature over a SHA-256 digest.
+	// A PIN-bound credential (c.PINBound: credProtect 3) gives
+	// tpmstore.ErrPINRequired.
 	Sign(c *tpmstore.Credential, digest []byte) ([]byte, error)
+	// SignWithPIN is Sign for a user-verified request, with the PIN hash
+	// the store verified when the pinUvAuthToken was issued: the TPM
+	// uses a PIN-bound credential's key only with it.
+	SignWithPIN(c *tpmstore.Credential, digest []byte, pinHash [16]byte) ([]byte, error)
 	// CredRandom returns the 32-byte hmac-secret CredRandom for c.
 	CredRandom(c *tpmstore.Credential, uv bool) ([]byte, error)
 	NextCounter() (uint32, error)

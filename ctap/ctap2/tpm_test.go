@@ -3,7 +3,12 @@ package ctap2_test
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/sha256"
+	"errors"
 	"testing"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
@@ -117,4 +122,76 @@ func TestWithTPMSimulator(t *testing.T) {
 	wantStatus(t, "reset", st, ctap.StatusOK)
 	st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: h, 3: allowList(plain.id)})
 	wantStatus(t, "after reset", st, ctap.StatusNoCredentials)
+}
+
+// TestVerifyRequiredOnTPM: a credProtect 3 credential on the TPM store is
+// bound to the PIN: without a PIN it is not made (PIN_NOT_SET), with one
+// it needs a pinUvAuthToken (PUAT_REQUIRED); its attestation and its
+// user-verified assertions are signed in a TPM policy session with the
+// PIN hash the token was issued with; the store refuses a plain Sign;
+// after a PIN change it signs with the new PIN.
+func TestVerifyRequiredOnTPM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("TPM simulator test skipped in -short mode")
+	}
+	sim, err := tpmsim.Open()
+	if err != nil {
+		t.Skipf("TPM simulator unavailable: %v", err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	counting := tpmstore.NewCountingTPM(sim)
+	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("tpmstore.Open: %v", err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e := newEnvWithStore(t, store)
+
+	st, _ := e.call(cMakeCredential, mcRequest(mcOpts{rp: "ssh:", credProtect: 3}, cdh("mc")))
+	wantStatus(t, "credProtect 3 without a PIN", st, ctap.StatusPINNotSet)
+	p := e.newPlatform(2)
+	p.setPIN("4321")
+	st, _ = e.call(cMakeCredential, mcRequest(mcOpts{rp: "ssh:", credProtect: 3}, cdh("mc")))
+	wantStatus(t, "credProtect 3 without a token", st, ctap.StatusPUATRequired)
+	c := e.makeCredential(mcOpts{rp: "ssh:", credProtect: 3, token: p.token("4321", 0x01, "ssh:")})
+	if c.auth.flags&0x04 == 0 {
+		t.Fatal("UV flag clear")
+	}
+	opened, err := store.OpenCredential(sha256.Sum256([]byte("ssh:")), c.id)
+	if err != nil || !opened.PINBound {
+		t.Fatalf("credential: %v, PIN-bound %v", err, opened != nil && opened.PINBound)
+	}
+	d := sha256.Sum256([]byte("x"))
+	if _, err := store.Sign(opened, d[:]); !errors.Is(err, tpmstore.ErrPINRequired) {
+		t.Fatalf("plain Sign of the PIN-bound key: %v", err)
+	}
+	pubs := map[string]*ecdsa.PublicKey{string(c.id): c.pub}
+	ga := func(tok []byte) (ctap.Status, map[int]cbor.RawMessage) {
+		h := cdh("ga")
+		req := map[int]any{1: "ssh:", 2: h, 3: allowList(c.id)}
+		if tok != nil {
+			req[6] = authenticate(2, tok, h)
+			req[7] = 2
+		}
+		return e.call(cGetAssertion, req)
+	}
+	st, _ = ga(nil)
+	wantStatus(t, "assertion without UV", st, ctap.StatusNoCredentials)
+	tok := p.token("4321", 0x02, "ssh:")
+	counting.Reset()
+	st, m := ga(tok)
+	wantStatus(t, "assertion with UV", st, ctap.StatusOK)
+	as := verifyAssertion(t, m, cdh("ga"), pubs)
+	t.Logf("user-verified assertion: %d TPM commands %v", counting.Total(), counting.Snapshot())
+	if as.auth.flags&0x04 == 0 || counting.Count(tpm2.TPMCCPolicySecret) != 1 || counting.Count(tpm2.TPMCCStartAuthSession) != 1 {
+		t.Fatalf("flags %#x, TPM commands %v: want a policy session with PolicySecret", as.auth.flags, counting.Snapshot())
+	}
+
+	wantStatus(t, "changePIN", p.changePIN("4321", "8765"), ctap.StatusOK)
+	st, _ = ga(tok)
+	wantStatus(t, "assertion with the token from before the change", st, ctap.StatusPINAuthInvalid)
+	p = e.newPlatform(2)
+	st, m = ga(p.token("8765", 0x02, "ssh:"))
+	wantStatus(t, "assertion after the PIN change, new PIN", st, ctap.StatusOK)
+	verifyAssertion(t, m, cdh("ga"), pubs)
 }

@@ -29,7 +29,9 @@ var phases = []struct {
 		"verify-required", "no-touch", "application", "parallel", "counter-before",
 	}},
 	// issue 6 scenario 8: same TPM, same state disk.
-	{"2", "tpm-a", []string{"reboot-daemon", "reboot-login", "reboot-counter", "reboot-resident-list"}},
+	// issue 11: a PIN change keeps verify-required keys working; the
+	// TPM never reaches lockout.
+	{"2", "tpm-a", []string{"reboot-daemon", "reboot-login", "reboot-counter", "reboot-resident-list", "pin-change-uv"}},
 	// issue 6 scenario 9: a cleared TPM with the old state disk; then
 	// issue 5 acceptance 3 and 4: setup, udevd with the installed rules,
 	// a non-root daemon and ssh-keygen, doctor.

@@ -34,6 +34,7 @@ const (
 	ErrNotAllowed      Err = C.FIDO_ERR_NOT_ALLOWED
 	ErrInvalidSig      Err = C.FIDO_ERR_INVALID_SIG
 	ErrPINRequired     Err = C.FIDO_ERR_PIN_REQUIRED
+	ErrPINNotSet       Err = C.FIDO_ERR_PIN_NOT_SET
 	ErrUnsupportedOpt  Err = C.FIDO_ERR_UNSUPPORTED_OPTION
 	ErrCredentialExcl  Err = C.FIDO_ERR_CREDENTIAL_EXCLUDED
 	ErrOperationDenied Err = C.FIDO_ERR_OPERATION_DENIED

@@ -63,6 +63,14 @@ func TestMakeCredentialAndAssert(t *testing.T) {
 		{UserName: "hmac", HMACSecret: true},
 	} {
 		t.Run(tc.UserName, func(t *testing.T) {
+			if tc.CredProtect == CredProtUVRequired {
+				// A level-3 key is bound to the PIN in the TPM; with no PIN
+				// set there is nothing to bind it to (TestPIN makes one).
+				tc.RPID, tc.UserID, tc.ClientDataHash = "example.org", []byte("user-prot3"), hash("mc prot3")
+				_, err := dev.MakeCred(tc)
+				wantErr(t, "credProtect 3 without a PIN", err, ErrPINNotSet)
+				return
+			}
 			c := makeCred(t, dev, tc)
 			if c.Fmt != "packed" || len(c.X5C) != 0 {
 				t.Errorf("attestation fmt %q with %d-byte x5c, want packed self attestation", c.Fmt, len(c.X5C))
@@ -86,11 +94,6 @@ func TestMakeCredentialAndAssert(t *testing.T) {
 
 			ar := AssertRequest{RPID: "example.org", ClientDataHash: hash("ga " + tc.UserName), AllowList: [][]byte{c.ID}, UP: OptTrue}
 			as, err := dev.GetAssert(ar)
-			if tc.CredProtect == CredProtUVRequired {
-				// Level 3 needs UV; without it the credential does not exist.
-				wantErr(t, "credProtect 3 without UV", err, ErrNoCredentials)
-				return
-			}
 			if err != nil || len(as) != 1 {
 				t.Fatalf("fido_dev_get_assert: %v (%d statements)", err, len(as))
 			}
@@ -200,6 +203,21 @@ func TestPIN(t *testing.T) {
 	if err := VerifyAssertion(vr, as[0], c.PubKey); err != nil {
 		t.Errorf("fido_assert_verify (uv): %v", err)
 	}
+	// Level 3 needs UV; without it the credential does not exist.
+	_, err = dev.GetAssert(AssertRequest{RPID: "example.org", ClientDataHash: hash("no uv"), AllowList: [][]byte{c.ID}, UP: OptTrue})
+	wantErr(t, "credProtect 3 without UV", err, ErrNoCredentials)
+	// Its key is bound to the PIN object in the TPM, which a PIN change
+	// keeps: the new PIN signs, the old one no longer verifies the user.
+	if err := dev.ChangePIN("2468", "5678"); err != nil {
+		t.Fatalf("change PIN: %v", err)
+	}
+	ar.PIN = "2468"
+	if as, err = dev.GetAssert(ar); err != nil || len(as) != 1 {
+		t.Fatalf("fido_dev_get_assert with the new PIN: %v", err)
+	}
+	if err := VerifyAssertion(vr, as[0], c.PubKey); err != nil {
+		t.Errorf("fido_assert_verify after the PIN change: %v", err)
+	}
 	// Three wrong PINs in a row block PIN use until a power cycle.
 	wantErr(t, "1st wrong PIN", dev.ChangePIN("0000", "1111"), ErrPINInvalid)
 	wantErr(t, "2nd wrong PIN", dev.ChangePIN("0000", "1111"), ErrPINInvalid)
@@ -207,7 +225,7 @@ func TestPIN(t *testing.T) {
 	if n, err := dev.RetryCount(); err != nil || n != 5 {
 		t.Errorf("retries after three wrong PINs: %d (%v), want 5", n, err)
 	}
-	wantErr(t, "the right PIN while blocked", dev.ChangePIN("0000", "5678"), ErrPINAuthBlocked)
+	wantErr(t, "the right PIN while blocked", dev.ChangePIN("0000", "2468"), ErrPINAuthBlocked)
 }
 
 func TestCredentialManagement(t *testing.T) {

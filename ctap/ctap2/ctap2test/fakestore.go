@@ -28,6 +28,7 @@ type fakeCred struct {
 	rpIDHash   [32]byte
 	key        *ecdsa.PrivateKey
 	opts       tpmstore.CredentialOptions
+	pinBound   bool      // signs only with the current PIN (SignWithPIN)
 	credRandom [2][]byte // [0] without UV, [1] with UV
 }
 
@@ -92,12 +93,17 @@ func (s *FakeStore) CreateCredential(rpIDHash [32]byte, opts tpmstore.Credential
 	if err := s.call("CreateCredential"); err != nil {
 		return nil, err
 	}
+	// As the TPM store: a credProtect 3 key is bound to the PIN.
+	pinBound := opts.CredProtect == tpmstore.CredProtectUVRequired
+	if pinBound && s.pin == nil {
+		return nil, tpmstore.ErrPINNotSet
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	id := make([]byte, credIDLength)
-	c := &fakeCred{rpIDHash: rpIDHash, key: key, opts: opts,
+	c := &fakeCred{rpIDHash: rpIDHash, key: key, opts: opts, pinBound: pinBound,
 		credRandom: [2][]byte{make([]byte, 32), make([]byte, 32)}}
 	for _, b := range [][]byte{id, c.credRandom[0], c.credRandom[1]} {
 		if _, err := rand.Read(b); err != nil {
@@ -105,7 +111,7 @@ func (s *FakeStore) CreateCredential(rpIDHash [32]byte, opts tpmstore.Credential
 		}
 	}
 	s.creds[string(id)] = c
-	return &tpmstore.Credential{ID: id, RPIDHash: rpIDHash, PublicKey: &key.PublicKey, Options: opts}, nil
+	return &tpmstore.Credential{ID: id, RPIDHash: rpIDHash, PublicKey: &key.PublicKey, Options: opts, PINBound: pinBound}, nil
 }
 
 // OpenCredential returns tpmstore.ErrCredentialInvalid for an ID this
@@ -118,7 +124,7 @@ func (s *FakeStore) OpenCredential(rpIDHash [32]byte, id []byte) (*tpmstore.Cred
 	if !ok || c.rpIDHash != rpIDHash {
 		return nil, tpmstore.ErrCredentialInvalid
 	}
-	return &tpmstore.Credential{ID: bytes.Clone(id), RPIDHash: rpIDHash, PublicKey: &c.key.PublicKey, Options: c.opts}, nil
+	return &tpmstore.Credential{ID: bytes.Clone(id), RPIDHash: rpIDHash, PublicKey: &c.key.PublicKey, Options: c.opts, PINBound: c.pinBound}, nil
 }
 
 func (s *FakeStore) lookup(c *tpmstore.Credential) (*fakeCred, error) {
@@ -129,7 +135,8 @@ func (s *FakeStore) lookup(c *tpmstore.Credential) (*fakeCred, error) {
 	return fc, nil
 }
 
-// Sign signs digest with the credential's key (ASN.1 DER).
+// Sign signs digest with the credential's key (ASN.1 DER); a PIN-bound
+// credential gives tpmstore.ErrPINRequired.
 func (s *FakeStore) Sign(c *tpmstore.Credential, digest []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -139,6 +146,27 @@ func (s *FakeStore) Sign(c *tpmstore.Credential, digest []byte) ([]byte, error) 
 	fc, err := s.lookup(c)
 	if err != nil {
 		return nil, err
+	}
+	if fc.pinBound {
+		return nil, tpmstore.ErrPINRequired
+	}
+	return ecdsa.SignASN1(rand.Reader, fc.key, digest)
+}
+
+// SignWithPIN signs as Sign; a PIN-bound credential needs pinHash to be
+// the current PIN's (as the TPM's policy would check).
+func (s *FakeStore) SignWithPIN(c *tpmstore.Credential, digest []byte, pinHash [16]byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.call("SignWithPIN"); err != nil {
+		return nil, err
+	}
+	fc, err := s.lookup(c)
+	if err != nil {
+		return nil, err
+	}
+	if fc.pinBound && (s.pin == nil || subtle.ConstantTimeCompare(s.pin[:], pinHash[:]) != 1) {
+		return nil, errors.New("ctap2test: PIN-bound credential: wrong PIN hash")
 	}
 	return ecdsa.SignASN1(rand.Reader, fc.key, digest)
 }

@@ -119,6 +119,10 @@ type State struct {
 	issued      time.Time
 	used        bool // the token has been used at least once
 	powerCycled bool // PIN auth blocked until the daemon restarts
+	// uvSecret is what verified the user for the current token (the PIN
+	// hash the TPM checked): the key store needs it to use PIN-bound
+	// keys. It lives exactly as long as the token.
+	uvSecret []byte
 }
 
 // NewState generates the key-agreement key and an initial token.
@@ -191,6 +195,8 @@ func (s *State) ResetToken() {
 func (s *State) stopLocked() {
 	clear(s.token)
 	s.token = nil
+	clear(s.uvSecret)
+	s.uvSecret = nil
 	s.perms = 0
 	s.rpID = ""
 	s.used = false
@@ -201,6 +207,15 @@ func (s *State) stopLocked() {
 // It returns the token, which the caller encrypts for the platform.
 // It returns nil, with no token in use, only if the random source fails.
 func (s *State) IssueToken(perms Permission, rpID string) []byte {
+	return s.IssueTokenWithSecret(perms, rpID, nil)
+}
+
+// IssueTokenWithSecret is IssueToken that also keeps secret, what
+// verified the user (the PIN hash), for exactly the token's lifetime:
+// UVSecret returns it while the token is in use and not expired; any
+// end of the token (expiry, a new token, Regenerate, ResetToken) clears
+// it.
+func (s *State) IssueTokenWithSecret(perms Permission, rpID string, secret []byte) []byte {
 	tok := make([]byte, TokenSize)
 	_, err := io.ReadFull(s.rand, tok)
 	s.mu.Lock()
@@ -213,7 +228,19 @@ func (s *State) IssueToken(perms Permission, rpID string) []byte {
 	s.perms = perms
 	s.rpID = rpID
 	s.issued = s.now()
+	s.uvSecret = append([]byte(nil), secret...)
 	return append([]byte(nil), tok...)
+}
+
+// UVSecret returns a copy of the secret given with the current token, if
+// a token is in use, not expired, and was issued with one.
+func (s *State) UVSecret() ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.liveLocked() || len(s.uvSecret) == 0 {
+		return nil, false
+	}
+	return append([]byte(nil), s.uvSecret...), true
 }
 
 // liveLocked reports whether a token is in use and not expired, ending

@@ -424,3 +424,40 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestUVSecretLifetime: the secret given with a token (the PIN hash the
+// key store needs for PIN-bound keys) is there exactly while the token
+// is: it goes with expiry, a new token, Regenerate and ResetToken.
+func TestUVSecretLifetime(t *testing.T) {
+	s, clk := newTestState(t)
+	secret := []byte("0123456789abcdef")
+	if _, ok := s.UVSecret(); ok {
+		t.Fatal("a secret before any token")
+	}
+	s.IssueTokenWithSecret(PermGetAssertion, "", secret)
+	got, ok := s.UVSecret()
+	if !ok || !bytes.Equal(got, secret) {
+		t.Fatalf("UVSecret %x %v", got, ok)
+	}
+	got[0] ^= 1 // a copy: the caller may clear it
+	if again, _ := s.UVSecret(); !bytes.Equal(again, secret) {
+		t.Fatal("UVSecret returned the State's own slice")
+	}
+	s.ClearPermissionsExceptLBW() // the token lives on, so does the secret
+	if _, ok := s.UVSecret(); !ok {
+		t.Fatal("secret gone with the permissions")
+	}
+	for name, end := range map[string]func(){
+		"expiry":       func() { clk.advance(InitialUsageLimit + time.Second) },
+		"a new token":  func() { s.IssueToken(PermGetAssertion, "") },
+		"Regenerate":   func() { s.Regenerate() },
+		"ResetToken":   func() { s.ResetToken() },
+		"another user": func() { s.IssueTokenWithSecret(PermGetAssertion, "", nil) },
+	} {
+		s.IssueTokenWithSecret(PermGetAssertion, "", secret)
+		end()
+		if got, ok := s.UVSecret(); ok {
+			t.Errorf("after %s: secret %x still there", name, got)
+		}
+	}
+}
