@@ -208,7 +208,7 @@ func (s *Store) OpenCredential(rpIDHash [32]byte, id []byte) (*Credential, error
 	// a key that erases the private key. One database read, no TPM command.
 	var present bool
 	err = s.db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketResidents); b != nil {
+		if b := tx.Bucket(bucketResID); b != nil {
 			present = b.Get(id) != nil
 		}
 		return nil

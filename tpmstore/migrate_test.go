@@ -242,89 +242,173 @@ func TestMigrateV1State(t *testing.T) {
 	checkResidentLayout(t, s)
 }
 
-// TestMigrateV1Large turns a store of 3,000 residents over 200 RPs,
-// shaped by random replacements and deletions, back into the version-1
-// layout (the same records, no indexes, version 1), reopens it and
-// checks the upgrade rebuilt exactly what the live code had maintained:
-// the same listings in the same order, the same counts and RP names.
-func TestMigrateV1Large(t *testing.T) {
-	tpm := openSimulator(t)
-	dir := t.TempDir()
-	s, err := Open(Config{TPM: tpm, Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rs []Resident
-	for i := range 3000 {
-		rs = append(rs, genResident(fmt.Sprintf("rp%03d.example", i%200), fmt.Sprintf("user%d", i), uint8(1+i%3)))
-	}
-	putResidentsBulk(t, s, rs)
-	rng := mrand.New(mrand.NewPCG(1, 2))
-	for range 50 {
-		old := rs[rng.IntN(len(rs))]
-		if rng.IntN(2) == 0 {
-			s.DeleteResident(old.CredentialID)
-		} else {
-			s.PutResident(genResident(old.RPID, string(old.User.ID), uint8(1+rng.IntN(3))))
-		}
-	}
-	type snap struct {
-		rps   []RP
-		lists map[[32]byte][2][]string
-	}
-	take := func() snap {
-		sn := snap{lists: map[[32]byte][2][]string{}}
-		var err error
-		if sn.rps, err = s.ResidentRPs(); err != nil {
-			t.Fatal(err)
-		}
-		for _, rp := range sn.rps {
-			sn.lists[rp.Hash] = [2][]string{ids(listPaged(t, s, rp.Hash, AllResidents, 0)), ids(listPaged(t, s, rp.Hash, ResidentsWithoutUV, 0))}
-		}
-		return sn
-	}
-	before := take()
-	count, _ := s.ResidentCount()
-	s.Close()
-
+// downgradeResidents rewrites a version-3 state in dir in the layout of
+// version 1 (records keyed by credential ID in "residents", nothing else)
+// or 2 (the same, plus indexes holding credential IDs and kept counts),
+// as those versions wrote it.
+func downgradeResidents(t *testing.T, dir string, version byte) {
+	t.Helper()
 	db, err := bolt.Open(filepath.Join(dir, stateFile), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer db.Close()
 	err = db.Update(func(tx *bolt.Tx) error {
-		if err := deleteResidentBuckets(tx, bucketResIndex, bucketResUser, bucketResRP, bucketResRPID); err != nil {
+		idx := tx.Bucket(bucketResIndex)
+		type kv struct{ k, v []byte }
+		var recs, idx2, users2 []kv
+		err := idx.ForEach(func(k, v []byte) error {
+			if k[32] != classAll {
+				return nil
+			}
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				return err
+			}
+			id := r.ID
+			r.ID = nil // not in the old records
+			old, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, kv{id, old})
+			idx2 = append(idx2, kv{k, id})
+			if r.withoutUV() {
+				idx2 = append(idx2, kv{idxKey(r.RPIDHash, classNoUV, r.Seq), id})
+			}
+			users2 = append(users2, kv{userKey(r.RPIDHash, r.UserID), id})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		seq := idx.Sequence()
+		if err := deleteResidentBuckets(tx, bucketResIndex, bucketResID, bucketResUser); err != nil {
+			return err
+		}
+		put := func(name []byte, l []kv) error {
+			b, err := tx.CreateBucket(name)
+			if err != nil {
+				return err
+			}
+			for _, e := range l {
+				if err := b.Put(e.k, e.v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := put(bucketResidents, recs); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketResidents).SetSequence(seq); err != nil {
 			return err
 		}
 		m := tx.Bucket(bucketMeta)
-		for _, k := range [][]byte{keyResCount, keyResRPs, keyResMax} {
-			if err := m.Delete(k); err != nil {
+		if version == 2 {
+			if err := put(bucketResIndex, idx2); err != nil {
 				return err
 			}
+			if err := put(bucketResUser, users2); err != nil {
+				return err
+			}
+		} else {
+			if err := deleteResidentBuckets(tx, bucketResRP, bucketResRPID); err != nil {
+				return err
+			}
+			for _, k := range [][]byte{keyResCount, keyResRPs, keyResMax} {
+				if err := m.Delete(k); err != nil {
+					return err
+				}
+			}
 		}
-		return m.Put(keyVersion, []byte{1})
+		return m.Put(keyVersion, []byte{version})
 	})
-	db.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
+}
 
-	if s, err = Open(Config{TPM: tpm, Dir: dir}); err != nil {
-		t.Fatal(err)
+// TestMigrateLarge turns a store of 3,000 residents over 200 RPs, shaped
+// by random replacements and deletions, back into the layout of version
+// 1 and of version 2, reopens it and checks the upgrade rebuilt exactly
+// what the live code had maintained: the same listings in the same
+// order, the same counts and RP names; and that new credentials still
+// come after the old ones.
+func TestMigrateLarge(t *testing.T) {
+	for _, from := range []byte{1, 2} {
+		t.Run(fmt.Sprintf("version%d", from), func(t *testing.T) {
+			tpm := openSimulator(t)
+			dir := t.TempDir()
+			s, err := Open(Config{TPM: tpm, Dir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rs []Resident
+			for i := range 3000 {
+				rs = append(rs, genResident(fmt.Sprintf("rp%03d.example", i%200), fmt.Sprintf("user%d", i), uint8(1+i%3)))
+			}
+			putResidentsBulk(t, s, rs)
+			rng := mrand.New(mrand.NewPCG(1, 2))
+			for range 50 {
+				old := rs[rng.IntN(len(rs))]
+				if rng.IntN(2) == 0 {
+					s.DeleteResident(old.CredentialID)
+				} else {
+					s.PutResident(genResident(old.RPID, string(old.User.ID), uint8(1+rng.IntN(3))))
+				}
+			}
+			type snap struct {
+				rps   []RP
+				lists map[[32]byte][2][]string
+			}
+			take := func() snap {
+				sn := snap{lists: map[[32]byte][2][]string{}}
+				var err error
+				if sn.rps, err = s.ResidentRPs(); err != nil {
+					t.Fatal(err)
+				}
+				for _, rp := range sn.rps {
+					sn.lists[rp.Hash] = [2][]string{ids(listPaged(t, s, rp.Hash, AllResidents, 0)), ids(listPaged(t, s, rp.Hash, ResidentsWithoutUV, 0))}
+				}
+				return sn
+			}
+			before := take()
+			count, _ := s.ResidentCount()
+			s.Close()
+			downgradeResidents(t, dir, from)
+			if v := stateVersionOf(t, filepath.Join(dir, stateFile)); v != from {
+				t.Fatalf("downgraded to %d", v)
+			}
+			if s, err = Open(Config{TPM: tpm, Dir: dir}); err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			after := take()
+			if n, _ := s.ResidentCount(); n != count {
+				t.Fatalf("count %d after the upgrade, %d before", n, count)
+			}
+			if !slices.Equal(before.rps, after.rps) {
+				t.Fatalf("RPs differ after the upgrade")
+			}
+			for h, l := range before.lists {
+				if !slices.Equal(l[0], after.lists[h][0]) || !slices.Equal(l[1], after.lists[h][1]) {
+					t.Fatalf("RP %x: listing differs after the upgrade", h[:4])
+				}
+			}
+			checkResidentLayout(t, s)
+			// The insertion sequence carried over: a new credential is the
+			// newest of its RP.
+			r := genResident("rp000.example", "after-upgrade", 1)
+			if err := s.PutResident(r); err != nil {
+				t.Fatal(err)
+			}
+			l, _, err := s.ListResidents(rpHash("rp000.example"), AllResidents, nil, 1)
+			if err != nil || !bytes.Equal(l[0].CredentialID, r.CredentialID) {
+				t.Fatalf("new credential after the upgrade is not the newest: %v", err)
+			}
+		})
 	}
-	defer s.Close()
-	after := take()
-	if n, _ := s.ResidentCount(); n != count {
-		t.Fatalf("count %d after the upgrade, %d before", n, count)
-	}
-	if !slices.Equal(before.rps, after.rps) {
-		t.Fatalf("RPs differ after the upgrade")
-	}
-	for h, l := range before.lists {
-		if !slices.Equal(l[0], after.lists[h][0]) || !slices.Equal(l[1], after.lists[h][1]) {
-			t.Fatalf("RP %x: listing differs after the upgrade", h[:4])
-		}
-	}
-	checkResidentLayout(t, s)
 }
 
 // TestStateVersionTooNew: a state written by a newer layout is refused

@@ -2,6 +2,7 @@ package tpmstore
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/binary"
@@ -10,28 +11,37 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// Resident credentials, state layout version 2. Every operation touches
+// Resident credentials, state layout version 3. Every operation touches
 // a bounded number of B+tree entries, so its cost does not grow with the
 // number of credentials (docs/tpmstore.md, "Resident credentials"):
 //
-//	residents      credential ID → JSON residentRecord (unchanged from version 1)
-//	resident.idx   rpIdHash ‖ class ‖ ^seq → credential ID
-//	               class 0 holds every credential, class 1 only those a
+//	resident.idx   rpIdHash ‖ 0 ‖ seq → JSON residentRecord: the records
+//	               themselves in insertion order, read newest first by a
+//	               cursor walking back from the end of the RP's range
+//	               rpIdHash ‖ 1 ‖ seq → ∅ for the credentials a
 //	               getAssertion without user verification may discover
-//	               (credProtect 1); ^seq makes a forward cursor newest first
-//	resident.user  rpIdHash ‖ user ID → credential ID (replacement lookup)
+//	               (credProtect 1); their record is at class 0
+//	resident.id    credential ID → its class-0 key (revocation check,
+//	               lookup by ID)
+//	resident.user  rpIdHash ‖ user ID → its class-0 key (replacement)
 //	resident.rp    rpIdHash → JSON rpRecord (ID, name, kept counts)
-//	resident.rpid  rpId ‖ 0x00 ‖ rpIdHash → empty (RPs in ID order)
+//	resident.rpid  rpId ‖ 0x00 ‖ rpIdHash → ∅ (RPs in ID order)
 //	meta           resident.count, resident.rps: kept totals (big-endian
 //	               uint32); resident.max: the capacity the daemon runs with
+//
+// Versions 1 and 2 kept the records in "residents", keyed by credential
+// ID (version 2 with indexes holding IDs); Open rebuilds version 3 from
+// those records (upgradeResidents).
 var (
 	bucketResIndex = []byte("resident.idx")
+	bucketResID    = []byte("resident.id")
 	bucketResUser  = []byte("resident.user")
 	bucketResRP    = []byte("resident.rp")
 	bucketResRPID  = []byte("resident.rpid")
@@ -41,8 +51,11 @@ var (
 	keyResMax   = []byte("resident.max")
 )
 
-// residentBuckets are the buckets a version-2 state holds besides meta.
-var residentBuckets = [][]byte{bucketResidents, bucketResIndex, bucketResUser, bucketResRP, bucketResRPID}
+// residentBuckets are the buckets a version-3 state holds besides meta.
+var residentBuckets = [][]byte{bucketResIndex, bucketResID, bucketResUser, bucketResRP, bucketResRPID}
+
+// legacyResidentBuckets are those of versions 1 and 2.
+var legacyResidentBuckets = [][]byte{bucketResidents, bucketResIndex, bucketResUser, bucketResRP, bucketResRPID}
 
 const (
 	classAll   byte = 0 // every credential of the RP
@@ -77,10 +90,11 @@ func (f ResidentFilter) class() byte {
 // Cursors are opaque and only valid for the listing that made them.
 type Cursor []byte
 
-// residentRecord is the on-disk form of a Resident (JSON, keyed by
-// credential ID in the residents bucket).
+// residentRecord is the on-disk form of a Resident (JSON, at its class-0
+// index key; versions 1 and 2 keyed it by credential ID and had no id).
 type residentRecord struct {
-	Seq          uint64 `json:"seq"` // insertion order: newest has the highest
+	ID           []byte `json:"id,omitempty"` // credential ID
+	Seq          uint64 `json:"seq"`          // insertion order: newest has the highest
 	RPID         string `json:"rpId"`
 	RPIDHash     []byte `json:"rpIdHash"`
 	RPName       string `json:"rpName,omitempty"`
@@ -96,26 +110,25 @@ type residentRecord struct {
 // withoutUV reports whether a getAssertion without UV may discover it.
 func (r *residentRecord) withoutUV() bool { return r.CredProtect <= CredProtectUVOptional }
 
-func (r *residentRecord) hash(id []byte) ([32]byte, error) {
-	if len(r.RPIDHash) != 32 {
-		return [32]byte{}, fmt.Errorf("%w: resident %x: bad rpIdHash", ErrCorruptState, id)
+func (r *residentRecord) check() error {
+	if len(r.RPIDHash) != 32 || len(r.ID) == 0 {
+		return fmt.Errorf("%w: resident %x: bad rpIdHash or ID", ErrCorruptState, r.ID)
 	}
-	return [32]byte(r.RPIDHash), nil
+	return nil
 }
 
-func (r *residentRecord) resident(id []byte) (Resident, error) {
-	h, err := r.hash(id)
-	if err != nil {
-		return Resident{}, err
-	}
+// key is the record's class-0 index key.
+func (r *residentRecord) key() []byte { return idxKey(r.RPIDHash, classAll, r.Seq) }
+
+func (r *residentRecord) resident() (Resident, error) {
 	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), r.PublicKey)
 	if err != nil {
-		return Resident{}, fmt.Errorf("%w: resident %x: %w", ErrCorruptState, id, err)
+		return Resident{}, fmt.Errorf("%w: resident %x: %w", ErrCorruptState, r.ID, err)
 	}
 	return Resident{
-		CredentialID: bytes.Clone(id),
+		CredentialID: bytes.Clone(r.ID),
 		RPID:         r.RPID,
-		RPIDHash:     h,
+		RPIDHash:     [32]byte(r.RPIDHash),
 		RPName:       r.RPName,
 		User:         User{ID: bytes.Clone(r.UserID), Name: r.UserName, DisplayName: r.UserDisplay},
 		PublicKey:    pub,
@@ -142,7 +155,23 @@ func idxKey(hash []byte, class byte, seq uint64) []byte {
 	k := make([]byte, 0, idxKeySize)
 	k = append(k, hash...)
 	k = append(k, class)
-	return binary.BigEndian.AppendUint64(k, ^seq)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// newestBefore positions c on the newest entry of the range prefix that
+// is older than the entry at after (nil: the newest of the range, else
+// the key of an entry returned before, which may have been deleted since)
+// and returns it; the caller checks the prefix and walks on with Prev.
+// Keys within a range grow with the insertion sequence, so new entries
+// go at the end of their range and bbolt fills its pages in order.
+func newestBefore(c *bolt.Cursor, prefix []byte, after []byte) (k, v []byte) {
+	if after == nil {
+		after = binary.BigEndian.AppendUint64(bytes.Clone(prefix), ^uint64(0)) // above every sequence
+	}
+	if k, _ := c.Seek(after); k == nil {
+		return c.Last()
+	}
+	return c.Prev()
 }
 
 func userKey(hash, userID []byte) []byte {
@@ -157,7 +186,7 @@ func rpIDKey(id string, hash []byte) []byte {
 
 // resTx is a transaction's view of the resident buckets.
 type resTx struct {
-	meta, recs, idx, users, rps, rpids *bolt.Bucket
+	meta, idx, ids, users, rps, rpids *bolt.Bucket
 }
 
 func residentTx(tx *bolt.Tx) (*resTx, error) {
@@ -165,7 +194,7 @@ func residentTx(tx *bolt.Tx) (*resTx, error) {
 	for _, b := range []struct {
 		p    **bolt.Bucket
 		name []byte
-	}{{&t.recs, bucketResidents}, {&t.idx, bucketResIndex}, {&t.users, bucketResUser}, {&t.rps, bucketResRP}, {&t.rpids, bucketResRPID}} {
+	}{{&t.idx, bucketResIndex}, {&t.ids, bucketResID}, {&t.users, bucketResUser}, {&t.rps, bucketResRP}, {&t.rpids, bucketResRPID}} {
 		if *b.p = tx.Bucket(b.name); *b.p == nil {
 			return nil, fmt.Errorf("%w: bucket %s missing", ErrCorruptState, b.name)
 		}
@@ -173,22 +202,55 @@ func residentTx(tx *bolt.Tx) (*resTx, error) {
 	if t.meta == nil {
 		return nil, fmt.Errorf("%w: meta bucket missing", ErrCorruptState)
 	}
+	// New records go at the end of their RP's range, so pages split when
+	// full are left nearly full rather than half (bbolt's default, which
+	// suits random inserts).
+	t.idx.FillPercent = idxFillPercent
 	return t, nil
 }
 
-func (t *resTx) record(id []byte) (*residentRecord, error) {
-	v := t.recs.Get(id)
-	if v == nil {
-		return nil, nil
-	}
+// idxFillPercent is how full bbolt leaves the record pages it splits.
+const idxFillPercent = 0.9
+
+// decode parses a record stored at index key k.
+func decodeRecord(k, v []byte) (*residentRecord, error) {
 	var r residentRecord
 	if err := json.Unmarshal(v, &r); err != nil {
-		return nil, fmt.Errorf("%w: resident %x: %w", ErrCorruptState, id, err)
+		return nil, fmt.Errorf("%w: resident at %x: %w", ErrCorruptState, k, err)
 	}
-	if _, err := r.hash(id); err != nil {
+	if err := r.check(); err != nil {
 		return nil, err
 	}
+	if !bytes.Equal(r.key(), k) {
+		return nil, fmt.Errorf("%w: resident %x stored at %x", ErrCorruptState, r.ID, k)
+	}
 	return &r, nil
+}
+
+// at returns the record at class-0 key k; an index entry without its
+// record is damage.
+func (t *resTx) at(k []byte) (*residentRecord, error) {
+	v := t.idx.Get(k)
+	if v == nil {
+		return nil, fmt.Errorf("%w: no resident at %x", ErrCorruptState, k)
+	}
+	return decodeRecord(k, v)
+}
+
+// record returns the credential id's record, nil if there is none.
+func (t *resTx) record(id []byte) (*residentRecord, error) {
+	k := t.ids.Get(id)
+	if k == nil {
+		return nil, nil
+	}
+	r, err := t.at(k)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(r.ID, id) {
+		return nil, fmt.Errorf("%w: ID index of %x names resident %x", ErrCorruptState, id, r.ID)
+	}
+	return r, nil
 }
 
 func (t *resTx) rp(hash []byte) (*rpRecord, error) {
@@ -234,35 +296,31 @@ func (t *resTx) addCount(key []byte, delta int) error {
 	return t.meta.Put(key, be32(uint32(n+delta)))
 }
 
-// insert stores rec (whose Seq is set) under id with its index entries
-// and counts. The caller has made sure neither id nor rec's RP and user
-// are stored already.
-func (t *resTx) insert(id []byte, rec *residentRecord) error {
+func (t *resTx) putRecord(rec *residentRecord) error {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	if err := t.recs.Put(id, v); err != nil {
-		return err
-	}
-	if err := t.index(id, rec); err != nil {
-		return err
-	}
-	return t.addCount(keyResCount, 1)
+	return t.idx.Put(rec.key(), v)
 }
 
-// index adds rec's index entries and RP counts (rec itself is stored).
-func (t *resTx) index(id []byte, rec *residentRecord) error {
-	h := rec.RPIDHash
-	if err := t.idx.Put(idxKey(h, classAll, rec.Seq), id); err != nil {
+// insert stores rec (ID and Seq set) with its index entries and counts.
+// The caller has made sure neither its ID nor its RP and user are stored
+// already.
+func (t *resTx) insert(rec *residentRecord) error {
+	h, k := rec.RPIDHash, rec.key()
+	if err := t.putRecord(rec); err != nil {
 		return err
 	}
 	if rec.withoutUV() {
-		if err := t.idx.Put(idxKey(h, classNoUV, rec.Seq), id); err != nil {
+		if err := t.idx.Put(idxKey(h, classNoUV, rec.Seq), nil); err != nil {
 			return err
 		}
 	}
-	if err := t.users.Put(userKey(h, rec.UserID), id); err != nil {
+	if err := t.ids.Put(rec.ID, k); err != nil {
+		return err
+	}
+	if err := t.users.Put(userKey(h, rec.UserID), k); err != nil {
 		return err
 	}
 	rp, err := t.rp(h)
@@ -285,24 +343,26 @@ func (t *resTx) index(id []byte, rec *residentRecord) error {
 	if rec.Seq >= rp.NameSeq {
 		rp.Name, rp.NameSeq = rec.RPName, rec.Seq
 	}
-	return t.putRP(h, rp)
-}
-
-// remove deletes the credential id (record rec) with its index entries
-// and counts.
-func (t *resTx) remove(id []byte, rec *residentRecord) error {
-	h := rec.RPIDHash
-	if err := t.recs.Delete(id); err != nil {
+	if err := t.putRP(h, rp); err != nil {
 		return err
 	}
-	if err := t.idx.Delete(idxKey(h, classAll, rec.Seq)); err != nil {
+	return t.addCount(keyResCount, 1)
+}
+
+// remove deletes rec with its index entries and counts.
+func (t *resTx) remove(rec *residentRecord) error {
+	h, k := rec.RPIDHash, rec.key()
+	if err := t.idx.Delete(k); err != nil {
 		return err
 	}
 	if err := t.idx.Delete(idxKey(h, classNoUV, rec.Seq)); err != nil {
 		return err
 	}
+	if err := t.ids.Delete(rec.ID); err != nil {
+		return err
+	}
 	uk := userKey(h, rec.UserID)
-	if bytes.Equal(t.users.Get(uk), id) {
+	if bytes.Equal(t.users.Get(uk), k) {
 		if err := t.users.Delete(uk); err != nil {
 			return err
 		}
@@ -315,7 +375,7 @@ func (t *resTx) remove(id []byte, rec *residentRecord) error {
 		return err
 	}
 	if rp == nil {
-		return fmt.Errorf("%w: resident %x: its RP record is missing", ErrCorruptState, id)
+		return fmt.Errorf("%w: resident %x: its RP record is missing", ErrCorruptState, rec.ID)
 	}
 	rp.Count--
 	if rec.withoutUV() {
@@ -332,16 +392,14 @@ func (t *resTx) remove(id []byte, rec *residentRecord) error {
 	}
 	if rec.Seq == rp.NameSeq {
 		// The newest credential named the RP; now the next newest does.
-		k, v := t.idx.Cursor().Seek(append(bytes.Clone(h), classAll))
-		if k == nil || len(k) != idxKeySize || !bytes.Equal(k[:32], h) || k[32] != classAll {
+		prefix := append(bytes.Clone(h), classAll)
+		k, v := newestBefore(t.idx.Cursor(), prefix, nil)
+		if k == nil || !bytes.HasPrefix(k, prefix) {
 			return fmt.Errorf("%w: RP %x counts %d credentials but has none", ErrCorruptState, h, rp.Count)
 		}
-		next, err := t.record(v)
+		next, err := decodeRecord(k, v)
 		if err != nil {
 			return err
-		}
-		if next == nil {
-			return fmt.Errorf("%w: index names a missing resident %x", ErrCorruptState, v)
 		}
 		rp.Name, rp.NameSeq = next.RPName, next.Seq
 	}
@@ -373,6 +431,7 @@ func (s *Store) PutResidents(rs []Resident) error {
 			return fmt.Errorf("tpmstore: PutResident: public key is not a P-256 key: %v", err)
 		}
 		recs[i] = residentRecord{
+			ID:           bytes.Clone(r.CredentialID),
 			RPID:         r.RPID,
 			RPIDHash:     bytes.Clone(r.RPIDHash[:]),
 			RPName:       r.RPName,
@@ -400,7 +459,7 @@ func (s *Store) PutResidents(rs []Resident) error {
 			return err
 		}
 		for i := range recs {
-			if err := s.putResident(t, rs[i].CredentialID, &recs[i]); err != nil {
+			if err := s.putResident(t, &recs[i]); err != nil {
 				return err
 			}
 		}
@@ -409,23 +468,20 @@ func (s *Store) PutResidents(rs []Resident) error {
 }
 
 // putResident is PutResident inside a write transaction.
-func (s *Store) putResident(t *resTx, id []byte, rec *residentRecord) error {
-	if old, err := t.record(id); err != nil {
+func (s *Store) putResident(t *resTx, rec *residentRecord) error {
+	if old, err := t.record(rec.ID); err != nil {
 		return err
 	} else if old != nil {
-		if err := t.remove(id, old); err != nil {
+		if err := t.remove(old); err != nil {
 			return err
 		}
 	}
-	if oldID := bytes.Clone(t.users.Get(userKey(rec.RPIDHash, rec.UserID))); oldID != nil {
-		old, err := t.record(oldID)
+	if k := bytes.Clone(t.users.Get(userKey(rec.RPIDHash, rec.UserID))); k != nil {
+		old, err := t.at(k)
 		if err != nil {
 			return err
 		}
-		if old == nil {
-			return fmt.Errorf("%w: user index names a missing resident %x", ErrCorruptState, oldID)
-		}
-		if err := t.remove(oldID, old); err != nil {
+		if err := t.remove(old); err != nil {
 			return err
 		}
 	}
@@ -436,10 +492,10 @@ func (s *Store) putResident(t *resTx, id []byte, rec *residentRecord) error {
 	if n >= s.maxResidents {
 		return ErrStoreFull
 	}
-	if rec.Seq, err = t.recs.NextSequence(); err != nil {
+	if rec.Seq, err = t.idx.NextSequence(); err != nil {
 		return err
 	}
-	return t.insert(id, rec)
+	return t.insert(rec)
 }
 
 // view runs fn on the resident buckets in a read transaction.
@@ -471,21 +527,18 @@ func (s *Store) ListResidents(rpIDHash [32]byte, f ResidentFilter, after Cursor,
 	next := after
 	err := s.viewResidents(func(t *resTx) error {
 		c := t.idx.Cursor()
-		var k, v []byte
-		if after == nil {
-			k, v = c.Seek(prefix)
-		} else if k, v = c.Seek(after); bytes.Equal(k, after) {
-			k, v = c.Next()
-		}
-		for ; k != nil && bytes.HasPrefix(k, prefix) && (limit <= 0 || len(out) < limit); k, v = c.Next() {
-			rec, err := t.record(v)
+		for k, v := newestBefore(c, prefix, after); k != nil && bytes.HasPrefix(k, prefix) && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
+			var rec *residentRecord
+			var err error
+			if k[32] == classAll {
+				rec, err = decodeRecord(k, v)
+			} else {
+				rec, err = t.at(append(append(bytes.Clone(k[:32]), classAll), k[33:]...))
+			}
 			if err != nil {
 				return err
 			}
-			if rec == nil {
-				return fmt.Errorf("%w: index names a missing resident %x", ErrCorruptState, v)
-			}
-			r, err := rec.resident(v)
+			r, err := rec.resident()
 			if err != nil {
 				return err
 			}
@@ -580,7 +633,7 @@ func (s *Store) Resident(credID []byte) (Resident, error) {
 		if rec == nil {
 			return ErrNotFound
 		}
-		out, err = rec.resident(credID)
+		out, err = rec.resident()
 		return err
 	})
 	return out, err
@@ -591,18 +644,15 @@ func (s *Store) Resident(credID []byte) (Resident, error) {
 func (s *Store) ResidentByUser(rpIDHash [32]byte, userID []byte) (Resident, error) {
 	var out Resident
 	err := s.viewResidents(func(t *resTx) error {
-		id := t.users.Get(userKey(rpIDHash[:], userID))
-		if id == nil {
+		k := t.users.Get(userKey(rpIDHash[:], userID))
+		if k == nil {
 			return ErrNotFound
 		}
-		rec, err := t.record(id)
+		rec, err := t.at(k)
 		if err != nil {
 			return err
 		}
-		if rec == nil {
-			return fmt.Errorf("%w: user index names a missing resident %x", ErrCorruptState, id)
-		}
-		out, err = rec.resident(id)
+		out, err = rec.resident()
 		return err
 	})
 	return out, err
@@ -627,7 +677,7 @@ func (s *Store) DeleteResident(credID []byte) error {
 		if rec == nil {
 			return ErrNotFound
 		}
-		return t.remove(credID, rec)
+		return t.remove(rec)
 	})
 }
 
@@ -655,11 +705,7 @@ func (s *Store) UpdateResidentUser(credID []byte, u User) error {
 			return errors.New("tpmstore: UpdateResidentUser: the user ID cannot change")
 		}
 		rec.UserName, rec.UserDisplay = u.Name, u.DisplayName
-		v, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		return t.recs.Put(credID, v)
+		return t.putRecord(rec)
 	})
 }
 
@@ -688,8 +734,8 @@ func (s *Store) ResidentRPCount() (int, error) {
 // MaxResidents returns the resident credential capacity.
 func (s *Store) MaxResidents() int { return s.maxResidents }
 
-// createResidentBuckets makes the empty version-2 resident buckets and
-// zero counts (first run, Reset).
+// createResidentBuckets makes the empty version-3 resident buckets and
+// zero counts (first run, Reset, upgrade).
 func createResidentBuckets(tx *bolt.Tx) error {
 	for _, name := range residentBuckets {
 		if _, err := tx.CreateBucket(name); err != nil {
@@ -700,7 +746,7 @@ func createResidentBuckets(tx *bolt.Tx) error {
 	return putAll(m, keyResCount, be32(0), keyResRPs, be32(0))
 }
 
-// deleteResidentBuckets drops every resident bucket (Reset, migration).
+// deleteResidentBuckets drops the named buckets that exist.
 func deleteResidentBuckets(tx *bolt.Tx, names ...[]byte) error {
 	for _, name := range names {
 		if tx.Bucket(name) == nil {
@@ -713,67 +759,72 @@ func deleteResidentBuckets(tx *bolt.Tx, names ...[]byte) error {
 	return nil
 }
 
-// migrateV1 builds the version-2 indexes and counts over a version-1
-// residents bucket (credential ID → the same JSON records), in the
-// caller's write transaction, and sets the state version to 2. Records
-// and their insertion sequence are kept as they are, so the order and
-// every field survive.
-func migrateV1(tx *bolt.Tx) (int, error) {
-	if tx.Bucket(bucketResidents) == nil {
+// upgradeResidents rebuilds the resident buckets of a version-1 or -2
+// state as version 3, in the caller's write transaction: the records are
+// read from "residents" (credential ID → JSON record, the same in both),
+// stored at their index keys with their insertion sequence, order and
+// every field as they were, and every index and count is built anew;
+// the old buckets are dropped and the version set to 3. It returns how
+// many credentials it moved.
+func upgradeResidents(tx *bolt.Tx) (int, error) {
+	old := tx.Bucket(bucketResidents)
+	if old == nil {
 		return 0, fmt.Errorf("%w: residents bucket missing", ErrCorruptState)
 	}
-	// Index buckets cannot exist in a version-1 state; a leftover would
-	// only come from a foreign tool, and is rebuilt.
-	if err := deleteResidentBuckets(tx, bucketResIndex, bucketResUser, bucketResRP, bucketResRPID); err != nil {
+	var recs []*residentRecord
+	err := old.ForEach(func(id, v []byte) error {
+		var r residentRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("%w: resident %x: %w", ErrCorruptState, id, err)
+		}
+		r.ID = bytes.Clone(id)
+		if err := r.check(); err != nil {
+			return err
+		}
+		recs = append(recs, &r)
+		return nil
+	})
+	if err != nil {
 		return 0, err
 	}
-	for _, name := range residentBuckets[1:] {
-		if _, err := tx.CreateBucket(name); err != nil {
-			return 0, err
-		}
+	seq := old.Sequence()
+	// Version 1 had the records alone; version 2 indexes of IDs, which
+	// are rebuilt. A version-3 bucket cannot be there yet.
+	if err := deleteResidentBuckets(tx, legacyResidentBuckets...); err != nil {
+		return 0, err
 	}
-	if err := putAll(tx.Bucket(bucketMeta), keyResCount, be32(0), keyResRPs, be32(0)); err != nil {
+	if err := deleteResidentBuckets(tx, residentBuckets...); err != nil {
+		return 0, err
+	}
+	if err := createResidentBuckets(tx); err != nil {
 		return 0, err
 	}
 	t, err := residentTx(tx)
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	err = t.recs.ForEach(func(id, v []byte) error {
-		var rec residentRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("%w: resident %x: %w", ErrCorruptState, id, err)
+	// Oldest first, so that a user with two credentials (which
+	// replacement never left, but were there two) keeps the newer in the
+	// user index, and the RP names come out as the live code sets them.
+	slices.SortFunc(recs, func(a, b *residentRecord) int { return cmp.Compare(a.Seq, b.Seq) })
+	for i, r := range recs {
+		if i > 0 && r.Seq == recs[i-1].Seq {
+			return 0, fmt.Errorf("%w: residents %x and %x share insertion sequence %d", ErrCorruptState, recs[i-1].ID, r.ID, r.Seq)
 		}
-		if _, err := rec.hash(id); err != nil {
-			return err
-		}
-		// Version 1 replaced by RP and user, so a user has one credential
-		// per RP; were there two, the newer one is the one indexed.
-		uk := userKey(rec.RPIDHash, rec.UserID)
-		prev := bytes.Clone(t.users.Get(uk))
-		n++
-		if err := t.index(bytes.Clone(id), &rec); err != nil {
-			return err
-		}
-		if prev != nil {
-			old, err := t.record(prev)
-			if err != nil {
-				return err
-			}
-			if old != nil && old.Seq > rec.Seq {
-				return t.users.Put(uk, prev)
+		if k := t.users.Get(userKey(r.RPIDHash, r.UserID)); k != nil {
+			if err := t.users.Delete(userKey(r.RPIDHash, r.UserID)); err != nil {
+				return 0, err
 			}
 		}
-		return nil
-	})
-	if err != nil {
+		if err := t.insert(r); err != nil {
+			return 0, err
+		}
+		seq = max(seq, r.Seq)
+	}
+	if err := t.idx.SetSequence(seq); err != nil {
 		return 0, err
 	}
-	if err := t.addCount(keyResCount, n); err != nil {
-		return 0, err
-	}
-	return n, t.meta.Put(keyVersion, []byte{stateVersion})
+	return len(recs), t.meta.Put(keyVersion, []byte{stateVersion})
 }
 
 // Usage is how much of its resident-credential capacity a state holds.
@@ -782,6 +833,8 @@ type Usage struct {
 	RPs       int // relying parties they belong to
 	Max       int // the capacity the daemon last ran with
 	Version   int // state layout version
+	// Older: a layout the daemon upgrades when it next opens the state.
+	Older bool
 }
 
 // ReadUsage reads Usage from the state in dir without the TPM and
@@ -809,6 +862,7 @@ func ReadUsage(dir string) (Usage, error) {
 		}
 		if v := m.Get(keyVersion); len(v) == 1 {
 			u.Version = int(v[0])
+			u.Older = v[0] < stateVersion
 		}
 		if v := m.Get(keyResMax); len(v) == 4 {
 			u.Max = int(binary.BigEndian.Uint32(v))
@@ -830,10 +884,9 @@ func ReadUsage(dir string) (Usage, error) {
 				return nil
 			})
 		}
-		t, err := residentTx(tx)
-		if err != nil {
-			return err
-		}
+		// Versions 2 and 3 keep the totals.
+		t := &resTx{meta: m}
+		var err error
 		if u.Residents, err = t.count(keyResCount); err != nil {
 			return err
 		}

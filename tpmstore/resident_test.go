@@ -29,29 +29,55 @@ func checkResidentLayout(t testing.TB, s *Store) {
 		if err != nil {
 			return err
 		}
-		wantIdx := map[string]string{}
+		var recs []*residentRecord
+		noUV := map[string]bool{} // class-1 keys found
+		err = rt.idx.ForEach(func(k, v []byte) error {
+			if len(k) != idxKeySize {
+				return fmt.Errorf("index key %x", k)
+			}
+			switch k[32] {
+			case classAll:
+				r, err := decodeRecord(k, v)
+				if err != nil {
+					return err
+				}
+				recs = append(recs, r)
+			case classNoUV:
+				if len(v) != 0 {
+					return fmt.Errorf("class-1 entry %x has a value", k)
+				}
+				noUV[string(k)] = true
+			default:
+				return fmt.Errorf("index key %x of class %d", k, k[32])
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		wantUser := map[string]string{}
 		type rpWant struct {
 			rec     rpRecord
 			nameSeq uint64
 		}
 		wantRP := map[[32]byte]*rpWant{}
-		n := 0
-		err = rt.recs.ForEach(func(id, v []byte) error {
-			var r residentRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return err
+		nNoUV := 0
+		for _, r := range recs {
+			k := r.key()
+			if got := rt.ids.Get(r.ID); !bytes.Equal(got, k) {
+				return fmt.Errorf("ID index of %x: %x, want %x", r.ID, got, k)
 			}
-			n++
-			wantIdx[string(idxKey(r.RPIDHash, classAll, r.Seq))] = string(id)
 			if r.withoutUV() {
-				wantIdx[string(idxKey(r.RPIDHash, classNoUV, r.Seq))] = string(id)
+				nNoUV++
+				if !noUV[string(idxKey(r.RPIDHash, classNoUV, r.Seq))] {
+					return fmt.Errorf("credProtect-1 resident %x missing from class 1", r.ID)
+				}
 			}
 			uk := string(userKey(r.RPIDHash, r.UserID))
 			if _, dup := wantUser[uk]; dup {
 				return fmt.Errorf("two credentials for RP %x user %q", r.RPIDHash, r.UserID)
 			}
-			wantUser[uk] = string(id)
+			wantUser[uk] = string(k)
 			h := [32]byte(r.RPIDHash)
 			w := wantRP[h]
 			if w == nil {
@@ -65,20 +91,12 @@ func checkResidentLayout(t testing.TB, s *Store) {
 			if r.Seq >= w.nameSeq {
 				w.nameSeq, w.rec.Name, w.rec.NameSeq = r.Seq, r.RPName, r.Seq
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		got := map[string]string{}
-		rt.idx.ForEach(func(k, v []byte) error { got[string(k)] = string(v); return nil })
-		if len(got) != len(wantIdx) {
-			return fmt.Errorf("index has %d entries, records want %d", len(got), len(wantIdx))
+		if len(noUV) != nNoUV {
+			return fmt.Errorf("class 1 has %d entries, records want %d", len(noUV), nNoUV)
 		}
-		for k, v := range wantIdx {
-			if got[k] != v {
-				return fmt.Errorf("index entry %x: %x, want %x", k, got[k], v)
-			}
+		if n := rt.ids.Stats().KeyN; n != len(recs) {
+			return fmt.Errorf("ID index has %d entries, %d records", n, len(recs))
 		}
 		gotUser := map[string]string{}
 		rt.users.ForEach(func(k, v []byte) error { gotUser[string(k)] = string(v); return nil })
@@ -115,11 +133,14 @@ func checkResidentLayout(t testing.TB, s *Store) {
 		if nRP != len(wantRP) || rt.rpids.Stats().KeyN != len(wantRP) {
 			return fmt.Errorf("%d RP records, %d RP ID entries, want %d", nRP, rt.rpids.Stats().KeyN, len(wantRP))
 		}
-		if c, _ := rt.count(keyResCount); c != n {
-			return fmt.Errorf("kept count %d, records %d", c, n)
+		if c, _ := rt.count(keyResCount); c != len(recs) {
+			return fmt.Errorf("kept count %d, records %d", c, len(recs))
 		}
 		if c, _ := rt.count(keyResRPs); c != len(wantRP) {
 			return fmt.Errorf("kept RP count %d, RPs %d", c, len(wantRP))
+		}
+		if tx.Bucket(bucketResidents) != nil {
+			return errors.New("the version-1/2 residents bucket is still there")
 		}
 		return nil
 	})

@@ -38,9 +38,10 @@ const DefaultMaxLoaded = 3
 // stateFile is the bbolt database in the state directory.
 const stateFile = "state.db"
 
-// stateVersion is the layout this build writes. Version 1 (a residents
-// bucket without indexes) is upgraded in place at Open.
-const stateVersion = 2
+// stateVersion is the layout this build writes. Versions 1 (a residents
+// bucket without indexes) and 2 (the same records, indexes of IDs) are
+// upgraded in place at Open.
+const stateVersion = 3
 
 // PIN retries (CTAP 2.1 §6.5.2.1).
 const (
@@ -638,8 +639,8 @@ func (s *Store) upgrade(p persisted) error {
 	}
 	migrated := -1
 	err := s.update(func(tx *bolt.Tx) error {
-		if p.version == 1 {
-			n, err := migrateV1(tx)
+		if p.version < stateVersion {
+			n, err := upgradeResidents(tx)
 			if err != nil {
 				return err
 			}
@@ -654,7 +655,7 @@ func (s *Store) upgrade(p persisted) error {
 		return fmt.Errorf("tpmstore: upgrading the state in %s: %w", filepath.Dir(s.db.Path()), err)
 	}
 	if migrated >= 0 {
-		s.log.Info("state upgraded to layout version 2 (indexed resident credentials)", "residents", migrated)
+		s.log.Info("state upgraded to the current layout (indexed resident credentials)", "from", p.version, "to", stateVersion, "residents", migrated)
 	}
 	return nil
 }

@@ -292,7 +292,7 @@ func (e doctorEnv) checkResidents() check {
 		rpWord = "relying party"
 	}
 	detail := fmt.Sprintf("%d of %d resident credentials used, %d %s", u.Residents, u.Max, u.RPs, rpWord)
-	if u.Version == 1 {
+	if u.Older {
 		detail += " (older state layout; the daemon upgrades it when it next starts)"
 	}
 	fix := "delete unused ones (tpm-fido list, tpm-fido delete ID), or raise the capacity: tpm-fido serve --max-residents N"

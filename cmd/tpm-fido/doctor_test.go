@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,5 +121,27 @@ func TestPrintChecksExit(t *testing.T) {
 	}
 	if !strings.Contains(sb.String(), "fix:     do x") || !strings.Contains(sb.String(), "do y") {
 		t.Errorf("fix not printed:\n%s", sb.String())
+	}
+}
+
+// TestDoctorOlderState: a state written by the first layout (29 resident
+// credentials over 5 RPs, tpmstore's test fixture) is counted without the
+// TPM and reported as one the daemon will upgrade; nothing is written.
+func TestDoctorOlderState(t *testing.T) {
+	dir := t.TempDir()
+	b, err := os.ReadFile("../../tpmstore/testdata/state-v1.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "state.db")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := doctorEnv{stateDir: dir}.checkResidents()
+	if c.status != checkOK || !strings.HasPrefix(c.detail, "29 of 10000 resident credentials used, 5 relying parties") || !strings.Contains(c.detail, "upgrades it") {
+		t.Errorf("doctor on a version-1 state: %+v", c)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, b) {
+		t.Error("doctor changed the state file")
 	}
 }
