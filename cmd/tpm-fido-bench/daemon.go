@@ -79,10 +79,10 @@ type daemon struct {
 	stderr bytes.Buffer
 }
 
-func startDaemon(bin, spec, stateDir, sock string) (*daemon, time.Duration, error) {
+func startDaemon(bin, spec, stateDir, sock string, extra ...string) (*daemon, time.Duration, error) {
 	d := &daemon{sock: sock}
-	d.cmd = exec.Command(bin, "serve", "--transport", "unix:"+sock, "--tpm", spec,
-		"--state-dir", stateDir, "--presence", "always-allow", "--insecure-test-mode", "--log-level", "warn")
+	d.cmd = exec.Command(bin, append([]string{"serve", "--transport", "unix:" + sock, "--tpm", spec,
+		"--state-dir", stateDir, "--presence", "always-allow", "--insecure-test-mode", "--log-level", "warn"}, extra...)...)
 	d.cmd.Stderr = &d.stderr
 	t0 := time.Now()
 	if err := d.cmd.Start(); err != nil {

@@ -8,6 +8,13 @@
 //
 //	tpm-fido-bench [--tpm swtpm|simulator|both] [-n 200] [--markdown]
 //	               [--daemon PATH] [--load 2000] [--idle 10s]
+//	tpm-fido-bench --scale [--scale-counts 10,100,1000,10000]
+//	               [--scale-rps 1,1000] [-n 100] [--daemon PATH]
+//
+// --scale measures the resident-credential operations (discovery,
+// getNextAssertion, makeCredential rk, credential management, tpm-fido
+// list, daemon start-up, memory, state size) at each count of resident
+// credentials spread over each number of RPs, on swtpm.
 package main
 
 import (
@@ -30,6 +37,11 @@ type options struct {
 	Starts   int
 	// IdleWindows is the number of consecutive idle windows after the load.
 	IdleWindows int
+	// Scale: measure resident-credential costs at these counts, spread
+	// over these numbers of RPs, instead of the per-operation figures.
+	Scale       bool
+	ScaleCounts []int
+	ScaleRPs    []int
 }
 
 func main() {
@@ -43,8 +55,20 @@ func main() {
 	fl.DurationVar(&o.Idle, "idle", 10*time.Second, "idle window for counting wake-ups")
 	fl.IntVar(&o.Starts, "starts", 5, "daemon starts timed")
 	fl.IntVar(&o.IdleWindows, "idle-windows", 1, "consecutive idle windows measured after the load")
+	fl.BoolVar(&o.Scale, "scale", false, "measure resident-credential costs at --scale-counts credentials spread over --scale-rps RPs (swtpm)")
+	counts := fl.String("scale-counts", "10,100,1000,10000", "resident credential counts for --scale")
+	rps := fl.String("scale-rps", "1,1000", "numbers of RPs the credentials are spread over, for --scale")
 	verbose := fl.Bool("v", false, "log progress to stderr")
 	if err := fl.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	var err error
+	if o.ScaleCounts, err = parseInts(*counts); err != nil {
+		fmt.Fprintln(os.Stderr, "tpm-fido-bench: --scale-counts:", err)
+		os.Exit(2)
+	}
+	if o.ScaleRPs, err = parseInts(*rps); err != nil {
+		fmt.Fprintln(os.Stderr, "tpm-fido-bench: --scale-rps:", err)
 		os.Exit(2)
 	}
 	var logw io.Writer = io.Discard
@@ -76,6 +100,9 @@ func run(ctx context.Context, o options, out io.Writer, log *slog.Logger) error 
 		return err
 	}
 	defer cleanup()
+	if o.Scale {
+		return runScale(ctx, o, daemon, out, log)
+	}
 	rep := &report{markdown: o.Markdown, w: out, n: o.N}
 	rep.header()
 	for _, b := range backends {

@@ -91,6 +91,9 @@ type Config struct {
 	Presence presence.Prompter
 	Logger   *slog.Logger // nil: discard
 	HID      ctaphid.Config
+	// MaxResidents is the store's capacity (0: what the state holds, else
+	// tpmstore's default).
+	MaxResidents int
 }
 
 // Stack is a running authenticator.
@@ -112,7 +115,7 @@ func New(cfg Config) (*Stack, error) {
 		return nil, errors.New("inproc: Presence is required")
 	}
 	counting := tpmstore.NewCountingTPM(cfg.TPM)
-	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: cfg.Dir, Logger: log})
+	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: cfg.Dir, Logger: log, MaxResidents: cfg.MaxResidents})
 	if err != nil {
 		return nil, fmt.Errorf("inproc: open store: %w", err)
 	}
