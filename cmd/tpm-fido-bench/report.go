@@ -19,6 +19,8 @@ var ccNames = map[tpm2.TPMCC]string{
 	0x162: "ContextSave", 0x161: "ContextLoad", 0x17A: "GetCapability",
 	0x154: "ECDH_ZGen", 0x16B: "PolicyAuthValue", 0x16F: "PolicyGetDigest",
 	0x139: "DictionaryAttackLockReset", 0x13A: "DictionaryAttackParameters",
+	0x134: "NV_Increment", 0x14E: "NV_Read", 0x12A: "NV_DefineSpace", 0x122: "NV_UndefineSpace",
+	0x120: "EvictControl", 0x151: "PolicySecret", 0x150: "ObjectChangeAuth",
 }
 
 func ccName(cc tpm2.TPMCC) string {
