@@ -1,5 +1,6 @@
 // Package ctap holds what the CTAP transport and command layers share:
-// CTAP2 status codes as a Go error type, the keepalive status a handler
+// CTAP2 status codes as a Go error type, the one CBOR mode requests are
+// decoded in (and responses encoded in), the keepalive status a handler
 // reports while it works, and the multiplexer that routes CTAPHID
 // messages to the CTAP2 (CBOR) and U2F (APDU) handlers.
 package ctap

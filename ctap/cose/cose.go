@@ -8,9 +8,8 @@ import (
 	"crypto/elliptic"
 	"errors"
 	"fmt"
-	"sync"
 
-	"github.com/fxamacker/cbor/v2"
+	"github.com/tpm-fido/tpm-fido/ctap"
 )
 
 // COSE labels and values used here.
@@ -36,19 +35,6 @@ type ec2Key struct {
 	Y   []byte `cbor:"-3,keyasint"`
 }
 
-var (
-	encMode = sync.OnceValues(func() (cbor.EncMode, error) {
-		return cbor.CTAP2EncOptions().EncMode()
-	})
-	decMode = sync.OnceValues(func() (cbor.DecMode, error) {
-		return cbor.DecOptions{
-			DupMapKey:       cbor.DupMapKeyEnforcedAPF,
-			MaxNestedLevels: 4,
-			TagsMd:          cbor.TagsForbidden,
-		}.DecMode()
-	})
-)
-
 // EncodeES256 returns the canonical CBOR COSE_Key of a P-256 public key:
 // {1: 2, 3: -7, -1: 1, -2: x, -3: y}.
 func EncodeES256(pub *ecdsa.PublicKey) ([]byte, error) {
@@ -64,27 +50,19 @@ func EncodeES256(pub *ecdsa.PublicKey) ([]byte, error) {
 		Kty: KtyEC2, Alg: AlgES256, Crv: CrvP256,
 		X: point[1 : 1+coordLength], Y: point[1+coordLength:],
 	}
-	em, err := encMode()
-	if err != nil {
-		return nil, fmt.Errorf("cose: encode: %w", err)
-	}
-	b, err := em.Marshal(k)
+	b, err := ctap.EncodeCBOR(k)
 	if err != nil {
 		return nil, fmt.Errorf("cose: encode: %w", err)
 	}
 	return b, nil
 }
 
-// DecodeES256 parses a COSE_Key made by EncodeES256 (or any encoder) and
-// checks that it is an EC2 P-256 ES256 key on the curve. Errors wrap
+// DecodeES256 parses a COSE_Key made by EncodeES256 (or any encoder), in
+// the request mode of ctap.DecodeCBOR, and checks that it is an EC2 P-256 ES256 key on the curve. Errors wrap
 // ErrInvalidKey.
 func DecodeES256(b []byte) (*ecdsa.PublicKey, error) {
-	dm, err := decMode()
-	if err != nil {
-		return nil, fmt.Errorf("cose: decode: %w", err)
-	}
 	var k ec2Key
-	if err := dm.Unmarshal(b, &k); err != nil {
+	if err := ctap.DecodeCBOR(b, &k); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
 	}
 	if k.Kty != KtyEC2 || k.Alg != AlgES256 || k.Crv != CrvP256 ||

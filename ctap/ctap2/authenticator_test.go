@@ -280,6 +280,75 @@ func TestRequestErrors(t *testing.T) {
 	wantStatus(t, "unsupported pinUvAuthProtocol", st, ctap.StatusInvalidParameter)
 }
 
+// TestOneCBORMode: every command decodes what the client sent in the
+// same mode. An extra, unknown parameter (0x1F, ignored when well-formed)
+// carrying what the mode refuses makes each command INVALID_CBOR; within
+// the limits it is ignored.
+func TestOneCBORMode(t *testing.T) {
+	e := newEnv(t)
+	nest := func(levels int) []byte { // an array nested levels deep
+		return append(bytes.Repeat([]byte{0x81}, levels-1), 0x80)
+	}
+	wide := []byte{0xb9, 0x01, 0x01} // a map of 257 pairs
+	for i := range 257 {
+		wide = append(wide, 0x19, byte(i>>8), byte(i), 0xf6)
+	}
+	bad := map[string][]byte{
+		"tag":              {0xc1, 0x01},
+		"indefinite array": {0x9f, 0x01, 0xff},
+		"indefinite map":   {0xbf, 0x01, 0x02, 0xff},
+		"indefinite bytes": {0x5f, 0x41, 0x00, 0xff},
+		"nesting of 9":     nest(8), // in the parameter map: 9 levels
+		"257 map pairs":    wide,
+	}
+	fine := map[string][]byte{
+		"nesting of 8":  nest(7),
+		"256 map pairs": append([]byte{0xb9, 0x01, 0x00}, wide[3:3+256*4]...),
+	}
+	commands := map[string]struct {
+		req  map[int]any
+		want ctap.Status // with a harmless extra parameter
+	}{
+		"makeCredential": {mcRequest(mcOpts{}, cdh("x")), ctap.StatusOK},
+		"getAssertion":   {map[int]any{1: "example.org", 2: cdh("x")}, ctap.StatusNoCredentials},
+		"clientPIN":      {map[int]any{1: 2, 2: 1}, ctap.StatusOK},
+		"credMgmt":       {map[int]any{1: 1}, ctap.StatusPUATRequired},
+		"credMgmt 0x41":  {map[int]any{1: 1}, ctap.StatusPUATRequired},
+	}
+	cmdByte := map[string]byte{"makeCredential": cMakeCredential, "getAssertion": cGetAssertion,
+		"clientPIN": cClientPIN, "credMgmt": 0x0A, "credMgmt 0x41": 0x41}
+	// with appends the parameter 0x1F: extra to the request map (fewer
+	// than 23 entries), bytes the test encoder would refuse included.
+	with := func(cmd byte, req map[int]any, extra []byte) []byte {
+		b := enc(t, req)
+		b[0]++ // map header 0xa0+n
+		return append(append(append([]byte{cmd}, b...), 0x18, 0x1F), extra...)
+	}
+	for name, c := range commands {
+		for what, extra := range bad {
+			st, _ := e.rawCall(with(cmdByte[name], c.req, extra))
+			if st != ctap.StatusInvalidCBOR {
+				t.Errorf("%s with %s: %v, want INVALID_CBOR", name, what, st)
+			}
+		}
+		for what, extra := range fine {
+			st, _ := e.rawCall(with(cmdByte[name], c.req, extra))
+			if st != c.want {
+				t.Errorf("%s with %s: %v, want %v", name, what, st, c.want)
+			}
+		}
+	}
+	// A whole request in indefinite length, and a tagged one.
+	for name, b := range map[string]byte{"makeCredential": cMakeCredential, "getAssertion": cGetAssertion, "clientPIN": cClientPIN, "credMgmt": 0x0A} {
+		if st, _ := e.rawCall([]byte{b, 0xbf, 0x02, 0x01, 0xff}); st != ctap.StatusInvalidCBOR {
+			t.Errorf("%s as an indefinite-length map: %v, want INVALID_CBOR", name, st)
+		}
+		if st, _ := e.rawCall([]byte{b, 0xc1, 0xa1, 0x02, 0x01}); st != ctap.StatusInvalidCBOR {
+			t.Errorf("%s tagged: %v, want INVALID_CBOR", name, st)
+		}
+	}
+}
+
 func TestExcludeList(t *testing.T) {
 	e := newEnv(t)
 	c := e.makeCredential(mcOpts{})

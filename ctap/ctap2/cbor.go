@@ -1,44 +1,10 @@
 package ctap2
 
 import (
-	"errors"
-	"fmt"
-	"sync"
-
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 )
-
-// CBOR modes. Output is CTAP2 canonical (CTAP 2.1 §8); input is parsed
-// strictly: well-formed, no duplicate map keys, no tags, bounded nesting.
-var (
-	cborEnc = sync.OnceValues(func() (cbor.EncMode, error) {
-		return cbor.CTAP2EncOptions().EncMode()
-	})
-	cborDec = sync.OnceValues(func() (cbor.DecMode, error) {
-		return cbor.DecOptions{
-			DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-			MaxNestedLevels:  8,
-			MaxArrayElements: 1024,
-			MaxMapPairs:      256,
-			TagsMd:           cbor.TagsForbidden,
-		}.DecMode()
-	})
-)
-
-// marshal encodes v canonically.
-func marshal(v any) ([]byte, error) {
-	em, err := cborEnc()
-	if err != nil {
-		return nil, fmt.Errorf("ctap2: cbor mode: %w", err)
-	}
-	b, err := em.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("ctap2: cbor encode: %w", err)
-	}
-	return b, nil
-}
 
 // CBOR major types (RFC 8949 §3.1).
 const (
@@ -58,21 +24,14 @@ func major(r cbor.RawMessage) int {
 	return int(r[0] >> 5)
 }
 
-// unmarshalRaw decodes one already well-formed item into v, mapping a type
-// mismatch to CTAP2_ERR_CBOR_UNEXPECTED_TYPE.
-func unmarshalRaw(r cbor.RawMessage, v any) error {
-	dm, err := cborDec()
-	if err != nil {
-		return fmt.Errorf("ctap2: cbor mode: %w", err)
+// decodeRequest decodes a command's parameter map (or a map inside it)
+// into the struct v (ctap.DecodeCBOR); no parameters at all is
+// CTAP2_ERR_MISSING_PARAMETER.
+func decodeRequest(raw []byte, v any) error {
+	if len(raw) == 0 {
+		return ctap.StatusMissingParameter
 	}
-	if err := dm.Unmarshal(r, v); err != nil {
-		var te *cbor.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return ctap.StatusCBORUnexpectedType
-		}
-		return ctap.StatusInvalidCBOR
-	}
-	return nil
+	return ctap.DecodeCBOR(raw, v)
 }
 
 // params is a request's top-level parameter map (integer keys).
@@ -86,17 +45,13 @@ func parseParams(raw []byte) (params, error) {
 	if len(raw) == 0 {
 		return p, nil
 	}
-	dm, err := cborDec()
-	if err != nil {
-		return nil, fmt.Errorf("ctap2: cbor mode: %w", err)
-	}
-	if err := dm.Wellformed(raw); err != nil {
-		return nil, ctap.StatusInvalidCBOR
+	if err := ctap.CheckCBOR(raw); err != nil {
+		return nil, err
 	}
 	if major(raw) != majMap {
 		return nil, ctap.StatusCBORUnexpectedType
 	}
-	if err := unmarshalRaw(raw, &p); err != nil {
+	if err := ctap.DecodeCBOR(raw, &p); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -137,7 +92,7 @@ func asBytes(r cbor.RawMessage) ([]byte, error) {
 		return nil, ctap.StatusCBORUnexpectedType
 	}
 	var b []byte
-	if err := unmarshalRaw(r, &b); err != nil {
+	if err := ctap.DecodeCBOR(r, &b); err != nil {
 		return nil, err
 	}
 	if b == nil {
@@ -151,7 +106,7 @@ func asText(r cbor.RawMessage) (string, error) {
 		return "", ctap.StatusCBORUnexpectedType
 	}
 	var s string
-	err := unmarshalRaw(r, &s)
+	err := ctap.DecodeCBOR(r, &s)
 	return s, err
 }
 
@@ -160,7 +115,7 @@ func asUint(r cbor.RawMessage) (uint64, error) {
 		return 0, ctap.StatusCBORUnexpectedType
 	}
 	var u uint64
-	err := unmarshalRaw(r, &u)
+	err := ctap.DecodeCBOR(r, &u)
 	return u, err
 }
 
@@ -169,7 +124,7 @@ func asInt(r cbor.RawMessage) (int64, error) {
 		return 0, ctap.StatusCBORUnexpectedType
 	}
 	var i int64
-	err := unmarshalRaw(r, &i)
+	err := ctap.DecodeCBOR(r, &i)
 	return i, err
 }
 
@@ -185,7 +140,7 @@ func asArray(r cbor.RawMessage) ([]cbor.RawMessage, error) {
 		return nil, ctap.StatusCBORUnexpectedType
 	}
 	var a []cbor.RawMessage
-	err := unmarshalRaw(r, &a)
+	err := ctap.DecodeCBOR(r, &a)
 	return a, err
 }
 
@@ -195,7 +150,7 @@ func asTextMap(r cbor.RawMessage) (map[string]cbor.RawMessage, error) {
 		return nil, ctap.StatusCBORUnexpectedType
 	}
 	m := map[string]cbor.RawMessage{}
-	err := unmarshalRaw(r, &m)
+	err := ctap.DecodeCBOR(r, &m)
 	return m, err
 }
 
@@ -205,6 +160,6 @@ func asIntMap(r cbor.RawMessage) (map[int64]cbor.RawMessage, error) {
 		return nil, ctap.StatusCBORUnexpectedType
 	}
 	m := map[int64]cbor.RawMessage{}
-	err := unmarshalRaw(r, &m)
+	err := ctap.DecodeCBOR(r, &m)
 	return m, err
 }

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"unicode/utf8"
 
-	"github.com/fxamacker/cbor/v2"
-
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
@@ -53,54 +51,11 @@ type cpResponse struct {
 	PowerCycleState *bool          `cbor:"4,keyasint,omitempty"`
 }
 
-// Request decoding is strict (duplicate keys and indefinite lengths
-// refused, nesting bounded); responses are CTAP2 canonical CBOR.
-var (
-	cpDecMode, cpDecModeErr = cbor.DecOptions{
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-		MaxNestedLevels:  16,
-		MaxArrayElements: 1024,
-		MaxMapPairs:      1024,
-	}.DecMode()
-	cpEncMode, cpEncModeErr = cbor.CTAP2EncOptions().EncMode()
-)
-
-// cpDecode decodes a CBOR request map into v, mapping failures to the
-// CTAP status the spec asks for (§8.2).
-func cpDecode(raw []byte, v any) error {
-	if cpDecModeErr != nil {
-		return fmt.Errorf("ctap2: CBOR decoding options: %w", cpDecModeErr)
-	}
-	if len(raw) == 0 {
-		return ctap.StatusMissingParameter
-	}
-	if err := cpDecMode.Unmarshal(raw, v); err != nil {
-		var te *cbor.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return fmt.Errorf("%w: %w", ctap.StatusCBORUnexpectedType, err)
-		}
-		return fmt.Errorf("%w: %w", ctap.StatusInvalidCBOR, err)
-	}
-	return nil
-}
-
-func cpEncode(v any) ([]byte, error) {
-	if cpEncModeErr != nil {
-		return nil, fmt.Errorf("ctap2: CBOR encoding options: %w", cpEncModeErr)
-	}
-	b, err := cpEncMode.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("ctap2: encoding response: %w", err)
-	}
-	return b, nil
-}
-
 // clientPIN handles authenticatorClientPIN (CTAP 2.1 §6.5). raw is the
 // CBOR parameter map; the result is the CBOR response map.
 func (a *Authenticator) clientPIN(ctx context.Context, raw []byte) ([]byte, error) {
 	var req cpRequest
-	if err := cpDecode(raw, &req); err != nil {
+	if err := decodeRequest(raw, &req); err != nil {
 		return nil, err
 	}
 	if req.SubCommand == nil {
@@ -137,7 +92,7 @@ func (a *Authenticator) cpProtocol(req *cpRequest) (pinuv.Protocol, error) {
 func (a *Authenticator) cpGetPINRetries() ([]byte, error) {
 	retries := a.cfg.Store.PINRetries()
 	pc := a.pin.PowerCycleRequired() && a.cfg.Store.PINIsSet()
-	return cpEncode(cpResponse{PINRetries: &retries, PowerCycleState: &pc})
+	return ctap.EncodeCBOR(cpResponse{PINRetries: &retries, PowerCycleState: &pc})
 }
 
 // getKeyAgreement (§6.5.5.4).
@@ -150,7 +105,7 @@ func (a *Authenticator) cpGetKeyAgreement(req *cpRequest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cpEncode(cpResponse{KeyAgreement: &k})
+	return ctap.EncodeCBOR(cpResponse{KeyAgreement: &k})
 }
 
 // cpSharedSecret runs the platform's key agreement; a bad point is
@@ -398,5 +353,5 @@ func (a *Authenticator) cpGetToken(req *cpRequest) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clientPIN: encrypting token: %w", err)
 	}
-	return cpEncode(cpResponse{PinUvAuthToken: enc})
+	return ctap.EncodeCBOR(cpResponse{PinUvAuthToken: enc})
 }

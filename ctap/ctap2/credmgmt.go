@@ -110,7 +110,7 @@ type cmWalk struct {
 // does too (pinuv.PermCredentialManagementPreview).
 func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte, preview bool) ([]byte, error) {
 	var req cmRequest
-	if err := cpDecode(raw, &req); err != nil {
+	if err := decodeRequest(raw, &req); err != nil {
 		a.cm = credMgmtState{}
 		return nil, err
 	}
@@ -128,7 +128,7 @@ func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte, pr
 	a.cm = credMgmtState{}
 	var params cmParams
 	if len(req.Params) > 0 {
-		if err := cpDecode(req.Params, &params); err != nil {
+		if err := decodeRequest(req.Params, &params); err != nil {
 			return nil, err
 		}
 	}
@@ -180,7 +180,7 @@ func (a *Authenticator) cmMetadata(perm pinuv.Permission) ([]byte, error) {
 		return nil, fmt.Errorf("credentialManagement: counting residents: %w", err)
 	}
 	remaining := max(a.cfg.Store.MaxResidents()-n, 0)
-	return cpEncode(cmResponse{Existing: &n, Remaining: &remaining})
+	return ctap.EncodeCBOR(cmResponse{Existing: &n, Remaining: &remaining})
 }
 
 // enumerateRPsBegin (§6.8.3).
@@ -225,7 +225,7 @@ func (a *Authenticator) cmNextRP() ([]byte, error) {
 }
 
 func cmEncodeRP(rp tpmstore.RP, total *int) ([]byte, error) {
-	return cpEncode(cmResponse{
+	return ctap.EncodeCBOR(cmResponse{
 		RP:       &cmRP{ID: rp.ID, Name: rp.Name},
 		RPIDHash: rp.Hash[:],
 		TotalRPs: total,
@@ -305,7 +305,7 @@ func cmEncodeCredential(r tpmstore.Resident, total *int) ([]byte, error) {
 	if resp.User.ID == nil {
 		resp.User.ID = []byte{}
 	}
-	return cpEncode(resp)
+	return ctap.EncodeCBOR(resp)
 }
 
 // cmCOSEPublicKey encodes an ES256 public key: kty 2, alg -7, crv 1.

@@ -287,7 +287,7 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 		walk.deadline = a.cfg.Now().Add(nextAssertionTimeout)
 		a.next = walk
 	}
-	return marshal(resp)
+	return ctap.EncodeCBOR(resp)
 }
 
 // getNextAssertion handles authenticatorGetNextAssertion (§6.3).
@@ -319,7 +319,7 @@ func (a *Authenticator) getNextAssertion(raw []byte) ([]byte, error) {
 		a.next = nil
 		return nil, err
 	}
-	return marshal(resp)
+	return ctap.EncodeCBOR(resp)
 }
 
 // allowListCredential returns the first allowList entry this store made
@@ -489,7 +489,7 @@ func (a *Authenticator) assertion(hash [32]byte, clientDataHash []byte, flags by
 		if err != nil {
 			return nil, err
 		}
-		if ext, err = marshal(map[string]any{"hmac-secret": out}); err != nil {
+		if ext, err = ctap.EncodeCBOR(map[string]any{"hmac-secret": out}); err != nil {
 			return nil, err
 		}
 	}

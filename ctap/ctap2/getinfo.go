@@ -77,5 +77,5 @@ func (a *Authenticator) getInfo(raw []byte) ([]byte, error) {
 		0x0E: a.cfg.FirmwareVersion,
 		0x14: remaining,
 	}
-	return marshal(info)
+	return ctap.EncodeCBOR(info)
 }

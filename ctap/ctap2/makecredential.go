@@ -310,7 +310,7 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 		if r.hmacSecret {
 			ext["hmac-secret"] = true
 		}
-		if extOut, err = marshal(ext); err != nil {
+		if extOut, err = ctap.EncodeCBOR(ext); err != nil {
 			return nil, err
 		}
 	}
@@ -359,7 +359,7 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 			return nil, fmt.Errorf("ctap2: makeCredential: store resident: %w", err)
 		}
 	}
-	return marshal(map[int]any{
+	return ctap.EncodeCBOR(map[int]any{
 		0x01: attestation.FormatPacked,
 		0x02: ad,
 		0x03: st,
