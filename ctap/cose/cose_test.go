@@ -2,6 +2,7 @@ package cose
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -78,6 +81,61 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	if _, err := EncodeES256(nil); !errors.Is(err, ErrInvalidKey) {
 		t.Errorf("nil key: %v", err)
+	}
+}
+
+// TestKeyAgreementKey: the same Key type carries the PIN/UV protocols'
+// key-agreement keys (alg -25), and back to an ECDH key.
+func TestKeyAgreementKey(t *testing.T) {
+	priv, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ECDHES(priv.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ctap.EncodeCBOR(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[int64]any
+	if err := cbor.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m[1] != uint64(2) || m[3] != int64(-25) || m[-1] != uint64(1) || len(m) != 5 {
+		t.Fatalf("key-agreement COSE map %v", m)
+	}
+	if !bytes.Equal(append(append([]byte{4}, m[-2].([]byte)...), m[-3].([]byte)...), priv.PublicKey().Bytes()) {
+		t.Fatal("coordinates differ from the point")
+	}
+	pub, err := k.ECDH()
+	if err != nil || !pub.Equal(priv.PublicKey()) {
+		t.Fatalf("ECDH() = %v, %v", pub, err)
+	}
+	// A key-agreement key is not an ES256 credential key.
+	if _, err := k.ECDSA(); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("ECDSA() of an alg -25 key: %v", err)
+	}
+	off := k
+	off.Y = append([]byte(nil), k.Y...)
+	off.Y[31] ^= 1
+	for name, bad := range map[string]Key{
+		"off curve": off,
+		"wrong kty": {Kty: 1, Alg: -25, Crv: 1, X: k.X, Y: k.Y},
+		"wrong crv": {Kty: 2, Alg: -25, Crv: 2, X: k.X, Y: k.Y},
+		"short x":   {Kty: 2, Alg: -25, Crv: 1, X: k.X[:31], Y: k.Y},
+		"no y":      {Kty: 2, Alg: -25, Crv: 1, X: k.X},
+	} {
+		if _, err := bad.ECDH(); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("%s: ECDH() err = %v, want ErrInvalidKey", name, err)
+		}
+	}
+	if _, err := ECDHES(nil); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("ECDHES(nil): %v", err)
+	}
+	if _, err := ES256(nil); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("ES256(nil): %v", err)
 	}
 }
 

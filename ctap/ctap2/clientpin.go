@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/cose"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
@@ -33,22 +34,22 @@ const (
 
 // cpRequest is the authenticatorClientPIN parameter map.
 type cpRequest struct {
-	Protocol       *uint64        `cbor:"1,keyasint"`
-	SubCommand     *uint64        `cbor:"2,keyasint"`
-	KeyAgreement   *pinuv.COSEKey `cbor:"3,keyasint"`
-	PinUvAuthParam []byte         `cbor:"4,keyasint"`
-	NewPinEnc      []byte         `cbor:"5,keyasint"`
-	PinHashEnc     []byte         `cbor:"6,keyasint"`
-	Permissions    *uint64        `cbor:"9,keyasint"`
-	RPID           *string        `cbor:"10,keyasint"`
+	Protocol       *uint64   `cbor:"1,keyasint"`
+	SubCommand     *uint64   `cbor:"2,keyasint"`
+	KeyAgreement   *cose.Key `cbor:"3,keyasint"`
+	PinUvAuthParam []byte    `cbor:"4,keyasint"`
+	NewPinEnc      []byte    `cbor:"5,keyasint"`
+	PinHashEnc     []byte    `cbor:"6,keyasint"`
+	Permissions    *uint64   `cbor:"9,keyasint"`
+	RPID           *string   `cbor:"10,keyasint"`
 }
 
 // cpResponse is the authenticatorClientPIN response map.
 type cpResponse struct {
-	KeyAgreement    *pinuv.COSEKey `cbor:"1,keyasint,omitempty"`
-	PinUvAuthToken  []byte         `cbor:"2,keyasint,omitempty"`
-	PINRetries      *int           `cbor:"3,keyasint,omitempty"`
-	PowerCycleState *bool          `cbor:"4,keyasint,omitempty"`
+	KeyAgreement    *cose.Key `cbor:"1,keyasint,omitempty"`
+	PinUvAuthToken  []byte    `cbor:"2,keyasint,omitempty"`
+	PINRetries      *int      `cbor:"3,keyasint,omitempty"`
+	PowerCycleState *bool     `cbor:"4,keyasint,omitempty"`
 }
 
 // clientPIN handles authenticatorClientPIN (CTAP 2.1 §6.5). raw is the
@@ -110,7 +111,7 @@ func (a *Authenticator) cpGetKeyAgreement(req *cpRequest) ([]byte, error) {
 
 // cpSharedSecret runs the platform's key agreement; a bad point is
 // INVALID_PARAMETER.
-func cpSharedSecret(p pinuv.Protocol, k *pinuv.COSEKey) ([]byte, error) {
+func cpSharedSecret(p pinuv.Protocol, k *cose.Key) ([]byte, error) {
 	ss, err := p.SharedSecret(*k)
 	if err != nil {
 		if ctap.StatusOf(err) == ctap.StatusOther {

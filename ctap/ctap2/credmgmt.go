@@ -3,13 +3,13 @@ package ctap2
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
 	"errors"
 	"fmt"
 
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/cose"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
@@ -61,15 +61,6 @@ type cmRP struct {
 	Name string `cbor:"name,omitempty"`
 }
 
-// cmPublicKey is an ES256 credential public key as a COSE_Key.
-type cmPublicKey struct {
-	Kty int64  `cbor:"1,keyasint"`
-	Alg int64  `cbor:"3,keyasint"`
-	Crv int64  `cbor:"-1,keyasint"`
-	X   []byte `cbor:"-2,keyasint"`
-	Y   []byte `cbor:"-3,keyasint"`
-}
-
 // cmResponse is the authenticatorCredentialManagement response map.
 type cmResponse struct {
 	Existing         *int          `cbor:"1,keyasint,omitempty"`
@@ -79,7 +70,7 @@ type cmResponse struct {
 	TotalRPs         *int          `cbor:"5,keyasint,omitempty"`
 	User             *cmUser       `cbor:"6,keyasint,omitempty"`
 	CredentialID     *cmCredential `cbor:"7,keyasint,omitempty"`
-	PublicKey        *cmPublicKey  `cbor:"8,keyasint,omitempty"`
+	PublicKey        *cose.Key     `cbor:"8,keyasint,omitempty"`
 	TotalCredentials *int          `cbor:"9,keyasint,omitempty"`
 	CredProtect      *uint8        `cbor:"10,keyasint,omitempty"`
 	LargeBlobKey     []byte        `cbor:"11,keyasint,omitempty"`
@@ -287,15 +278,18 @@ func (a *Authenticator) cmNextCredential() ([]byte, error) {
 }
 
 func cmEncodeCredential(r tpmstore.Resident, total *int) ([]byte, error) {
-	pk, err := cmCOSEPublicKey(r.PublicKey)
+	if r.PublicKey == nil {
+		return nil, errors.New("credentialManagement: resident credential without public key")
+	}
+	pk, err := cose.ES256(r.PublicKey)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("credentialManagement: public key: %w", err)
 	}
 	cp := max(r.CredProtect, tpmstore.CredProtectUVOptional)
 	resp := cmResponse{
 		User:             &cmUser{ID: r.User.ID, Name: r.User.Name, DisplayName: r.User.DisplayName},
 		CredentialID:     &cmCredential{Type: "public-key", ID: r.CredentialID},
-		PublicKey:        pk,
+		PublicKey:        &pk,
 		TotalCredentials: total,
 		CredProtect:      &cp,
 	}
@@ -306,18 +300,6 @@ func cmEncodeCredential(r tpmstore.Resident, total *int) ([]byte, error) {
 		resp.User.ID = []byte{}
 	}
 	return ctap.EncodeCBOR(resp)
-}
-
-// cmCOSEPublicKey encodes an ES256 public key: kty 2, alg -7, crv 1.
-func cmCOSEPublicKey(pub *ecdsa.PublicKey) (*cmPublicKey, error) {
-	if pub == nil {
-		return nil, errors.New("credentialManagement: resident credential without public key")
-	}
-	b, err := pub.Bytes()
-	if err != nil || len(b) != 65 {
-		return nil, fmt.Errorf("credentialManagement: public key not P-256: %v", err)
-	}
-	return &cmPublicKey{Kty: 2, Alg: -7, Crv: 1, X: b[1:33], Y: b[33:]}, nil
 }
 
 // cmFind looks up a resident credential by ID (one read).

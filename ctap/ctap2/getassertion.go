@@ -11,6 +11,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/cose"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
@@ -33,7 +34,7 @@ const nextAssertionTimeout = 30 * time.Second
 
 // hmacSecretInput is a parsed hmac-secret getAssertion input.
 type hmacSecretInput struct {
-	keyAgreement pinuv.COSEKey
+	keyAgreement cose.Key
 	saltEnc      []byte
 	saltAuth     []byte
 	protocol     uint64
@@ -161,8 +162,8 @@ func parseHMACSecretInput(raw cbor.RawMessage) (*hmacSecretInput, error) {
 
 // parseCOSEKey type-checks a platform key-agreement COSE_Key. Whether the
 // point is on the curve is the PIN/UV protocol's check.
-func parseCOSEKey(raw cbor.RawMessage) (pinuv.COSEKey, error) {
-	var k pinuv.COSEKey
+func parseCOSEKey(raw cbor.RawMessage) (cose.Key, error) {
+	var k cose.Key
 	m, err := asIntMap(raw)
 	if err != nil {
 		return k, err
@@ -187,8 +188,8 @@ func parseCOSEKey(raw cbor.RawMessage) (pinuv.COSEKey, error) {
 	if k.Y, err = asBytes(m[-3]); err != nil {
 		return k, err
 	}
-	if k.Kty != 2 || k.Crv != 1 || len(k.X) != 32 || len(k.Y) != 32 {
-		return k, ctap.StatusInvalidParameter
+	if _, err := k.Point(); err != nil {
+		return k, fmt.Errorf("%w: %w", ctap.StatusInvalidParameter, err)
 	}
 	return k, nil
 }

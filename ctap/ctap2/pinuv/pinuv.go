@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/cose"
 )
 
 // Permission is a set of pinUvAuthToken permissions. The low eight bits
@@ -59,40 +60,18 @@ const (
 // TokenSize is the length of a pinUvAuthToken in bytes.
 const TokenSize = 32
 
-// COSE constants of the key-agreement key.
-const (
-	coseKtyEC2       = 2
-	coseAlgECDHHKDF  = -25
-	coseCrvP256      = 1
-	coordinateLength = 32
-)
-
-// COSEKey is a P-256 ECDH public key in COSE_Key form as CTAP uses it for
-// key agreement: kty 2 (EC2), alg -25 (ECDH-ES+HKDF-256), crv 1 (P-256).
-type COSEKey struct {
-	Kty int64  `cbor:"1,keyasint"`
-	Alg int64  `cbor:"3,keyasint"`
-	Crv int64  `cbor:"-1,keyasint"`
-	X   []byte `cbor:"-2,keyasint"`
-	Y   []byte `cbor:"-3,keyasint"`
-}
-
 // Protocol is one PIN/UV auth protocol (1 or 2).
 type Protocol interface {
 	Version() uint64
 	// SharedSecret does ECDH between the authenticator's key-agreement key
 	// and platformKey and derives the protocol's shared secret. A point
 	// that is not on P-256 is ctap.StatusInvalidParameter, never a panic.
-	SharedSecret(platformKey COSEKey) ([]byte, error)
+	SharedSecret(platformKey cose.Key) ([]byte, error)
 	Encrypt(sharedSecret, plaintext []byte) ([]byte, error)
 	Decrypt(sharedSecret, ciphertext []byte) ([]byte, error)
 	Authenticate(key, message []byte) []byte
 	Verify(key, message, signature []byte) bool
 }
-
-// ErrPlaceholder marks code not written yet. Nothing in this package
-// returns it any more; it is kept so the agreed API stays intact.
-var ErrPlaceholder = errors.New("pinuv: not implemented")
 
 // ErrMalformed is wrapped (with ctap.StatusInvalidParameter) by Decrypt
 // and Encrypt when a key or ciphertext has the wrong length, and by
@@ -153,21 +132,16 @@ func (s *State) Protocol(version uint64) (Protocol, error) {
 	return nil, ctap.StatusInvalidParameter
 }
 
-// KeyAgreement returns the authenticator's public key-agreement key.
-func (s *State) KeyAgreement(version uint64) (COSEKey, error) {
+// KeyAgreement returns the authenticator's public key-agreement key
+// (kty EC2, alg -25 ECDH-ES+HKDF-256, crv P-256).
+func (s *State) KeyAgreement(version uint64) (cose.Key, error) {
 	if _, err := s.Protocol(version); err != nil {
-		return COSEKey{}, err
+		return cose.Key{}, err
 	}
 	s.mu.Lock()
-	pub := s.key.PublicKey().Bytes() // 0x04 ‖ X ‖ Y
+	pub := s.key.PublicKey()
 	s.mu.Unlock()
-	return COSEKey{
-		Kty: coseKtyEC2,
-		Alg: coseAlgECDHHKDF,
-		Crv: coseCrvP256,
-		X:   pub[1 : 1+coordinateLength],
-		Y:   pub[1+coordinateLength:],
-	}, nil
+	return cose.ECDHES(pub)
 }
 
 // Regenerate makes a new key-agreement key and invalidates the token
@@ -365,20 +339,10 @@ func (s *State) PowerCycleRequired() bool {
 
 // ecdhZ does the ECDH of the authenticator's key with the platform's
 // point and returns Z, the shared point's x coordinate.
-func (s *State) ecdhZ(k COSEKey) ([]byte, error) {
-	if k.Kty != coseKtyEC2 || k.Crv != coseCrvP256 {
-		return nil, malformed("key agreement kty %d crv %d, want EC2 P-256", k.Kty, k.Crv)
-	}
-	if len(k.X) != coordinateLength || len(k.Y) != coordinateLength {
-		return nil, malformed("key agreement coordinates of %d and %d bytes", len(k.X), len(k.Y))
-	}
-	raw := make([]byte, 0, 1+2*coordinateLength)
-	raw = append(raw, 4)
-	raw = append(raw, k.X...)
-	raw = append(raw, k.Y...)
-	pub, err := ecdh.P256().NewPublicKey(raw) // rejects points off the curve
+func (s *State) ecdhZ(k cose.Key) ([]byte, error) {
+	pub, err := k.ECDH() // rejects points off the curve
 	if err != nil {
-		return nil, malformed("key agreement point: %v", err)
+		return nil, malformed("key agreement: %v", err)
 	}
 	s.mu.Lock()
 	priv := s.key
@@ -429,7 +393,7 @@ type protocolOne struct{ s *State }
 func (protocolOne) Version() uint64 { return 1 }
 
 // SharedSecret is SHA-256(Z).
-func (p protocolOne) SharedSecret(k COSEKey) ([]byte, error) {
+func (p protocolOne) SharedSecret(k cose.Key) ([]byte, error) {
 	z, err := p.s.ecdhZ(k)
 	if err != nil {
 		return nil, err
@@ -473,7 +437,7 @@ var zeroSalt = make([]byte, 32)
 
 // SharedSecret is HKDF-SHA-256(Z, "CTAP2 HMAC key") ‖
 // HKDF-SHA-256(Z, "CTAP2 AES key"), each 32 bytes with a zero salt.
-func (p protocolTwo) SharedSecret(k COSEKey) ([]byte, error) {
+func (p protocolTwo) SharedSecret(k cose.Key) ([]byte, error) {
 	z, err := p.s.ecdhZ(k)
 	if err != nil {
 		return nil, err

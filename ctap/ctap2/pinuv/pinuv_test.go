@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/cose"
 )
 
 type fakeClock struct {
@@ -56,7 +57,7 @@ func hkdfByHand(secret, salt []byte, info string) []byte {
 	return exp.Sum(nil) // 32 bytes: one block is enough
 }
 
-func platformShared(t *testing.T, version uint64, plat *ecdh.PrivateKey, auth COSEKey) []byte {
+func platformShared(t *testing.T, version uint64, plat *ecdh.PrivateKey, auth cose.Key) []byte {
 	t.Helper()
 	pub, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, auth.X...), auth.Y...))
 	if err != nil {
@@ -74,9 +75,9 @@ func platformShared(t *testing.T, version uint64, plat *ecdh.PrivateKey, auth CO
 	return append(hkdfByHand(z, salt, "CTAP2 HMAC key"), hkdfByHand(z, salt, "CTAP2 AES key")...)
 }
 
-func platformCOSE(k *ecdh.PrivateKey) COSEKey {
+func platformCOSE(k *ecdh.PrivateKey) cose.Key {
 	b := k.PublicKey().Bytes()
-	return COSEKey{Kty: 2, Alg: -25, Crv: 1, X: b[1:33], Y: b[33:]}
+	return cose.Key{Kty: 2, Alg: -25, Crv: 1, X: b[1:33], Y: b[33:]}
 }
 
 func TestSharedSecretMatchesPlatform(t *testing.T) {
@@ -193,7 +194,7 @@ func TestBadPlatformKeys(t *testing.T) {
 	offCurve := good
 	offCurve.Y = append([]byte(nil), good.Y...)
 	offCurve.Y[31] ^= 1
-	cases := map[string]COSEKey{
+	cases := map[string]cose.Key{
 		"off curve":   offCurve,
 		"zero point":  {Kty: 2, Alg: -25, Crv: 1, X: make([]byte, 32), Y: make([]byte, 32)},
 		"short x":     {Kty: 2, Alg: -25, Crv: 1, X: good.X[:31], Y: good.Y},
