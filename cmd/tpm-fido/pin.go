@@ -2,24 +2,16 @@ package main
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
-)
-
-// PIN policy (CTAP 2.1 §6.5.1): at least 4 Unicode code points, at most
-// 63 bytes of UTF-8.
-const (
-	pinMinCodePoints = 4
-	pinMaxBytes      = 63
 )
 
 func runPin(args []string, stdout, stderr io.Writer) int {
@@ -71,7 +63,7 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(stderr, "pin", err)
 		}
-		if err := checkPINPolicy(next); err != nil {
+		if err := pinuv.CheckPIN([]byte(next)); err != nil {
 			return fail(stderr, "pin", err)
 		}
 		again, err := in.read("Repeat the new PIN: ")
@@ -87,9 +79,9 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 		}
 		defer closeAll()
 		if sub == "set" {
-			err = s.SetPIN(pinHash(next))
+			err = s.SetPIN(pinuv.PINHash([]byte(next)))
 		} else {
-			err = s.ChangePIN(pinHash(current), pinHash(next))
+			err = s.ChangePIN(pinuv.PINHash([]byte(current)), pinuv.PINHash([]byte(next)))
 		}
 		switch {
 		case err == nil && sub == "set":
@@ -175,26 +167,6 @@ func nextTry(st tpmstore.DAStatus) string {
 		return fmt.Sprintf("now (%d wrong PIN(s) before tpm-fido stops trying, to keep the TPM out of lockout)", st.SafeTries())
 	}
 	return fmt.Sprintf("in at most %s (tpm-fido does not try a PIN while one more failure would put the TPM into dictionary-attack lockout; it forgives one failure every %s)", w, st.RecoveryTime)
-}
-
-// pinHash is LEFT(SHA-256(pin), 16), what the store keeps the PIN as.
-func pinHash(pin string) [16]byte {
-	sum := sha256.Sum256([]byte(pin))
-	var h [16]byte
-	copy(h[:], sum[:])
-	return h
-}
-
-func checkPINPolicy(pin string) error {
-	switch {
-	case !utf8.ValidString(pin):
-		return errors.New("the PIN is not valid UTF-8")
-	case utf8.RuneCountInString(pin) < pinMinCodePoints:
-		return fmt.Errorf("the PIN needs at least %d characters", pinMinCodePoints)
-	case len(pin) > pinMaxBytes:
-		return fmt.Errorf("the PIN may have at most %d bytes", pinMaxBytes)
-	}
-	return nil
 }
 
 // pinReader reads PINs: from a terminal without echo, else one per line.

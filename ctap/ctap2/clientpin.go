@@ -2,10 +2,8 @@ package ctap2
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"unicode/utf8"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/cose"
@@ -23,10 +21,8 @@ const (
 	cpGetTokenUsingUVWithPerms   = 0x06
 	cpGetUVRetries               = 0x07
 	cpGetTokenUsingPINWithPerms  = 0x09
-	cpMinPINCodePoints           = minPINLength // as getInfo reports it
-	cpMaxPINBytes                = 63
 	cpPaddedPINLength            = 64
-	cpPINHashLength              = 16
+	cpPINHashLength              = pinuv.PINHashSize
 	cpSupportedPermissions       = pinuv.PermMakeCredential | pinuv.PermGetAssertion | pinuv.PermCredentialManagement
 	cpLegacyTokenPermissions     = pinuv.PermMakeCredential | pinuv.PermGetAssertion | pinuv.PermCredentialManagementPreview
 	cpUnsupportedPermissionsMask = ^cpSupportedPermissions
@@ -122,8 +118,8 @@ func cpSharedSecret(p pinuv.Protocol, k *cose.Key) ([]byte, error) {
 	return ss, nil
 }
 
-// cpDecryptPIN decrypts newPinEnc and applies the PIN policy: at least
-// 4 Unicode code points, at most 63 bytes of valid UTF-8 (§6.5.5.5).
+// cpDecryptPIN decrypts newPinEnc, strips its zero padding and applies
+// the PIN policy (pinuv.CheckPIN, §6.5.5.5).
 func cpDecryptPIN(p pinuv.Protocol, shared, newPinEnc []byte) ([]byte, error) {
 	padded, err := p.Decrypt(shared, newPinEnc)
 	if err != nil {
@@ -137,18 +133,10 @@ func cpDecryptPIN(p pinuv.Protocol, shared, newPinEnc []byte) ([]byte, error) {
 		n--
 	}
 	pin := padded[:n]
-	if len(pin) > cpMaxPINBytes || !utf8.Valid(pin) || utf8.RuneCount(pin) < cpMinPINCodePoints {
-		return nil, ctap.StatusPINPolicyViolation
+	if err := pinuv.CheckPIN(pin); err != nil {
+		return nil, err // CTAP2_ERR_PIN_POLICY_VIOLATION
 	}
 	return pin, nil
-}
-
-// cpPINHash is LEFT(SHA-256(pin), 16).
-func cpPINHash(pin []byte) [cpPINHashLength]byte {
-	var h [cpPINHashLength]byte
-	sum := sha256.Sum256(pin)
-	copy(h[:], sum[:])
-	return h
 }
 
 // cpDecryptPINHash decrypts pinHashEnc, which must hold exactly 16 bytes.
@@ -241,7 +229,7 @@ func (a *Authenticator) cpSetPIN(req *cpRequest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.cfg.Store.SetPIN(cpPINHash(pin)); err != nil {
+	if err := a.cfg.Store.SetPIN(pinuv.PINHash(pin)); err != nil {
 		if errors.Is(err, tpmstore.ErrPINAlreadySet) {
 			return nil, fmt.Errorf("%w: %w", ctap.StatusPINAuthInvalid, err)
 		}
@@ -285,7 +273,7 @@ func (a *Authenticator) cpChangePIN(req *cpRequest) ([]byte, error) {
 		}
 		return nil, perr
 	}
-	if err := a.cpPINResult(a.cfg.Store.ChangePIN(current, cpPINHash(pin))); err != nil {
+	if err := a.cpPINResult(a.cfg.Store.ChangePIN(current, pinuv.PINHash(pin))); err != nil {
 		return nil, err
 	}
 	a.pin.ResetToken()

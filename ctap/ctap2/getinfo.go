@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 )
 
 // AAGUID identifies this authenticator model (503ebbef-6f95-c0e6-7ade-
@@ -26,8 +27,6 @@ const (
 	// defaultMaxCredentialIDLength is the credential-ID bound (U2F key
 	// handles are at most 255 bytes).
 	defaultMaxCredentialIDLength = 255
-	// minPINLength is the minimum PIN length in code points.
-	minPINLength = 4
 )
 
 // credentialIDLimiter is implemented by stores that know their exact
@@ -73,7 +72,7 @@ func (a *Authenticator) getInfo(raw []byte) ([]byte, error) {
 		0x09: []string{"usb"},
 		0x0A: []map[string]any{{"type": "public-key", "alg": -7}},
 		0x0C: false, // forcePINChange
-		0x0D: minPINLength,
+		0x0D: pinuv.MinPINLength,
 		0x0E: a.cfg.FirmwareVersion,
 		0x14: remaining,
 	}

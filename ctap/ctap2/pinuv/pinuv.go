@@ -1,7 +1,8 @@
 // Package pinuv implements the PIN/UV auth protocols 1 and 2 and the
 // pinUvAuthToken state of CTAP 2.1 §6.5: key agreement, shared-secret
 // derivation, encrypt/decrypt/authenticate, and the token's permissions,
-// relying-party binding and lifetime.
+// relying-party binding and lifetime. It is also the one home of the PIN
+// policy and the PIN hash, which clientPIN and the command line share.
 //
 // Token lifetime (CTAP 2.1 §6.5.2.1 leaves the figures to the
 // authenticator; these are ours): a fresh token must be used for the
@@ -25,6 +26,7 @@ import (
 	"io"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/cose"
@@ -59,6 +61,50 @@ const (
 
 // TokenSize is the length of a pinUvAuthToken in bytes.
 const TokenSize = 32
+
+// PIN policy (CTAP 2.1 §6.5.1, §6.5.5.5), the one rule for PINs set by
+// clientPIN and by the tpm-fido command line.
+const (
+	// MinPINLength is the fewest Unicode code points a PIN may have
+	// (getInfo's minPINLength).
+	MinPINLength = 4
+	// MaxPINBytes is the most bytes of UTF-8 a PIN may have.
+	MaxPINBytes = 63
+	// PINHashSize is the length of PINHash's result.
+	PINHashSize = 16
+)
+
+// PolicyError is a PIN that breaks the policy; its message says how, in
+// words for a user. It matches ctap.StatusPINPolicyViolation with
+// errors.Is, which is what clientPIN answers.
+type PolicyError struct{ reason string }
+
+func (e *PolicyError) Error() string { return e.reason }
+
+// Unwrap makes errors.Is(err, ctap.StatusPINPolicyViolation) hold.
+func (e *PolicyError) Unwrap() error { return ctap.StatusPINPolicyViolation }
+
+// CheckPIN applies the PIN policy to pin (without padding): valid UTF-8,
+// at least MinPINLength code points, at most MaxPINBytes bytes. Failure
+// is a *PolicyError.
+func CheckPIN(pin []byte) error {
+	switch {
+	case !utf8.Valid(pin):
+		return &PolicyError{"the PIN is not valid UTF-8"}
+	case utf8.RuneCount(pin) < MinPINLength:
+		return &PolicyError{fmt.Sprintf("the PIN needs at least %d characters", MinPINLength)}
+	case len(pin) > MaxPINBytes:
+		return &PolicyError{fmt.Sprintf("the PIN may have at most %d bytes", MaxPINBytes)}
+	}
+	return nil
+}
+
+// PINHash is LEFT(SHA-256(pin), 16): what clientPIN's pinHashEnc carries
+// and what the key store keeps the PIN as.
+func PINHash(pin []byte) [PINHashSize]byte {
+	sum := sha256.Sum256(pin)
+	return [PINHashSize]byte(sum[:PINHashSize])
+}
 
 // Protocol is one PIN/UV auth protocol (1 or 2).
 type Protocol interface {

@@ -8,7 +8,9 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -460,5 +462,40 @@ func TestUVSecretLifetime(t *testing.T) {
 		if got, ok := s.UVSecret(); ok {
 			t.Errorf("after %s: secret %x still there", name, got)
 		}
+	}
+}
+
+func TestPINPolicy(t *testing.T) {
+	for pin, want := range map[string]string{
+		"1234":                    "",
+		"123":                     "at least 4",
+		"ééé":                     "at least 4", // 6 bytes, 3 code points
+		"éééé":                    "",
+		strings.Repeat("x", 63):   "",
+		strings.Repeat("x", 64):   "at most 63",
+		strings.Repeat("é", 32):   "at most 63", // 32 code points, 64 bytes
+		"12\xff4":                 "UTF-8",
+		"":                        "at least 4",
+		"\x00\x00\x00\x00\x00abc": "",
+	} {
+		err := CheckPIN([]byte(pin))
+		if want == "" {
+			if err != nil {
+				t.Errorf("%q: %v", pin, err)
+			}
+			continue
+		}
+		var pe *PolicyError
+		if !errors.As(err, &pe) || !errors.Is(err, ctap.StatusPINPolicyViolation) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want a policy error saying %q", pin, err, want)
+		}
+	}
+}
+
+func TestPINHash(t *testing.T) {
+	// SHA-256("1234") = 03ac6742 16f3e15c 761ee1a5 e255f067 953623c8 ...
+	want, _ := hex.DecodeString("03ac674216f3e15c761ee1a5e255f067")
+	if h := PINHash([]byte("1234")); !bytes.Equal(h[:], want) {
+		t.Fatalf("PINHash(1234) = %x, want %x", h, want)
 	}
 }
