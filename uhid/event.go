@@ -56,13 +56,13 @@ var ReportDescriptor = []byte{
 	0x15, 0x00, //   Logical Minimum (0)
 	0x26, 0xFF, 0x00, //   Logical Maximum (255)
 	0x75, 0x08, //   Report Size (8)
-	0x95, 0x40, //   Report Count (64)
+	0x95, ReportSize, //   Report Count (64)
 	0x81, 0x02, //   Input (Data, Var, Abs)
 	0x09, 0x21, //   Usage (Output Report Data)
 	0x15, 0x00, //   Logical Minimum (0)
 	0x26, 0xFF, 0x00, //   Logical Maximum (255)
 	0x75, 0x08, //   Report Size (8)
-	0x95, 0x40, //   Report Count (64)
+	0x95, ReportSize, //   Report Count (64)
 	0x91, 0x02, //   Output (Data, Var, Abs)
 	0xC0, // End Collection
 }
@@ -171,7 +171,7 @@ func decodeEvent(b []byte) (event, error) {
 	data := b[outputData : outputData+size]
 	// Without numbered reports the kernel passes the report-id byte 0
 	// hidraw writers prepend.
-	if size == reportSize+1 && data[0] == 0 {
+	if size == ReportSize+1 && data[0] == 0 {
 		data = data[1:]
 	}
 	e.report = data

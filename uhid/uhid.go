@@ -12,14 +12,15 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 )
 
 // Path is the uhid character device.
 const Path = "/dev/uhid"
 
-const reportSize = ctaphid.ReportSize
+// ReportSize is the size of the device's input and output reports, as
+// ReportDescriptor declares them (Report Count 64 of 8 bits): CTAPHID's
+// packet size.
+const ReportSize = 64
 
 // Errors from Open. Both name the fix in their message.
 var (
@@ -112,8 +113,8 @@ func (d *Device) ReadReport(p []byte) (int, error) {
 
 // WriteReport sends one 64-byte input report to the host.
 func (d *Device) WriteReport(p []byte) error {
-	if len(p) > reportSize {
-		return fmt.Errorf("uhid: report of %d bytes, max %d", len(p), reportSize)
+	if len(p) > ReportSize {
+		return fmt.Errorf("uhid: report of %d bytes, max %d", len(p), ReportSize)
 	}
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
