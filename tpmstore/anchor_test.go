@@ -17,6 +17,8 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // snapshot copies state.db of a closed store; restoreState puts it back.
@@ -385,7 +387,7 @@ func TestUpgradeToAnchor(t *testing.T) {
 			dir := t.TempDir()
 			rp := rpHash("example.org")
 			id, want := v1State(t, tpm, dir, rp, 5000)
-			up := NewCountingTPM(tpm)
+			up := tpmtest.NewCountingTPM(tpm)
 			s := openStore(t, up, dir)
 			t.Logf("upgrade at the first start: %d TPM commands %v", up.Total(), up.Snapshot())
 			c, err := s.OpenCredential(rp, id)
@@ -403,7 +405,7 @@ func TestUpgradeToAnchor(t *testing.T) {
 				t.Fatalf("counter after the upgrade: %d %v, want above 5000", n, err)
 			}
 			s.Close()
-			ct := NewCountingTPM(tpm)
+			ct := tpmtest.NewCountingTPM(tpm)
 			s = openStore(t, ct, dir)
 			if n := ct.Total(); n != 3 {
 				t.Errorf("start after the upgrade: %d TPM commands %v", n, ct.Snapshot())

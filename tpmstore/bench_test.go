@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // Benchmarks report TPM commands per operation ("tpmcmds/op") from the
@@ -14,20 +16,20 @@ import (
 //
 // (The store's start includes creating the TPM objects once per store;
 // BenchmarkStart measures the later starts.)
-func benchBackends(b *testing.B, fn func(b *testing.B, ct *CountingTPM)) {
+func benchBackends(b *testing.B, fn func(b *testing.B, ct *tpmtest.CountingTPM)) {
 	for _, be := range backends(b) {
 		b.Run(be.name, func(b *testing.B) {
-			fn(b, NewCountingTPM(be.open(b)))
+			fn(b, tpmtest.NewCountingTPM(be.open(b)))
 		})
 	}
 }
 
-func reportCmds(b *testing.B, ct *CountingTPM) {
+func reportCmds(b *testing.B, ct *tpmtest.CountingTPM) {
 	b.ReportMetric(float64(ct.Total())/float64(b.N), "tpmcmds/op")
 }
 
 func BenchmarkStart(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) {
 		dir := b.TempDir()
 		s, err := Open(Config{TPM: ct, Dir: dir})
 		if err != nil {
@@ -52,7 +54,7 @@ func BenchmarkStart(b *testing.B) {
 }
 
 func BenchmarkCreateCredential(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) {
 		s := openStore(b, ct, b.TempDir())
 		rp := rpHash("example.org")
 		d := sha256.Sum256([]byte("attestation"))
@@ -76,7 +78,7 @@ func BenchmarkCreateCredential(b *testing.B) {
 	})
 }
 
-func benchAssert(b *testing.B, ct *CountingTPM, cold bool, allow [][]byte, hmacSecret bool) {
+func benchAssert(b *testing.B, ct *tpmtest.CountingTPM, cold bool, allow [][]byte, hmacSecret bool) {
 	s := openStore(b, ct, b.TempDir())
 	rp := rpHash("example.org")
 	d := sha256.Sum256([]byte("client data"))
@@ -101,8 +103,7 @@ func benchAssert(b *testing.B, ct *CountingTPM, cold bool, allow [][]byte, hmacS
 			if _, err := s.Sign(other, d[:]); err != nil {
 				b.Fatal(err)
 			}
-			ct.Reset()
-			restore(ct, n)
+			ct.Restore(n)
 			b.StartTimer()
 		}
 		var c *Credential
@@ -130,20 +131,11 @@ func benchAssert(b *testing.B, ct *CountingTPM, cold bool, allow [][]byte, hmacS
 	reportCmds(b, ct)
 }
 
-// restore puts counts back after an uncounted operation.
-func restore(ct *CountingTPM, m map[tpm2.TPMCC]int) {
-	ct.mu.Lock()
-	defer ct.mu.Unlock()
-	for k, v := range m {
-		ct.counts[k] += v
-	}
-}
-
 // BenchmarkAssertionUV is a user-verified assertion with a credProtect-3
 // (PIN-bound) credential: the TPM policy session with PolicySecret on
 // the PIN object around TPM2_Sign.
 func BenchmarkAssertionUV(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) {
 		s := openStore(b, ct, b.TempDir())
 		rp := rpHash("ssh:")
 		pin := [16]byte{1, 2, 3, 4}
@@ -178,7 +170,7 @@ func BenchmarkAssertionUV(b *testing.B) {
 // BenchmarkVerifyPIN is a PIN check with the dictionary-attack guard
 // (TPM2_GetCapability before the PIN object's Load and Unseal).
 func BenchmarkVerifyPIN(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) {
 		s := openStore(b, ct, b.TempDir())
 		pin := [16]byte{1, 2, 3, 4}
 		if err := s.SetPIN(pin); err != nil {
@@ -195,25 +187,25 @@ func BenchmarkVerifyPIN(b *testing.B) {
 }
 
 func BenchmarkAssertionWarm(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, false, nil, false) })
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) { benchAssert(b, ct, false, nil, false) })
 }
 
 func BenchmarkAssertionCold(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, true, nil, false) })
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) { benchAssert(b, ct, true, nil, false) })
 }
 
 func BenchmarkAssertionAllowList64Foreign(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, false, foreignIDs(64), false) })
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) { benchAssert(b, ct, false, foreignIDs(64), false) })
 }
 
 func BenchmarkAssertionHMACSecret(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) { benchAssert(b, ct, false, nil, true) })
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) { benchAssert(b, ct, false, nil, true) })
 }
 
 // BenchmarkCounter reports fsyncs (committed write transactions) and TPM
 // commands (TPM2_NV_Increment, one per block) per 256 NextCounter calls.
 func BenchmarkCounter(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) {
 		s := openStore(b, ct, b.TempDir())
 		s.mu.Lock()
 		start := s.syncs
@@ -235,7 +227,7 @@ func BenchmarkCounter(b *testing.B) {
 // BenchmarkBareSign is the floor: one TPM2_Sign with a loaded key and
 // nothing else, on the same TPM.
 func BenchmarkBareSign(b *testing.B) {
-	benchBackends(b, func(b *testing.B, ct *CountingTPM) {
+	benchBackends(b, func(b *testing.B, ct *tpmtest.CountingTPM) {
 		s := openStore(b, ct, b.TempDir())
 		c, err := s.CreateCredential(rpHash("example.org"), CredentialOptions{})
 		if err != nil {
@@ -268,7 +260,7 @@ func BenchmarkBareSign(b *testing.B) {
 // BenchmarkOpenCredentialForeign is the software cost of rejecting one
 // foreign credential ID (no TPM command).
 func BenchmarkOpenCredentialForeign(b *testing.B) {
-	ct := NewCountingTPM(openSimulator(b))
+	ct := tpmtest.NewCountingTPM(openSimulator(b))
 	s := openStore(b, ct, b.TempDir())
 	ids := foreignIDs(64)
 	rp := rpHash("example.org")

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // foreignIDs returns n credential IDs this store did not make: random
@@ -28,7 +30,7 @@ func foreignIDs(n int) [][]byte {
 func TestCommandBudget(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
-			ct := NewCountingTPM(b.open(t))
+			ct := tpmtest.NewCountingTPM(b.open(t))
 			dir := t.TempDir()
 			check := func(what string, max int, fn func()) int {
 				t.Helper()

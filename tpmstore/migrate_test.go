@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2/transport"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // v1Fixture is testdata/state-v1.json: what the version-1 store held in
@@ -106,7 +108,7 @@ func TestMigrateV1State(t *testing.T) {
 	if v := stateVersionOf(t, path); v != 1 {
 		t.Fatalf("fixture has version %d", v)
 	}
-	ct := NewCountingTPM(tpm)
+	ct := tpmtest.NewCountingTPM(tpm)
 	s, err := Open(Config{TPM: ct, Dir: dir})
 	if err != nil {
 		t.Fatalf("Open of a version-1 state: %v", err)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // A deleted (or replaced) discoverable credential must stop working even
@@ -12,7 +14,7 @@ import (
 func TestDeletedResidentIsRevoked(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
-			s := openStore(t, NewCountingTPM(b.open(t)), t.TempDir())
+			s := openStore(t, tpmtest.NewCountingTPM(b.open(t)), t.TempDir())
 			rp := rpHash("example.org")
 			c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 1, Resident: true})
 			if err != nil {

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 func openStore(t testing.TB, tpm transport.TPM, dir string) *Store {
@@ -25,7 +27,7 @@ func rpHash(rp string) [32]byte { return sha256.Sum256([]byte(rp)) }
 func TestCredentialRoundTrip(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
-			tpm := NewCountingTPM(b.open(t))
+			tpm := tpmtest.NewCountingTPM(b.open(t))
 			s := openStore(t, tpm, t.TempDir())
 			rp := rpHash("example.org")
 			c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 2, HMACSecret: true})

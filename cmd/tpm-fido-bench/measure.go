@@ -19,7 +19,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
-	"github.com/tpm-fido/tpm-fido/tpmstore"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 	hidtransport "github.com/tpm-fido/tpm-fido/transport"
 )
 
@@ -207,7 +207,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 
 // meter times operations and sums their TPM commands.
 type meter struct {
-	ct *tpmstore.CountingTPM
+	ct *tpmtest.CountingTPM
 	n  int
 }
 
@@ -221,7 +221,7 @@ func (m *meter) run(res *backendResult, name string, f func(i int) error) error 
 	return nil
 }
 
-func timeOp(name string, n int, ct *tpmstore.CountingTPM, f func(i int) error) (opResult, error) {
+func timeOp(name string, n int, ct *tpmtest.CountingTPM, f func(i int) error) (opResult, error) {
 	r := opResult{Name: name, Cmds: map[tpm2.TPMCC]int{}}
 	if err := f(-1 + n); err != nil { // warm-up, not counted
 		return r, fmt.Errorf("%s (warm-up): %w", name, err)
@@ -244,7 +244,7 @@ func timeOp(name string, n int, ct *tpmstore.CountingTPM, f func(i int) error) (
 // TPM connection: the floor every assertion stands on. The key is a
 // primary key, created once and flushed at the end.
 func bareSign(tpm transport.TPM, n int) (opResult, error) {
-	ct := tpmstore.NewCountingTPM(tpm)
+	ct := tpmtest.NewCountingTPM(tpm)
 	rsp, err := tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.TPMRHOwner,
 		InPublic: tpm2.New2B(tpm2.TPMTPublic{

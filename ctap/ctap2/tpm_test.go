@@ -13,6 +13,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // TestWithTPMSimulator runs the authenticator on the real TPM store over
@@ -26,7 +27,7 @@ func TestWithTPMSimulator(t *testing.T) {
 		t.Skipf("TPM simulator unavailable: %v", err)
 	}
 	t.Cleanup(func() { sim.Close() })
-	counting := tpmstore.NewCountingTPM(sim)
+	counting := tpmtest.NewCountingTPM(sim)
 	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("tpmstore.Open: %v", err)
@@ -139,7 +140,7 @@ func TestVerifyRequiredOnTPM(t *testing.T) {
 		t.Skipf("TPM simulator unavailable: %v", err)
 	}
 	t.Cleanup(func() { sim.Close() })
-	counting := tpmstore.NewCountingTPM(sim)
+	counting := tpmtest.NewCountingTPM(sim)
 	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("tpmstore.Open: %v", err)

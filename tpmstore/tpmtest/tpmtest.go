@@ -1,6 +1,7 @@
-// Package tpmtest holds TPM helpers for tests that the product never
-// uses: setting the TPM's dictionary-attack policy, which tpm-fido itself
-// never changes (it is machine-wide and belongs to the platform).
+// Package tpmtest holds TPM helpers for tests and benchmarks that the
+// product never uses: CountingTPM, which counts the commands sent to a
+// TPM, and setting the TPM's dictionary-attack policy, which tpm-fido
+// itself never changes (it is machine-wide and belongs to the platform).
 package tpmtest
 
 import (

@@ -24,6 +24,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // ErrNoSwtpm is returned by StartSwtpm when the swtpm program is not
@@ -98,7 +99,7 @@ type Config struct {
 
 // Stack is a running authenticator.
 type Stack struct {
-	Counting *tpmstore.CountingTPM
+	Counting *tpmtest.CountingTPM
 	Store    *tpmstore.Store
 	Handler  ctaphid.Handler
 	log      *slog.Logger
@@ -114,7 +115,7 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.Presence == nil {
 		return nil, errors.New("inproc: Presence is required")
 	}
-	counting := tpmstore.NewCountingTPM(cfg.TPM)
+	counting := tpmtest.NewCountingTPM(cfg.TPM)
 	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: cfg.Dir, Logger: log, MaxResidents: cfg.MaxResidents})
 	if err != nil {
 		return nil, fmt.Errorf("inproc: open store: %w", err)

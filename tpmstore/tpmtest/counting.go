@@ -1,4 +1,4 @@
-package tpmstore
+package tpmtest
 
 import (
 	"encoding/binary"
@@ -70,4 +70,15 @@ func (c *CountingTPM) Reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.counts)
+}
+
+// Restore sets the counts back to m, a Snapshot, forgetting the commands
+// sent since: for work a measurement should not count.
+func (c *CountingTPM) Restore(m map[tpm2.TPMCC]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.counts)
+	for k, v := range m {
+		c.counts[k] = v
+	}
 }
