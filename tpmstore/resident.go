@@ -843,6 +843,13 @@ type Usage struct {
 // the daemon, holds the state, and with fs.ErrNotExist when there is none.
 func ReadUsage(dir string) (Usage, error) {
 	path := filepath.Join(dir, stateFile)
+	// A damaged file must be reported, not mapped (see CheckState).
+	switch st, err := CheckState(dir); {
+	case err != nil:
+		return Usage{}, err
+	case st.InUse:
+		return Usage{}, fmt.Errorf("tpmstore: %s is in use by another process: %w", path, berrors.ErrTimeout)
+	}
 	if _, err := os.Stat(path); err != nil {
 		return Usage{}, fmt.Errorf("tpmstore: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -196,10 +197,24 @@ func open(cfg Config, allowStale bool) (*Store, error) {
 	}
 	s.slots.capacity = maxLoaded - 2
 
+	// Examine the state before bbolt maps it: a damaged file is reported
+	// (and left alone) instead of crashing the process.
+	st, err := checkStateWait(cfg.Dir, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if st.Warning != "" {
+		s.log.Warn("the state database is damaged but usable", "path", st.Path, "problem", st.Warning)
+	}
 	if err := prepareDir(cfg.Dir, s.log); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(cfg.Dir, stateFile)
+	if !st.Exists {
+		if err := createDB(path); err != nil {
+			return nil, err
+		}
+	}
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() != 0o600 {
 		if err := os.Chmod(path, 0o600); err != nil {
 			return nil, fmt.Errorf("tpmstore: %w", err)
@@ -224,6 +239,50 @@ func open(cfg Config, allowStale bool) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// checkStateWait is CheckState, waiting up to timeout for another
+// process to release the database.
+func checkStateWait(dir string, timeout time.Duration) (StateStatus, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := CheckState(dir)
+		if err != nil || !st.InUse {
+			return st, err
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("tpmstore: %s is in use by another process: %w (%w)", st.Path, ErrStateInUse, berrors.ErrTimeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// createDB creates an empty database at path all at once: bbolt writes
+// its first pages into a new file, so a crash there would leave an empty
+// or partial file that later reads as damaged. It is built under a
+// temporary name and linked into place (never over an existing file).
+func createDB(path string) error {
+	tmp := path + ".new"
+	os.Remove(tmp)
+	db, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("tpmstore: creating %s: %w", path, err)
+	}
+	if err := db.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("tpmstore: creating %s: %w", path, err)
+	}
+	err = os.Link(tmp, path)
+	os.Remove(tmp)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("tpmstore: creating %s: %w", path, err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 func prepareDir(dir string, log *slog.Logger) error {
@@ -418,6 +477,23 @@ func parseHandles(b []byte) ([]tpm2.TPMHandle, error) {
 	return hs, nil
 }
 
+// madeByThisTPM reports whether the state's TPM objects belong to this
+// TPM although the storage key fingerprint differs: the HMAC key blob of
+// an older state loads only under this TPM's storage key, and the anchor
+// key at its persistent handle has the recorded name only in this TPM
+// (a cleared TPM has no persistent objects left).
+func (s *Store) madeByThisTPM(p persisted) bool {
+	if p.hmacPub != nil {
+		_, err := s.loaded(slotHMAC, p.hmacPub, p.hmacPriv)
+		return err == nil
+	}
+	if p.anchored {
+		present, ours, name, err := s.ownedAnchorAt(p.anchor.handle)
+		return err == nil && present && ours && bytes.Equal(name, p.anchor.name)
+	}
+	return false
+}
+
 func (s *Store) start(allowStale bool) error {
 	p, err := s.readMeta()
 	if err != nil {
@@ -436,6 +512,10 @@ func (s *Store) start(allowStale bool) error {
 		return s.initialise(fp[:], p.pending)
 	}
 	if !bytes.Equal(fp[:], p.srk) {
+		// Another TPM, or a damaged record of this one?
+		if s.madeByThisTPM(p) {
+			return fmt.Errorf("%w: its record of the TPM's storage key is damaged (the keys it holds are this TPM's)", ErrCorruptState)
+		}
 		return fmt.Errorf("%w: the credentials in %s belong to another TPM (or this TPM was cleared); they cannot be used here", ErrForeignTPM, s.db.Path())
 	}
 	s.hmacPub, s.hmacPriv = p.hmacPub, p.hmacPriv

@@ -253,6 +253,16 @@ func daCheck(st tpmstore.DAStatus) check {
 
 func (e doctorEnv) checkStateDir() check {
 	const what = "state"
+	sf := storeFlags{tpm: e.tpm, stateDir: e.stateDir}
+	st, err := tpmstore.CheckState(e.stateDir)
+	var bad *tpmstore.StateError
+	if errors.As(err, &bad) {
+		fix := "restore " + st.Path + " from a backup if you have one, or start afresh (every credential made with this key is lost):\n" + sf.resetCommand() + "   # asks before it removes anything"
+		if errors.Is(err, tpmstore.ErrStateUnreadable) {
+			fix = "if it is yours: sudo chown -R \"$USER\": " + e.stateDir + " && chmod 700 " + e.stateDir + "\nor start afresh (every credential made with this key is lost): " + sf.resetCommand()
+		}
+		return check{checkFail, what, bad.Path + " " + bad.Problem, fix}
+	}
 	fi, err := os.Stat(e.stateDir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -269,6 +279,19 @@ func (e doctorEnv) checkStateDir() check {
 	if fi.Mode().Perm() != 0o700 {
 		return check{checkFail, what, fmt.Sprintf("%s has mode %04o; it must be 0700", e.stateDir, fi.Mode().Perm()),
 			"chmod 700 " + e.stateDir}
+	}
+	if st.Warning != "" {
+		return check{checkWarn, what, st.Path + ": " + st.Warning,
+			"it still works; keep a backup of " + e.stateDir + " and check the disk (e.g. smartctl -a)"}
+	}
+	if st.InUse {
+		return check{checkOK, what, e.stateDir + " (0700, yours; the running daemon holds it)", ""}
+	}
+	if st.Exists {
+		if c, bad := e.checkStoreOpens(sf); bad {
+			return c
+		}
+		return check{checkOK, what, e.stateDir + " (0700, yours; " + stateDBName + " is intact)", ""}
 	}
 	return check{checkOK, what, e.stateDir + " (0700, yours)", ""}
 }
@@ -303,6 +326,43 @@ func (e doctorEnv) checkResidents() check {
 		return check{checkWarn, what, detail + ": nearly full", fix}
 	}
 	return check{checkOK, what, detail, ""}
+}
+
+// checkStoreOpens opens the key store with the TPM, which finds what only
+// the TPM can tell: key blobs that are damaged or belong to another TPM.
+// Other failures (no TPM, a busy one) are the tpm check's to report.
+func (e doctorEnv) checkStoreOpens(sf storeFlags) (check, bool) {
+	const what = "state"
+	done := make(chan error, 1)
+	go func() {
+		_, closeAll, err := sf.open()
+		if err == nil {
+			closeAll()
+		}
+		done <- err
+	}()
+	timeout := e.tpmTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(timeout):
+		return check{}, false
+	}
+	var detail string
+	if err != nil {
+		detail, _, _ = strings.Cut(err.Error(), "\n") // without the way out sf.open adds
+	}
+	switch {
+	case errors.Is(err, tpmstore.ErrForeignTPM):
+		return check{checkFail, what, detail, "if the state belongs to another machine, move " + e.stateDir + " away; to start afresh here (every credential in it is lost): " + sf.resetCommand()}, true
+	case errors.Is(err, tpmstore.ErrCorruptState):
+		return check{checkFail, what, filepath.Join(e.stateDir, stateDBName) + ": " + detail,
+			"restore it from a backup if you have one, or start afresh (every credential made with this key is lost):\n" + sf.resetCommand() + "   # asks before it removes anything"}, true
+	}
+	return check{}, false
 }
 
 // checkPresence chooses and tries the prompt as serve does at start-up

@@ -22,7 +22,11 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
 		return code
 	}
-	if !sf.stateExists() {
+	exists, err := sf.examine()
+	if err != nil {
+		return fail(stderr, "list", err)
+	}
+	if !exists {
 		if !*akOnly {
 			fmt.Fprintf(stdout, "no resident credentials (no state in %s yet)\n", sf.stateDir)
 		}
@@ -35,7 +39,7 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	defer closeAll()
 	rps, err := s.ResidentRPs()
 	if err != nil {
-		return fail(stderr, "list", err)
+		return fail(stderr, "list", sf.explain(err))
 	}
 	if len(rps) == 0 && !*akOnly {
 		fmt.Fprintln(stdout, "no resident credentials")
@@ -44,7 +48,7 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	for _, rp := range rps {
 		total += rp.Count
 		if err := listRP(stdout, s, rp, *akOnly); err != nil {
-			return fail(stderr, "list", err)
+			return fail(stderr, "list", sf.explain(err))
 		}
 	}
 	if !*akOnly {

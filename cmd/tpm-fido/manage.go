@@ -9,14 +9,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
-	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 
@@ -60,36 +57,56 @@ func manageStateDir() string {
 	return ""
 }
 
-// stateExists reports whether the state directory holds a database.
-func (sf *storeFlags) stateExists() bool {
-	_, err := os.Stat(filepath.Join(sf.stateDir, stateDBName))
-	return err == nil
+// examine looks at the state before anything else is touched: whether
+// it exists, and an error (with the way out) when it is damaged,
+// unreadable or held by the running daemon. It never changes anything.
+func (sf *storeFlags) examine() (exists bool, err error) {
+	if sf.stateDir == "" {
+		return false, errors.New("no state directory: set --state-dir or $HOME")
+	}
+	st, err := tpmstore.CheckState(sf.stateDir)
+	switch {
+	case err != nil:
+		return st.Exists, sf.explain(err)
+	case st.InUse:
+		return true, errDaemonRunning
+	}
+	return st.Exists, nil
 }
 
-// checkUnlocked fails fast with errDaemonRunning when another process
-// holds the state database, before touching the TPM (a swtpm socket
-// serves one connection at a time, so the TPM could hang instead).
-func (sf *storeFlags) checkUnlocked() error {
-	path := filepath.Join(sf.stateDir, stateDBName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 500 * time.Millisecond})
-	switch {
-	case err == nil:
-		return db.Close()
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case errors.Is(err, berrors.ErrTimeout):
-		return errDaemonRunning
+// resetCommand is how the user runs reset on this state directory.
+func (sf *storeFlags) resetCommand() string {
+	if sf.stateDir == manageStateDir() {
+		return "tpm-fido reset"
 	}
-	return nil // tpmstore.Open reports anything else precisely
+	return "tpm-fido reset --state-dir " + sf.stateDir
+}
+
+// explain adds the way out to an error about damaged or unreadable
+// state; other errors are returned as they are.
+func (sf *storeFlags) explain(err error) error {
+	return explainState(err, sf.stateDir, sf.resetCommand())
+}
+
+// explainState adds the way out to an error about damaged or unreadable
+// state in dir.
+func explainState(err error, dir, reset string) error {
+	db := filepath.Join(dir, stateDBName)
+	switch {
+	case errors.Is(err, tpmstore.ErrStateUnreadable):
+		return fmt.Errorf("%w\nNothing was changed. If the state is yours, give it back to your user: sudo chown -R \"$USER\": %s && chmod 700 %s\nTo start afresh instead (every credential made with this key is lost): %s", err, dir, dir, reset)
+	case errors.Is(err, tpmstore.ErrCorruptState):
+		return fmt.Errorf("%w\nThe state in %s is damaged; nothing was changed. Restore %s from a backup if you have one, or start afresh (every credential made with this key is lost): %s", err, dir, db, reset)
+	case errors.Is(err, tpmstore.ErrForeignTPM):
+		return fmt.Errorf("%w\nNothing was changed. If the state belongs to another machine, move %s away; to start afresh here (every credential in it is lost): %s", err, dir, reset)
+	}
+	return err
 }
 
 // open opens the TPM and the store. The returned close function closes
 // both.
 func (sf *storeFlags) open() (*tpmstore.Store, func(), error) {
-	if sf.stateDir == "" {
-		return nil, nil, errors.New("no state directory: set --state-dir or $HOME")
-	}
-	if err := sf.checkUnlocked(); err != nil {
+	if _, err := sf.examine(); err != nil {
 		return nil, nil, err
 	}
 	tpm, err := openTPM(sf.tpm)
@@ -102,7 +119,7 @@ func (sf *storeFlags) open() (*tpmstore.Store, func(), error) {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, nil, errDaemonRunning
 		}
-		return nil, nil, err
+		return nil, nil, sf.explain(err)
 	}
 	return s, func() { s.Close(); tpm.Close() }, nil
 }
@@ -195,7 +212,11 @@ func runDelete(args []string, stdout, stderr io.Writer) int {
 	if !isCredIDArg(arg) {
 		return fl.usageError(stderr, "%q is not a credential ID (base64url as tpm-fido list shows it, or hex)", arg)
 	}
-	if !sf.stateExists() {
+	exists, err := sf.examine()
+	if err != nil {
+		return fail(stderr, "delete", err)
+	}
+	if !exists {
 		return fail(stderr, "delete", fmt.Errorf("no state in %s: there are no credentials", sf.stateDir))
 	}
 	s, closeAll, err := sf.open()
@@ -235,7 +256,7 @@ func runDelete(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, tpmstore.ErrNotFound) {
 			return fail(stderr, "delete", errors.New("the credential is gone already (see tpm-fido list)"))
 		}
-		return fail(stderr, "delete", err)
+		return fail(stderr, "delete", sf.explain(err))
 	}
 	fmt.Fprintf(stdout, "deleted %s (%s)\n", id, describe(c))
 	return exitOK
@@ -249,20 +270,21 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
 		return code
 	}
-	if !sf.stateExists() {
+	exists, err := sf.examine()
+	var bad *tpmstore.StateError
+	switch {
+	case errors.As(err, &bad):
+		// Damaged or unreadable: reset is the way out, so it removes what
+		// cannot be used, once the user agrees.
+		return resetUnusable(sf, bad, stdout, stderr)
+	case err != nil:
+		return fail(stderr, "reset", err)
+	case !exists:
 		fmt.Fprintf(stdout, "no state in %s: nothing to reset\n", sf.stateDir)
 		return exitOK
 	}
-	if err := sf.checkUnlocked(); err != nil {
-		return fail(stderr, "reset", err)
-	}
 	fmt.Fprint(stderr, "This deletes every credential made by this key (websites and SSH keys stop working) and the PIN.\nType YES to continue: ")
-	answer, err := bufio.NewReader(stdin).ReadString('\n')
-	if err != nil && answer == "" {
-		return fail(stderr, "reset", errors.New("no answer: nothing was reset"))
-	}
-	if strings.TrimSpace(answer) != "YES" {
-		fmt.Fprintln(stderr, "not confirmed: nothing was reset")
+	if !confirmed(stderr) {
 		return exitFail
 	}
 	s, closeAll, err := sf.open()
@@ -280,15 +302,79 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "reset: the stale state was reset; every credential and the PIN are gone")
 		return 0
 	}
+	if errors.Is(err, tpmstore.ErrCorruptState) || errors.Is(err, tpmstore.ErrForeignTPM) {
+		// Only the TPM could tell that the state is unusable; the user
+		// has agreed to lose every credential: remove it.
+		return discard(sf, fmt.Sprintf("the state could not be used (%v)", errors.Unwrap(err)), stdout, stderr)
+	}
 	if err != nil {
 		return fail(stderr, "reset", err)
 	}
 	defer closeAll()
 	if err := s.Reset(); err != nil {
-		return fail(stderr, "reset", err)
+		return fail(stderr, "reset", sf.explain(err))
 	}
 	fmt.Fprintln(stdout, "reset: every credential and the PIN are gone")
 	return exitOK
+}
+
+// resetUnusable removes state that cannot be opened, after asking.
+func resetUnusable(sf *storeFlags, bad *tpmstore.StateError, stdout, stderr io.Writer) int {
+	what := filepath.Join(sf.stateDir, stateDBName)
+	if bad.Path == sf.stateDir {
+		what = sf.stateDir
+	}
+	fmt.Fprintf(stderr, "The state cannot be used: %s %s.\nReset removes %s for good: every credential made by this key is lost (websites and SSH keys stop working), and so is the PIN.\nType YES to continue: ", bad.Path, bad.Problem, what)
+	if !confirmed(stderr) {
+		return 1
+	}
+	return discard(sf, "", stdout, stderr)
+}
+
+// discard removes unusable state, and the TPM objects it recorded when
+// they can be named and proven to be its own.
+func discard(sf *storeFlags, why string, stdout, stderr io.Writer) int {
+	what := filepath.Join(sf.stateDir, stateDBName)
+	if fi, err := os.Lstat(sf.stateDir); err == nil && !fi.IsDir() {
+		what = sf.stateDir
+	}
+	var note string
+	var err error
+	if tpm, terr := openTPM(sf.tpm); terr == nil {
+		note, err = tpmstore.DiscardStateTPM(tpmstore.Config{TPM: tpm, Dir: sf.stateDir})
+		tpm.Close()
+	} else {
+		note = fmt.Sprintf("the TPM could not be opened (%v), so this state's TPM objects (if any) stay in it", terr)
+		err = tpmstore.DiscardState(sf.stateDir)
+	}
+	if err != nil {
+		if errors.Is(err, tpmstore.ErrStateInUse) {
+			return fail(stderr, "reset", errDaemonRunning)
+		}
+		return fail(stderr, "reset", err)
+	}
+	if why != "" {
+		fmt.Fprintf(stdout, "reset: %s\n", why)
+	}
+	fmt.Fprintf(stdout, "reset: removed %s; every credential and the PIN are gone (a new, empty key store is made at the next start)\n", what)
+	if note != "" {
+		fmt.Fprintf(stderr, "tpm-fido reset: note: %s\n", note)
+	}
+	return 0
+}
+
+// confirmed reads the answer to a YES question from stdin.
+func confirmed(stderr io.Writer) bool {
+	answer, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && answer == "" {
+		fmt.Fprintln(stderr, "\ntpm-fido reset: no answer: nothing was reset")
+		return false
+	}
+	if strings.TrimSpace(answer) != "YES" {
+		fmt.Fprintln(stderr, "not confirmed: nothing was reset")
+		return false
+	}
+	return true
 }
 
 // isTerminal reports whether f is a terminal.

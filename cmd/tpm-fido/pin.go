@@ -44,7 +44,7 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 	case "status":
 		return pinStatus(sf, stdout, stderr)
 	default: // set, change
-		if err := sf.checkUnlocked(); err != nil {
+		if _, err := sf.examine(); err != nil {
 			return fail(stderr, "pin", err)
 		}
 		var current string
@@ -106,7 +106,7 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 				return fail(stderr, "pin", fmt.Errorf("PIN not tried, no retry spent: %s", nextTry(w.DA)))
 			}
 		}
-		return fail(stderr, "pin", err)
+		return fail(stderr, "pin", sf.explain(err))
 	}
 }
 
@@ -115,7 +115,11 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 // the other store commands it does not touch the TPM while the daemon
 // holds the state (doctor does, with a timeout).
 func pinStatus(sf *storeFlags, stdout, stderr io.Writer) int {
-	if !sf.stateExists() {
+	exists, err := sf.examine()
+	if err != nil && !errors.Is(err, errDaemonRunning) {
+		return fail(stderr, "pin", err)
+	}
+	if !exists {
 		fmt.Fprintln(stdout, "PIN: not set")
 	} else {
 		s, closeAll, err := sf.open()

@@ -90,6 +90,13 @@ func choiceList(c []string) string {
 
 // runServe runs the daemon until SIGINT or SIGTERM.
 func runServe(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runServeContext(ctx, args, stdout, stderr)
+}
+
+// runServeContext is runServe until ctx is done.
+func runServeContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, fl, err := parseServeFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
 		fl.printUsage(stdout)
@@ -99,8 +106,6 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return fl.usageError(stderr, "%v", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	err = serve(ctx, cfg, log)
 	switch {
 	case errors.Is(err, presence.ErrUnknownBackend):

@@ -30,6 +30,11 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 		return nil, nil, fmt.Errorf("presence backend %q: %w", cfg.Presence, err)
 	}
 
+	// Damaged or unreadable state is reported before the TPM is touched.
+	sf := storeFlags{tpm: cfg.TPM, stateDir: cfg.StateDir}
+	if _, err := tpmstore.CheckState(cfg.StateDir); err != nil {
+		return nil, nil, sf.explain(err)
+	}
 	tpm, err := openTPM(cfg.TPM)
 	if err != nil {
 		return nil, nil, err
@@ -37,8 +42,8 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 	store, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: cfg.StateDir, Logger: log, MaxResidents: cfg.MaxResidents})
 	if err != nil {
 		tpm.Close()
-		if errors.Is(err, tpmstore.ErrForeignTPM) {
-			return nil, nil, fmt.Errorf("%w; the files were left untouched: move %s away to start afresh", err, cfg.StateDir)
+		if errors.Is(err, tpmstore.ErrForeignTPM) || errors.Is(err, tpmstore.ErrCorruptState) || errors.Is(err, tpmstore.ErrStateUnreadable) {
+			return nil, nil, sf.explain(err)
 		}
 		if errors.Is(err, tpmstore.ErrStaleState) {
 			return nil, nil, fmt.Errorf("%w; the files were left untouched: put back the newer state.db, or run `tpm-fido reset --state-dir %s` with the daemon stopped", err, cfg.StateDir)

@@ -1,0 +1,576 @@
+package tpmstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// ErrStateUnreadable: the state directory or database exists but this
+// process may not read it (its owner or mode is wrong). Left untouched.
+var ErrStateUnreadable = errors.New("tpmstore: state cannot be read")
+
+// ErrStateInUse: another process (the daemon) holds the state database.
+var ErrStateInUse = errors.New("tpmstore: state is in use by another process")
+
+// StateError says what is wrong with the state and where. It matches
+// ErrCorruptState (damaged: truncated, altered, empty, not a directory)
+// or ErrStateUnreadable (permissions) with errors.Is.
+type StateError struct {
+	Path    string // the file or directory at fault
+	Problem string // what is wrong with it, for a person
+	kind    error  // ErrCorruptState or ErrStateUnreadable
+	err     error  // the underlying error, if any
+	// readable: the database's structure is whole (only records are
+	// bad), so bbolt can read it safely.
+	readable bool
+}
+
+func (e *StateError) Error() string { return "tpmstore: " + e.Path + ": " + e.Problem }
+
+// Is matches the error's kind: ErrCorruptState or ErrStateUnreadable.
+func (e *StateError) Is(target error) bool { return target == e.kind }
+
+// Unwrap returns the underlying error.
+func (e *StateError) Unwrap() error { return e.err }
+
+func damaged(path, problem string, err error) *StateError {
+	return &StateError{Path: path, Problem: problem, kind: ErrCorruptState, err: err}
+}
+
+// StateStatus is what CheckState found.
+type StateStatus struct {
+	Path   string // the database file
+	Exists bool   // false: no state yet; the first Open creates it
+	InUse  bool   // another process holds the database; it was not examined
+	// Warning is set when the database is usable but not intact: one of
+	// its two header pages is damaged and the other one is used.
+	Warning string
+}
+
+// CheckState examines the state in dir without the TPM and without
+// changing anything: that dir is a directory, that its database is a
+// readable, non-empty file, and that the database's structure is whole
+// (both header pages, every page the tree refers to present and in
+// bounds, no page referred to twice, bbolt's own consistency check, the
+// meta records this package needs). It does not wait for a database
+// another process holds (InUse). Errors are *StateError.
+//
+// bbolt maps the database file into memory and trusts it: a database
+// truncated below its recorded size makes the process die of SIGBUS on
+// first access, and a wild page reference of SIGSEGV. Open runs this
+// check first, so such a file is reported instead.
+func CheckState(dir string) (StateStatus, error) {
+	path := filepath.Join(dir, stateFile)
+	st := StateStatus{Path: path}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if lfi, lerr := os.Lstat(dir); lerr == nil && lfi.Mode().Type() == fs.ModeSymlink {
+			return st, damaged(dir, "is a symbolic link to something that does not exist", err)
+		}
+		return st, nil
+	case errors.Is(err, fs.ErrPermission):
+		return st, &StateError{Path: dir, Problem: "cannot be reached: permission denied", kind: ErrStateUnreadable, err: err}
+	case err != nil:
+		return st, damaged(dir, err.Error(), err)
+	case !fi.IsDir():
+		return st, damaged(dir, "is not a directory", nil)
+	}
+	fi, err = os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if lfi, lerr := os.Lstat(path); lerr == nil && lfi.Mode().Type() == fs.ModeSymlink {
+			return st, damaged(path, "is a symbolic link to something that does not exist", err)
+		}
+		return st, nil
+	case errors.Is(err, fs.ErrPermission):
+		return st, &StateError{Path: path, Problem: "cannot be read: permission denied", kind: ErrStateUnreadable, err: err}
+	case err != nil:
+		return st, damaged(path, err.Error(), err)
+	case !fi.Mode().IsRegular():
+		return st, damaged(path, "is not a regular file", nil)
+	case fi.Size() == 0:
+		st.Exists = true
+		return st, damaged(path, "is empty (0 bytes)", nil)
+	}
+	st.Exists = true
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return st, &StateError{Path: path, Problem: "cannot be read: permission denied", kind: ErrStateUnreadable, err: err}
+		}
+		return st, damaged(path, "cannot be opened: "+err.Error(), err)
+	}
+	defer f.Close()
+	// A shared lock, as bbolt's read-only open takes: the daemon holds an
+	// exclusive one while it runs, and its writes must not be read half
+	// done.
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			st.InUse = true
+			return st, nil
+		}
+		return st, damaged(path, "cannot be locked: "+err.Error(), err)
+	}
+	data := make([]byte, fi.Size())
+	if _, err := f.ReadAt(data, 0); err != nil {
+		if errors.Is(err, syscall.EIO) {
+			return st, damaged(path, "cannot be read (I/O error): "+err.Error(), err)
+		}
+		return st, damaged(path, "cannot be read: "+err.Error(), err)
+	}
+	warn, err := checkLayout(data)
+	if err != nil {
+		return st, damaged(path, err.Error(), err)
+	}
+	st.Warning = warn
+	if err := checkWithBolt(path); err != nil {
+		se := damaged(path, err.Error(), err)
+		var re *recordError
+		se.readable = errors.As(err, &re)
+		return st, se
+	}
+	return st, nil
+}
+
+// recordError: the structure is whole but a record does not decode.
+type recordError struct{ err error }
+
+func (e *recordError) Error() string { return e.err.Error() }
+func (e *recordError) Unwrap() error { return e.err }
+
+// The bbolt file format (version 2), as far as the layout check needs it.
+// Every page starts with a 16-byte header: id u64, flags u16, count u16,
+// overflow u32. Integers are in the machine's byte order.
+const (
+	boltMagic        = 0xED0CDAED
+	boltVersion      = 2
+	pageHeaderSize   = 16
+	elementSize      = 16 // branch and leaf elements alike
+	branchPageFlag   = 0x01
+	leafPageFlag     = 0x02
+	metaPageFlag     = 0x04
+	freelistPageFlag = 0x10
+	bucketLeafFlag   = 0x01
+	bucketHeaderSize = 16 // root pgid u64, sequence u64
+	noFreelist       = ^uint64(0)
+	metaSize         = 56 // magic..txid, then the checksum
+	maxTreeDepth     = 64
+)
+
+type boltMeta struct {
+	pageSize uint32
+	root     uint64
+	freelist uint64
+	pgid     uint64 // high-water mark: pages [0, pgid) are in use or free
+	txid     uint64
+}
+
+var ne = binary.NativeEndian
+
+// parseMeta reads the meta page at off, or says why it is invalid.
+func parseMeta(data []byte, off int) (boltMeta, error) {
+	if off+pageHeaderSize+metaSize+8 > len(data) {
+		return boltMeta{}, errors.New("missing")
+	}
+	p := data[off:]
+	m := p[pageHeaderSize:]
+	if ne.Uint16(p[8:]) != metaPageFlag {
+		return boltMeta{}, errors.New("not a header page")
+	}
+	if ne.Uint32(m[0:]) != boltMagic {
+		return boltMeta{}, errors.New("bad magic number")
+	}
+	if ne.Uint32(m[4:]) != boltVersion {
+		return boltMeta{}, fmt.Errorf("format version %d", ne.Uint32(m[4:]))
+	}
+	h := fnv.New64a()
+	h.Write(m[:metaSize])
+	if h.Sum64() != ne.Uint64(m[metaSize:]) {
+		return boltMeta{}, errors.New("checksum mismatch")
+	}
+	return boltMeta{
+		pageSize: ne.Uint32(m[8:]),
+		root:     ne.Uint64(m[16:]),
+		freelist: ne.Uint64(m[32:]),
+		pgid:     ne.Uint64(m[40:]),
+		txid:     ne.Uint64(m[48:]),
+	}, nil
+}
+
+// checkLayout checks the database image: its header pages, that the
+// file holds every page they count, and that the tree of pages from the
+// root is a tree whose every page, element, key and value lies inside
+// the file. After it, bbolt cannot read outside the file. It returns a
+// warning when only one header page is valid.
+func checkLayout(data []byte) (warning string, err error) {
+	size := uint64(len(data))
+	m0, err0 := parseMeta(data, 0)
+	var m1 boltMeta
+	err1 := errors.New("missing")
+	if err0 == nil {
+		m1, err1 = parseMeta(data, int(m0.pageSize))
+	} else {
+		// The page size is in the header; without a valid first page, look
+		// for the second where bbolt looks for it.
+		for i := 0; i < 15 && uint64(1024<<i) < size; i++ {
+			if m1, err1 = parseMeta(data, 1024<<i); err1 == nil {
+				break
+			}
+		}
+	}
+	var m boltMeta
+	switch {
+	case err0 != nil && err1 != nil:
+		return "", fmt.Errorf("neither header page is valid (first: %v; second: %v): this is not an intact tpm-fido database", err0, err1)
+	case err0 == nil && err1 == nil:
+		m = m0
+		if m1.txid > m0.txid {
+			m = m1
+		}
+	case err0 == nil:
+		m = m0
+		warning = fmt.Sprintf("its second header page is damaged (%v); the first one is used, so the last change before a crash or a disk error may be missing", err1)
+	default:
+		m = m1
+		warning = fmt.Sprintf("its first header page is damaged (%v); the second one is used, so the last change before a crash or a disk error may be missing", err0)
+	}
+	ps := uint64(m.pageSize)
+	if ps < 1024 || ps > 1<<16 || ps&(ps-1) != 0 {
+		return "", fmt.Errorf("implausible page size %d", ps)
+	}
+	if m.pgid < 4 || m.pgid > size/ps {
+		if m.pgid > size/ps {
+			return "", fmt.Errorf("truncated: %d bytes, but its header counts %d pages of %d bytes (%d bytes)", size, m.pgid, ps, m.pgid*ps)
+		}
+		return "", fmt.Errorf("implausible page count %d", m.pgid)
+	}
+	w := &layoutWalk{data: data, ps: ps, pgid: m.pgid, seen: map[uint64]bool{0: true, 1: true}}
+	if m.freelist != noFreelist {
+		if err := w.freelist(m.freelist); err != nil {
+			return "", err
+		}
+	}
+	if err := w.page(m.root, 0); err != nil {
+		return "", err
+	}
+	return warning, nil
+}
+
+type layoutWalk struct {
+	data []byte
+	ps   uint64
+	pgid uint64
+	seen map[uint64]bool
+}
+
+// span claims page id and its overflow pages and returns their bytes.
+func (w *layoutWalk) span(id uint64, want uint16) ([]byte, error) {
+	if id < 2 || id >= w.pgid {
+		return nil, fmt.Errorf("page %d is referred to but lies outside the %d pages in use", id, w.pgid)
+	}
+	p := w.data[id*w.ps:]
+	if got := ne.Uint64(p); got != id {
+		return nil, fmt.Errorf("page %d carries the id %d", id, got)
+	}
+	if flags := ne.Uint16(p[8:]); flags&want == 0 {
+		return nil, fmt.Errorf("page %d has type 0x%02x where 0x%02x is expected", id, flags, want)
+	}
+	overflow := uint64(ne.Uint32(p[12:]))
+	if overflow >= w.pgid || id+overflow >= w.pgid {
+		return nil, fmt.Errorf("page %d runs past the %d pages in use", id, w.pgid)
+	}
+	for i := id; i <= id+overflow; i++ {
+		if w.seen[i] {
+			return nil, fmt.Errorf("page %d is referred to twice", i)
+		}
+		w.seen[i] = true
+	}
+	return w.data[id*w.ps : (id+1+overflow)*w.ps], nil
+}
+
+func (w *layoutWalk) freelist(id uint64) error {
+	p, err := w.span(id, freelistPageFlag)
+	if err != nil {
+		return fmt.Errorf("free-page list: %w", err)
+	}
+	n, off := uint64(ne.Uint16(p[10:])), uint64(pageHeaderSize)
+	if n == 0xFFFF {
+		n, off = ne.Uint64(p[pageHeaderSize:]), pageHeaderSize+8
+	}
+	if n > (uint64(len(p))-off)/8 {
+		return fmt.Errorf("free-page list of page %d claims %d entries, more than it holds", id, n)
+	}
+	for i := uint64(0); i < n; i++ {
+		if free := ne.Uint64(p[off+8*i:]); free < 2 || free >= w.pgid {
+			return fmt.Errorf("free-page list names page %d, outside the %d pages in use", free, w.pgid)
+		}
+	}
+	return nil
+}
+
+// page checks a branch or leaf page and, through it, its subtree.
+func (w *layoutWalk) page(id uint64, depth int) error {
+	if depth > maxTreeDepth {
+		return fmt.Errorf("the tree is more than %d levels deep at page %d", maxTreeDepth, id)
+	}
+	p, err := w.span(id, branchPageFlag|leafPageFlag)
+	if err != nil {
+		return err
+	}
+	return w.elements(p, fmt.Sprintf("page %d", id), depth)
+}
+
+// elements checks the elements of the page image p (a page of the file,
+// or an inline bucket's page inside a value).
+func (w *layoutWalk) elements(p []byte, where string, depth int) error {
+	if len(p) < pageHeaderSize {
+		return fmt.Errorf("%s is shorter than a page header", where)
+	}
+	flags, n := ne.Uint16(p[8:]), uint64(ne.Uint16(p[10:]))
+	if flags != branchPageFlag && flags != leafPageFlag {
+		return fmt.Errorf("%s has type 0x%02x, neither branch nor leaf", where, flags)
+	}
+	if uint64(len(p)) < pageHeaderSize+n*elementSize {
+		return fmt.Errorf("%s claims %d elements, more than it holds", where, n)
+	}
+	if flags == branchPageFlag && n == 0 {
+		return fmt.Errorf("%s is an empty branch", where)
+	}
+	for i := uint64(0); i < n; i++ {
+		eoff := pageHeaderSize + i*elementSize
+		e := p[eoff:]
+		if flags == branchPageFlag {
+			pos, ksize, child := uint64(ne.Uint32(e[0:])), uint64(ne.Uint32(e[4:])), ne.Uint64(e[8:])
+			if eoff+pos+ksize > uint64(len(p)) {
+				return fmt.Errorf("%s: key %d lies outside the page", where, i)
+			}
+			if err := w.page(child, depth+1); err != nil {
+				return err
+			}
+			continue
+		}
+		eflags, pos, ksize, vsize := ne.Uint32(e[0:]), uint64(ne.Uint32(e[4:])), uint64(ne.Uint32(e[8:])), uint64(ne.Uint32(e[12:]))
+		end := eoff + pos + ksize + vsize
+		if end > uint64(len(p)) || end < eoff {
+			return fmt.Errorf("%s: element %d lies outside the page", where, i)
+		}
+		if eflags&bucketLeafFlag == 0 {
+			continue
+		}
+		v := p[eoff+pos+ksize : end]
+		if len(v) < bucketHeaderSize {
+			return fmt.Errorf("%s: bucket %d has a short header", where, i)
+		}
+		if root := ne.Uint64(v); root != 0 {
+			if err := w.page(root, depth+1); err != nil {
+				return err
+			}
+			continue
+		}
+		// An inline bucket: a leaf page image after the header.
+		inline := v[bucketHeaderSize:]
+		if len(inline) >= pageHeaderSize && ne.Uint16(inline[8:]) != leafPageFlag {
+			return fmt.Errorf("%s: inline bucket %d is not a leaf", where, i)
+		}
+		if err := w.elements(inline, fmt.Sprintf("%s, inline bucket %d", where, i), depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkWithBolt opens the database read-only and runs bbolt's own
+// consistency check and this package's meta checks, turning any panic or
+// memory fault on the way into an error.
+func checkWithBolt(path string) (err error) {
+	done := make(chan error, 1)
+	go func() {
+		debug.SetPanicOnFault(true)
+		defer func() {
+			if r := recover(); r != nil {
+				done <- fmt.Errorf("unreadable structure (%v)", r)
+			}
+		}()
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		if err != nil {
+			done <- err
+			return
+		}
+		defer db.Close()
+		err = db.View(func(tx *bolt.Tx) error {
+			var first error
+			for err := range tx.Check() { // drained: the check must end before the rollback
+				if first == nil {
+					first = err
+				}
+			}
+			return first
+		})
+		if err == nil {
+			if err = checkRecords(&Store{db: db, log: slog.New(slog.DiscardHandler)}); err != nil {
+				err = &recordError{err}
+			}
+		}
+		done <- err
+	}()
+	select {
+	case err = <-done:
+		return err
+	case <-time.After(30 * time.Second):
+		return errors.New("checking its structure did not finish in 30 s")
+	}
+}
+
+// checkRecords reads every record through the store's own decoders: the
+// meta record (a fresh, empty database has none yet) and each resident
+// credential.
+func checkRecords(s *Store) error {
+	p, err := s.readMeta()
+	if err != nil || p.fresh {
+		return err
+	}
+	rps, err := s.ResidentRPs()
+	if err != nil {
+		return err
+	}
+	for _, rp := range rps {
+		if _, err := s.Residents(rp.Hash); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DiscardState removes the state CheckState found damaged or unreadable
+// in dir: the database file, or dir itself when it is not a directory. It
+// refuses while another process holds the database. Callers must have
+// the user's consent: every credential in the file is lost.
+func DiscardState(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("tpmstore: %w", err)
+	}
+	if !fi.IsDir() {
+		if fi.Mode().Type() == fs.ModeSymlink {
+			if t, err := os.Stat(dir); err == nil && t.IsDir() {
+				return discardDB(filepath.Join(dir, stateFile))
+			}
+		}
+		if err := os.Remove(dir); err != nil {
+			return fmt.Errorf("tpmstore: removing %s: %w", dir, err)
+		}
+		return nil
+	}
+	return discardDB(filepath.Join(dir, stateFile))
+}
+
+// DiscardStateTPM is DiscardState that first removes the TPM objects the
+// state recorded, its anchor key and counter index, so that a reset of
+// damaged state does not leave them in the TPM. It does so only when the
+// database can still be read that far, and only for objects that prove
+// to be this state's: the anchor key by its recorded name, the counter
+// index by taking the recorded authValue (a flipped handle must never
+// remove another user's). What it could not remove is said in note.
+func DiscardStateTPM(cfg Config) (note string, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	note = releaseTPMObjects(cfg)
+	return note, DiscardState(cfg.Dir)
+}
+
+func releaseTPMObjects(cfg Config) string {
+	const lost = "this state's TPM anchor key and counter index (if it had them) could not be named from the damaged file and stay in the TPM"
+	_, err := CheckState(cfg.Dir)
+	var se *StateError
+	if err != nil && (!errors.As(err, &se) || !se.readable) {
+		return lost
+	}
+	var anchor, counter tpmObject
+	var anchored bool
+	read := func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("%v", r)
+			}
+		}()
+		db, err := bolt.Open(filepath.Join(cfg.Dir, stateFile), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return db.View(func(tx *bolt.Tx) error {
+			m := tx.Bucket(bucketMeta)
+			if m == nil {
+				return nil
+			}
+			ah, an, ch, ca := m.Get(keyAnchorHandle), m.Get(keyAnchorName), m.Get(keyCtrIndex), m.Get(keyCtrAuth)
+			if len(ah) != 4 || len(ch) != 4 || len(an) == 0 || len(ca) == 0 {
+				return nil
+			}
+			anchored = true
+			anchor = tpmObject{handle: tpm2.TPMHandle(binary.BigEndian.Uint32(ah)), name: bytes.Clone(an)}
+			counter = tpmObject{handle: tpm2.TPMHandle(binary.BigEndian.Uint32(ch)), auth: bytes.Clone(ca)}
+			return nil
+		})
+	}
+	if err := read(); err != nil {
+		return lost
+	}
+	if !anchored {
+		return ""
+	}
+	s := &Store{tpm: cfg.TPM, log: cfg.Logger}
+	var left []string
+	if present, ours, name, err := s.ownedAnchorAt(anchor.handle); err == nil && present && ours && bytes.Equal(name, anchor.name) {
+		if err := s.evictAnchorAt(anchor.handle); err != nil {
+			left = append(left, fmt.Sprintf("the anchor key at 0x%08x (%v)", uint32(anchor.handle), err))
+		}
+	}
+	if n, err := counterName(counter.handle); err == nil {
+		counter.name = n
+		if _, err := s.nvRead(counter); err == nil {
+			if err := s.undefineCounterAt(counter.handle); err != nil {
+				left = append(left, fmt.Sprintf("the counter index at 0x%08x (%v)", uint32(counter.handle), err))
+			}
+		}
+	}
+	if len(left) > 0 {
+		return "could not remove " + strings.Join(left, " and ") + " from the TPM"
+	}
+	return ""
+}
+
+func discardDB(path string) error {
+	if f, err := os.Open(path); err == nil {
+		lerr := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		defer f.Close() // releases the lock after the removal
+		if errors.Is(lerr, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w: %s", ErrStateInUse, path)
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("tpmstore: removing %s: %w", path, err)
+	}
+	os.Remove(path + ".new") // a first run's leftover, if any
+	return nil
+}
