@@ -213,6 +213,19 @@ func parseMeta(data []byte, off int) (boltMeta, error) {
 	}, nil
 }
 
+// rawTxid is the transaction id field of the header page at off, read
+// without validating the page (0 if the file is too short). bbolt uses
+// the valid header page with the higher id; when the other one is
+// damaged, its id says which of the two it was: older (harmless, the
+// next commit rewrites it) or newer (bbolt would silently fall back to
+// the transaction before, so the state is refused).
+func rawTxid(data []byte, off int) uint64 {
+	if off < 0 || off+pageHeaderSize+56 > len(data) {
+		return 0
+	}
+	return ne.Uint64(data[off+pageHeaderSize+48:])
+}
+
 // checkLayout checks the database image: its header pages, that the
 // file holds every page they count, and that the tree of pages from the
 // root is a tree whose every page, element, key and value lies inside
@@ -245,10 +258,16 @@ func checkLayout(data []byte) (warning string, err error) {
 		}
 	case err0 == nil:
 		m = m0
-		warning = fmt.Sprintf("its second header page is damaged (%v); the first one is used, so the last change before a crash or a disk error may be missing", err1)
+		if rawTxid(data, int(m0.pageSize)) > m0.txid {
+			return "", fmt.Errorf("its newer header page (the second) is damaged (%v): the last committed change cannot be read, and the older header page would show the state as it was before it", err1)
+		}
+		warning = fmt.Sprintf("its older header page (the second) is damaged (%v); the newer one is intact and used", err1)
 	default:
 		m = m1
-		warning = fmt.Sprintf("its first header page is damaged (%v); the second one is used, so the last change before a crash or a disk error may be missing", err0)
+		if rawTxid(data, 0) > m1.txid {
+			return "", fmt.Errorf("its newer header page (the first) is damaged (%v): the last committed change cannot be read, and the older header page would show the state as it was before it", err0)
+		}
+		warning = fmt.Sprintf("its older header page (the first) is damaged (%v); the newer one is intact and used", err0)
 	}
 	ps := uint64(m.pageSize)
 	if ps < 1024 || ps > 1<<16 || ps&(ps-1) != 0 {
@@ -439,10 +458,11 @@ func checkWithBolt(path string) (err error) {
 
 // checkRecords reads every record through the store's own decoders: the
 // meta record (a fresh, empty database has none yet) and each resident
-// credential.
+// credential (of the current layout; an older one is decoded when Open
+// upgrades it, in a transaction that a bad record rolls back).
 func checkRecords(s *Store) error {
 	p, err := s.readMeta()
-	if err != nil || p.fresh {
+	if err != nil || p.fresh || p.version != stateVersion {
 		return err
 	}
 	rps, err := s.ResidentRPs()

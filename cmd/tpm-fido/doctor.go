@@ -358,6 +358,8 @@ func (e doctorEnv) checkStoreOpens(sf storeFlags) (check, bool) {
 	switch {
 	case errors.Is(err, tpmstore.ErrForeignTPM):
 		return check{checkFail, what, detail, "if the state belongs to another machine, move " + e.stateDir + " away; to start afresh here (every credential in it is lost): " + sf.resetCommand()}, true
+	case errors.Is(err, tpmstore.ErrStaleState):
+		return check{checkFail, what, detail, sf.resetCommand() + "   # asks before it removes anything"}, true
 	case errors.Is(err, tpmstore.ErrCorruptState):
 		return check{checkFail, what, filepath.Join(e.stateDir, stateDBName) + ": " + detail,
 			"restore it from a backup if you have one, or start afresh (every credential made with this key is lost):\n" + sf.resetCommand() + "   # asks before it removes anything"}, true
