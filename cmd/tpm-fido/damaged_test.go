@@ -346,7 +346,7 @@ func TestStateNotADirectory(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
 			rc = runServeContext(ctx, []string{"--transport", "unix:" + filepath.Join(t.TempDir(), "run", "s"), "--tpm", "simulator",
-				"--insecure-test-mode", "--state-dir", dir}, &o, &e)
+				"--presence", "always-allow", "--insecure-test-mode", "--state-dir", dir}, &o, &e)
 		} else {
 			rc = run(args, &o, &e)
 		}
