@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -66,15 +67,24 @@ type StateStatus struct {
 // changing anything: that dir is a directory, that its database is a
 // readable, non-empty file, and that the database's structure is whole
 // (both header pages, every page the tree refers to present and in
-// bounds, no page referred to twice, bbolt's own consistency check, the
-// meta records this package needs). It does not wait for a database
-// another process holds (InUse). Errors are *StateError.
+// bounds, no page referred to twice, the meta record this package needs).
+// It does not wait for a database another process holds (InUse). Errors
+// are *StateError.
 //
 // bbolt maps the database file into memory and trusts it: a database
 // truncated below its recorded size makes the process die of SIGBUS on
 // first access, and a wild page reference of SIGSEGV. Open runs this
-// check first, so such a file is reported instead.
-func CheckState(dir string) (StateStatus, error) {
+// check first, so such a file is reported instead. It reads only the
+// pages in use, once; CheckStateDeep does more.
+func CheckState(dir string) (StateStatus, error) { return checkState(dir, false) }
+
+// CheckStateDeep is CheckState plus bbolt's own consistency check (key
+// order, the free-page list, unreachable pages) and a decoding of every
+// resident credential record. It costs about a public key parse per
+// credential, so Open does not run it; doctor does.
+func CheckStateDeep(dir string) (StateStatus, error) { return checkState(dir, true) }
+
+func checkState(dir string, deep bool) (StateStatus, error) {
 	path := filepath.Join(dir, stateFile)
 	st := StateStatus{Path: path}
 	fi, err := os.Stat(dir)
@@ -127,19 +137,20 @@ func CheckState(dir string) (StateStatus, error) {
 		}
 		return st, damaged(path, "cannot be locked: "+err.Error(), err)
 	}
-	data := make([]byte, fi.Size())
-	if _, err := f.ReadAt(data, 0); err != nil {
+	data, release, err := mapInUse(f, fi.Size())
+	if err != nil {
 		if errors.Is(err, syscall.EIO) {
 			return st, damaged(path, "cannot be read (I/O error): "+err.Error(), err)
 		}
 		return st, damaged(path, "cannot be read: "+err.Error(), err)
 	}
-	warn, err := checkLayout(data)
+	warn, err := guardedLayout(data, fi.Size())
+	release()
 	if err != nil {
 		return st, damaged(path, err.Error(), err)
 	}
 	st.Warning = warn
-	if err := checkWithBolt(path); err != nil {
+	if err := checkWithBolt(path, deep); err != nil {
 		se := damaged(path, err.Error(), err)
 		var re *recordError
 		se.readable = errors.As(err, &re)
@@ -226,13 +237,55 @@ func rawTxid(data []byte, off int) uint64 {
 	return ne.Uint64(data[off+pageHeaderSize+48:])
 }
 
+// mapInUse maps (read-only) the part of the file the database uses: the
+// pages below the high-water mark its header pages record, never beyond
+// the file's end (the file itself may be longer, bbolt grows it ahead).
+// When the headers say nothing usable, the whole file, for checkLayout to
+// report on. Mapping, not reading, keeps a 10,000-credential check cheap.
+func mapInUse(f *os.File, size int64) (data []byte, release func(), err error) {
+	head := make([]byte, min(size, 1<<17))
+	if _, err := f.ReadAt(head, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, err
+	}
+	want := size
+	if m0, err := parseMeta(head, 0); err == nil {
+		want = int64(m0.pgid) * int64(m0.pageSize)
+		if m1, err := parseMeta(head, int(m0.pageSize)); err == nil {
+			want = max(want, int64(m1.pgid)*int64(m1.pageSize))
+		}
+		want = min(max(want, int64(len(head))), size)
+	}
+	if want <= int64(len(head)) {
+		return head, func() {}, nil
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(want), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, func() { unix.Munmap(m) }, nil
+}
+
+// guardedLayout is checkLayout on a mapped file: should the file shrink
+// under it (someone truncating it now), the fault is an error, not a
+// crash.
+func guardedLayout(data []byte, size int64) (warning string, err error) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the file changed while it was checked (%v)", r)
+		}
+	}()
+	return checkLayout(data, size)
+}
+
 // checkLayout checks the database image: its header pages, that the
 // file holds every page they count, and that the tree of pages from the
 // root is a tree whose every page, element, key and value lies inside
 // the file. After it, bbolt cannot read outside the file. It returns a
 // warning when only one header page is valid.
-func checkLayout(data []byte) (warning string, err error) {
-	size := uint64(len(data))
+func checkLayout(data []byte, fileSize int64) (warning string, err error) {
+	size := uint64(fileSize)
 	m0, err0 := parseMeta(data, 0)
 	var m1 boltMeta
 	err1 := errors.New("missing")
@@ -279,13 +332,19 @@ func checkLayout(data []byte) (warning string, err error) {
 		}
 		return "", fmt.Errorf("implausible page count %d", m.pgid)
 	}
-	w := &layoutWalk{data: data, ps: ps, pgid: m.pgid, seen: map[uint64]bool{0: true, 1: true}}
+	if uint64(len(data)) < m.pgid*ps {
+		return "", fmt.Errorf("read only %d of the %d bytes in use", len(data), m.pgid*ps)
+	}
+	w := &layoutWalk{data: data, ps: ps, pgid: m.pgid, seen: map[uint64]bool{0: true, 1: true}, free: map[uint64]bool{}}
 	if m.freelist != noFreelist {
 		if err := w.freelist(m.freelist); err != nil {
 			return "", err
 		}
 	}
 	if err := w.page(m.root, 0); err != nil {
+		return "", err
+	}
+	if err := w.freeNotInUse(); err != nil {
 		return "", err
 	}
 	return warning, nil
@@ -295,7 +354,8 @@ type layoutWalk struct {
 	data []byte
 	ps   uint64
 	pgid uint64
-	seen map[uint64]bool
+	seen map[uint64]bool // pages of the tree and the free-page list
+	free map[uint64]bool // pages the free-page list names
 }
 
 // span claims page id and its overflow pages and returns their bytes.
@@ -307,7 +367,8 @@ func (w *layoutWalk) span(id uint64, want uint16) ([]byte, error) {
 	if got := ne.Uint64(p); got != id {
 		return nil, fmt.Errorf("page %d carries the id %d", id, got)
 	}
-	if flags := ne.Uint16(p[8:]); flags&want == 0 {
+	// Exactly one type: bbolt tests for equality.
+	if flags := ne.Uint16(p[8:]); flags&want == 0 || flags&^want != 0 || (want != freelistPageFlag && flags != branchPageFlag && flags != leafPageFlag) {
 		return nil, fmt.Errorf("page %d has type 0x%02x where 0x%02x is expected", id, flags, want)
 	}
 	overflow := uint64(ne.Uint32(p[12:]))
@@ -336,8 +397,24 @@ func (w *layoutWalk) freelist(id uint64) error {
 		return fmt.Errorf("free-page list of page %d claims %d entries, more than it holds", id, n)
 	}
 	for i := uint64(0); i < n; i++ {
-		if free := ne.Uint64(p[off+8*i:]); free < 2 || free >= w.pgid {
+		free := ne.Uint64(p[off+8*i:])
+		if free < 2 || free >= w.pgid {
 			return fmt.Errorf("free-page list names page %d, outside the %d pages in use", free, w.pgid)
+		}
+		if w.free[free] {
+			return fmt.Errorf("free-page list names page %d twice", free)
+		}
+		w.free[free] = true
+	}
+	return nil
+}
+
+// freeNotInUse: a page both free and in the tree would be handed out
+// while in use by the next write (bbolt panics, or overwrites data).
+func (w *layoutWalk) freeNotInUse() error {
+	for id := range w.free {
+		if w.seen[id] {
+			return fmt.Errorf("page %d is both free and in use", id)
 		}
 	}
 	return nil
@@ -417,7 +494,7 @@ func (w *layoutWalk) elements(p []byte, where string, depth int) error {
 // checkWithBolt opens the database read-only and runs bbolt's own
 // consistency check and this package's meta checks, turning any panic or
 // memory fault on the way into an error.
-func checkWithBolt(path string) (err error) {
+func checkWithBolt(path string, deep bool) (err error) {
 	done := make(chan error, 1)
 	go func() {
 		debug.SetPanicOnFault(true)
@@ -432,17 +509,19 @@ func checkWithBolt(path string) (err error) {
 			return
 		}
 		defer db.Close()
-		err = db.View(func(tx *bolt.Tx) error {
-			var first error
-			for err := range tx.Check() { // drained: the check must end before the rollback
-				if first == nil {
-					first = err
+		if deep {
+			err = db.View(func(tx *bolt.Tx) error {
+				var first error
+				for err := range tx.Check() { // drained: the check must end before the rollback
+					if first == nil {
+						first = err
+					}
 				}
-			}
-			return first
-		})
+				return first
+			})
+		}
 		if err == nil {
-			if err = checkRecords(&Store{db: db, log: slog.New(slog.DiscardHandler)}); err != nil {
+			if err = checkRecords(&Store{db: db, log: slog.New(slog.DiscardHandler)}, deep); err != nil {
 				err = &recordError{err}
 			}
 		}
@@ -456,13 +535,13 @@ func checkWithBolt(path string) (err error) {
 	}
 }
 
-// checkRecords reads every record through the store's own decoders: the
-// meta record (a fresh, empty database has none yet) and each resident
-// credential (of the current layout; an older one is decoded when Open
-// upgrades it, in a transaction that a bad record rolls back).
-func checkRecords(s *Store) error {
+// checkRecords reads the meta record through the store's own decoder (a
+// fresh, empty database has none yet) and, when deep, every resident
+// credential record of the current layout (an older layout's are decoded
+// by the upgrade, in a transaction a bad record rolls back).
+func checkRecords(s *Store, deep bool) error {
 	p, err := s.readMeta()
-	if err != nil || p.fresh || p.version != stateVersion {
+	if err != nil || !deep || p.fresh || p.version != stateVersion {
 		return err
 	}
 	rps, err := s.ResidentRPs()

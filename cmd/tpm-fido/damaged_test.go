@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
@@ -73,7 +74,7 @@ func realState(t *testing.T) (dir string, db []byte) {
 	addResident(t, s, "ssh:", "openssh")
 	addResident(t, s, "github.com", "alice")
 	addResident(t, s, "example.org", "bob")
-	if err := s.SetPIN(pinHash("4821-test")); err != nil {
+	if err := s.SetPIN(pinuv.PINHash([]byte("4821-test"))); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
@@ -174,13 +175,16 @@ func TestDamagedStateFaultInjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, stateDBName)
-	var refused, same, differed, warned, settings int
+	var refused, same, differed, warned, settings, doctorOnly int
 	var differences []string
 	for _, v := range variants {
 		if err := os.WriteFile(path, v.data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		damagedSeen, okSeen := false, false
+		if os.Getenv("DAMAGE_TRACE") != "" {
+			fmt.Fprintln(os.Stderr, "VARIANT", v.name)
+		}
+		damagedSeen, doctorFailed := false, false
 		for _, c := range cmds {
 			withStdin(t, c.stdin)
 			o, e, rc := c.run(dir)
@@ -208,6 +212,11 @@ func TestDamagedStateFaultInjection(t *testing.T) {
 				t.Logf("%s: %s: rc %d\n%s%s", v.name, c.name, rc, o, e)
 			}
 			switch {
+			case refusal && c.name == "doctor (state check)":
+				doctorFailed = true
+				if !strings.Contains(o, dir) || !strings.Contains(o, "tpm-fido reset") {
+					t.Errorf("%s: doctor failed the state without naming it or the way out:\n%s", v.name, o)
+				}
 			case refusal:
 				damagedSeen = true
 				if !strings.Contains(e+o, path) {
@@ -225,7 +234,6 @@ func TestDamagedStateFaultInjection(t *testing.T) {
 				// It asks before it opens anything; damage that only the
 				// TPM can see shows after the YES (TestDamagedStateReset).
 			default:
-				okSeen = true
 				if strings.Contains(o, "WARN") {
 					warned++
 				}
@@ -237,19 +245,23 @@ func TestDamagedStateFaultInjection(t *testing.T) {
 				}
 			}
 		}
-		if damagedSeen && okSeen {
-			t.Errorf("%s: some commands refused the state as damaged and others used it", v.name)
+		// doctor's deep check sees all a command can (and more: key
+		// order, the free-page list, every resident record).
+		if damagedSeen && !doctorFailed {
+			t.Errorf("%s: a command refused the state as damaged but doctor passed it", v.name)
 		}
 		if damagedSeen {
 			refused++
+		} else if doctorFailed {
+			doctorOnly++
 		}
 		if strings.HasPrefix(v.name, "truncated") && len(v.data) < 16385 && !damagedSeen {
 			t.Errorf("%s: accepted", v.name)
 		}
 	}
 	t.Logf("mode %q: %d damaged copies of a %d-byte state.db, %d commands each: %d copies refused as damaged (exit 1, file and way out named); "+
-		"of the rest, %d command outputs identical to the intact state's, %d different, %d doctor warnings, %d serve runs that stored their settings",
-		mode, len(variants), len(db), len(cmds), refused, same, differed, warned, settings)
+		"%d more failed only doctor's deep check; of the commands that used a copy, %d outputs identical to the intact state's, %d different; %d doctor warnings, %d serve runs that stored their settings",
+		mode, len(variants), len(db), len(cmds), refused, doctorOnly, same, differed, warned, settings)
 	for i, d := range differences {
 		if i == 5 {
 			t.Logf("... %d more", len(differences)-5)

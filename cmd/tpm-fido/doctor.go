@@ -254,7 +254,7 @@ func daCheck(st tpmstore.DAStatus) check {
 func (e doctorEnv) checkStateDir() check {
 	const what = "state"
 	sf := storeFlags{tpm: e.tpm, stateDir: e.stateDir}
-	st, err := tpmstore.CheckState(e.stateDir)
+	st, err := tpmstore.CheckStateDeep(e.stateDir)
 	var bad *tpmstore.StateError
 	if errors.As(err, &bad) {
 		fix := "restore " + st.Path + " from a backup if you have one, or start afresh (every credential made with this key is lost):\n" + sf.resetCommand() + "   # asks before it removes anything"
