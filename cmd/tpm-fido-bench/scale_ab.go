@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
+	"github.com/tpm-fido/tpm-fido/test/load/inproc"
+	hidtransport "github.com/tpm-fido/tpm-fido/transport"
+)
+
+// abSide is one of the two stores an interleaved comparison alternates
+// between: its own swtpm, seeded state, in-process stack and client.
+type abSide struct {
+	n     int
+	c     *scaleClient
+	st    *inproc.Stack
+	close []func()
+	user  int
+	disc  []time.Duration
+	mk    []time.Duration
+}
+
+func (s *abSide) shut() {
+	for i := len(s.close) - 1; i >= 0; i-- {
+		s.close[i]()
+	}
+}
+
+// openABSide seeds n credentials over rps RPs on a new swtpm and serves
+// them in process.
+func openABSide(ctx context.Context, dir string, n, rps int, log *slog.Logger) (*abSide, error) {
+	s := &abSide{n: n}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	spec, stopTPM, err := startTPM("swtpm", dir)
+	if err != nil {
+		return nil, err
+	}
+	s.close = append(s.close, stopTPM)
+	stateDir := filepath.Join(dir, "state")
+	capacity := 2 * max(n, 10000)
+	if err := seedScale(spec, stateDir, n, min(rps, n), capacity); err != nil {
+		s.shut()
+		return nil, err
+	}
+	tpm, err := inproc.OpenTPM(spec)
+	if err != nil {
+		s.shut()
+		return nil, err
+	}
+	s.close = append(s.close, func() { tpm.Close() })
+	if s.st, err = inproc.New(inproc.Config{TPM: tpm, Dir: stateDir, Presence: presence.Fixed{Allow: true}, Logger: log, MaxResidents: capacity}); err != nil {
+		s.shut()
+		return nil, err
+	}
+	s.close = append(s.close, func() { s.st.Close() })
+	sock := filepath.Join(dir, "ab.sock")
+	dev, err := hidtransport.ListenUnix(sock, log)
+	if err != nil {
+		s.shut()
+		return nil, err
+	}
+	s.close = append(s.close, s.st.Serve(ctx, dev))
+	conn, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		s.shut()
+		return nil, err
+	}
+	s.close = append(s.close, func() { conn.Close() })
+	ch, err := fidoclient.Open(&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)})
+	if err != nil {
+		s.shut()
+		return nil, err
+	}
+	s.c = &scaleClient{ch: ch, cdh: sha256.New().Sum([]byte("ab"))[:32]}
+	return s, nil
+}
+
+// round times one discovery and one makeCredential rk (deleted again,
+// untimed) on this side.
+func (s *abSide) round() error {
+	t0 := time.Now()
+	if _, err := s.c.discover(); err != nil {
+		return err
+	}
+	s.disc = append(s.disc, time.Since(t0))
+	s.user++
+	t0 = time.Now()
+	ad, err := s.c.ch.MakeCredential(fidoclient.MakeCredentialParams(targetRP, fmt.Appendf(nil, "ab-new-%d", s.user), s.c.cdh, true, false, nil))
+	if err != nil {
+		return err
+	}
+	s.mk = append(s.mk, time.Since(t0))
+	return s.st.Store.DeleteResident(ad.CredID)
+}
+
+// measureAB compares the smallest and the largest count of each spread
+// with the two stores open side by side and the operations alternated
+// between them, so that the load of a shared machine weighs on both
+// alike; the ratios of the goals come from these figures.
+func measureAB(ctx context.Context, dir string, o options, out io.Writer, log *slog.Logger) error {
+	lo, hi := o.ScaleCounts[0], o.ScaleCounts[len(o.ScaleCounts)-1]
+	for _, c := range o.ScaleCounts {
+		lo, hi = min(lo, c), max(hi, c)
+	}
+	if lo == hi {
+		return nil
+	}
+	fmt.Fprintf(out, "#### Interleaved: %d against %d credentials\n\n", hi, lo)
+	fmt.Fprintf(out, "Both stores open at once (each on its own swtpm), one discovery and one makeCredential rk on each in turn, the order swapped every round, %d rounds after one warm-up round; medians.\n\n", o.N)
+	fmt.Fprintln(out, "| spread | discovery at "+fmt.Sprint(lo)+" / "+fmt.Sprint(hi)+" | ratio | makeCredential rk at "+fmt.Sprint(lo)+" / "+fmt.Sprint(hi)+" | ratio |")
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|")
+	for _, rps := range o.ScaleRPs {
+		a, err := openABSide(ctx, filepath.Join(dir, fmt.Sprintf("ab-%d-%d", lo, rps)), lo, rps, log)
+		if err != nil {
+			return err
+		}
+		b, err := openABSide(ctx, filepath.Join(dir, fmt.Sprintf("ab-%d-%d", hi, rps)), hi, rps, log)
+		if err != nil {
+			a.shut()
+			return err
+		}
+		err = func() error {
+			for i := range o.N + 1 {
+				first, second := a, b
+				if i%2 == 1 {
+					first, second = b, a
+				}
+				if err := first.round(); err != nil {
+					return err
+				}
+				if err := second.round(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		b.shut()
+		a.shut()
+		if err != nil {
+			return fmt.Errorf("interleaved, %d RPs: %w", rps, err)
+		}
+		ma, mb := median(a.disc[1:]), median(b.disc[1:])
+		ka, kb := median(a.mk[1:]), median(b.mk[1:])
+		fmt.Fprintf(out, "| %d RP(s) | %s / %s | %.2f× | %s / %s | %.2f× |\n", rps, ms(ma), ms(mb), float64(mb)/float64(ma), ms(ka), ms(kb), float64(kb)/float64(ka))
+	}
+	fmt.Fprintln(out)
+	return nil
+}
