@@ -124,11 +124,7 @@ func EncodeES256(pub *ecdsa.PublicKey) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cose: encode: %w", err)
 	}
-	b, err := ctap.EncodeCBOR(k)
-	if err != nil {
-		return nil, fmt.Errorf("cose: encode: %w", err)
-	}
-	return b, nil
+	return ctap.EncodeCBOR(k)
 }
 
 // DecodeES256 parses a COSE_Key made by EncodeES256 (or any encoder), in

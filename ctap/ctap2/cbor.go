@@ -1,6 +1,8 @@
 package ctap2
 
 import (
+	"slices"
+
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
@@ -87,46 +89,30 @@ func (p params) uint(k uint64) (uint64, bool, error) {
 	return u, true, err
 }
 
+// as decodes r into a T after checking that its major type is one of
+// want (else CTAP2_ERR_CBOR_UNEXPECTED_TYPE).
+func as[T any](r cbor.RawMessage, want ...int) (T, error) {
+	var v T
+	if !slices.Contains(want, major(r)) {
+		return v, ctap.StatusCBORUnexpectedType
+	}
+	err := ctap.DecodeCBOR(r, &v)
+	return v, err
+}
+
 func asBytes(r cbor.RawMessage) ([]byte, error) {
-	if major(r) != majBytes {
-		return nil, ctap.StatusCBORUnexpectedType
-	}
-	var b []byte
-	if err := ctap.DecodeCBOR(r, &b); err != nil {
-		return nil, err
-	}
-	if b == nil {
+	b, err := as[[]byte](r, majBytes)
+	if err == nil && b == nil {
 		b = []byte{}
 	}
-	return b, nil
+	return b, err
 }
 
-func asText(r cbor.RawMessage) (string, error) {
-	if major(r) != majText {
-		return "", ctap.StatusCBORUnexpectedType
-	}
-	var s string
-	err := ctap.DecodeCBOR(r, &s)
-	return s, err
-}
+func asText(r cbor.RawMessage) (string, error) { return as[string](r, majText) }
 
-func asUint(r cbor.RawMessage) (uint64, error) {
-	if major(r) != majUint {
-		return 0, ctap.StatusCBORUnexpectedType
-	}
-	var u uint64
-	err := ctap.DecodeCBOR(r, &u)
-	return u, err
-}
+func asUint(r cbor.RawMessage) (uint64, error) { return as[uint64](r, majUint) }
 
-func asInt(r cbor.RawMessage) (int64, error) {
-	if m := major(r); m != majUint && m != majNegInt {
-		return 0, ctap.StatusCBORUnexpectedType
-	}
-	var i int64
-	err := ctap.DecodeCBOR(r, &i)
-	return i, err
-}
+func asInt(r cbor.RawMessage) (int64, error) { return as[int64](r, majUint, majNegInt) }
 
 func asBool(r cbor.RawMessage) (bool, error) {
 	if len(r) != 1 || (r[0] != 0xf4 && r[0] != 0xf5) {
@@ -136,30 +122,15 @@ func asBool(r cbor.RawMessage) (bool, error) {
 }
 
 func asArray(r cbor.RawMessage) ([]cbor.RawMessage, error) {
-	if major(r) != majArray {
-		return nil, ctap.StatusCBORUnexpectedType
-	}
-	var a []cbor.RawMessage
-	err := ctap.DecodeCBOR(r, &a)
-	return a, err
+	return as[[]cbor.RawMessage](r, majArray)
 }
 
 // asTextMap decodes a map whose keys must all be text strings.
 func asTextMap(r cbor.RawMessage) (map[string]cbor.RawMessage, error) {
-	if major(r) != majMap {
-		return nil, ctap.StatusCBORUnexpectedType
-	}
-	m := map[string]cbor.RawMessage{}
-	err := ctap.DecodeCBOR(r, &m)
-	return m, err
+	return as[map[string]cbor.RawMessage](r, majMap)
 }
 
 // asIntMap decodes a map whose keys must all be integers.
 func asIntMap(r cbor.RawMessage) (map[int64]cbor.RawMessage, error) {
-	if major(r) != majMap {
-		return nil, ctap.StatusCBORUnexpectedType
-	}
-	m := map[int64]cbor.RawMessage{}
-	err := ctap.DecodeCBOR(r, &m)
-	return m, err
+	return as[map[int64]cbor.RawMessage](r, majMap)
 }

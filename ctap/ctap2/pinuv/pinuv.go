@@ -406,30 +406,22 @@ func hmacSHA256(key, msg []byte) []byte {
 	return m.Sum(nil)
 }
 
-// cbcEncrypt encrypts whole blocks with AES-256-CBC.
-func cbcEncrypt(key, iv, plaintext []byte) ([]byte, error) {
-	if len(plaintext)%aes.BlockSize != 0 {
-		return nil, malformed("plaintext of %d bytes is not whole blocks", len(plaintext))
+// cbc runs AES-256-CBC over whole blocks, encrypting or decrypting
+// (an empty ciphertext is refused; an empty plaintext is not).
+func cbc(decrypt bool, key, iv, in []byte) ([]byte, error) {
+	if len(in)%aes.BlockSize != 0 || (decrypt && len(in) == 0) {
+		return nil, malformed("%d bytes are not whole blocks", len(in))
 	}
 	b, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, malformed("aes key: %v", err)
 	}
-	out := make([]byte, len(plaintext))
-	cipher.NewCBCEncrypter(b, iv).CryptBlocks(out, plaintext)
-	return out, nil
-}
-
-func cbcDecrypt(key, iv, ciphertext []byte) ([]byte, error) {
-	if len(ciphertext) == 0 || len(ciphertext)%aes.BlockSize != 0 {
-		return nil, malformed("ciphertext of %d bytes is not whole blocks", len(ciphertext))
+	mode := cipher.NewCBCEncrypter(b, iv)
+	if decrypt {
+		mode = cipher.NewCBCDecrypter(b, iv)
 	}
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, malformed("aes key: %v", err)
-	}
-	out := make([]byte, len(ciphertext))
-	cipher.NewCBCDecrypter(b, iv).CryptBlocks(out, ciphertext)
+	out := make([]byte, len(in))
+	mode.CryptBlocks(out, in)
 	return out, nil
 }
 
@@ -455,14 +447,14 @@ func (protocolOne) Encrypt(key, plaintext []byte) ([]byte, error) {
 	if len(key) != 32 {
 		return nil, malformed("protocol 1 key of %d bytes", len(key))
 	}
-	return cbcEncrypt(key, zeroIV, plaintext)
+	return cbc(false, key, zeroIV, plaintext)
 }
 
 func (protocolOne) Decrypt(key, ciphertext []byte) ([]byte, error) {
 	if len(key) != 32 {
 		return nil, malformed("protocol 1 key of %d bytes", len(key))
 	}
-	return cbcDecrypt(key, zeroIV, ciphertext)
+	return cbc(true, key, zeroIV, ciphertext)
 }
 
 // Authenticate is LEFT(HMAC-SHA-256(key, message), 16).
@@ -508,7 +500,7 @@ func (p protocolTwo) Encrypt(key, plaintext []byte) ([]byte, error) {
 	if _, err := io.ReadFull(p.s.rand, iv); err != nil {
 		return nil, fmt.Errorf("pinuv: random IV: %w", err)
 	}
-	ct, err := cbcEncrypt(key[32:], iv, plaintext)
+	ct, err := cbc(false, key[32:], iv, plaintext)
 	if err != nil {
 		return nil, err
 	}
@@ -522,7 +514,7 @@ func (protocolTwo) Decrypt(key, ciphertext []byte) ([]byte, error) {
 	if len(ciphertext) < aes.BlockSize {
 		return nil, malformed("protocol 2 ciphertext of %d bytes", len(ciphertext))
 	}
-	return cbcDecrypt(key[32:], ciphertext[:aes.BlockSize], ciphertext[aes.BlockSize:])
+	return cbc(true, key[32:], ciphertext[:aes.BlockSize], ciphertext[aes.BlockSize:])
 }
 
 // Authenticate is HMAC-SHA-256 keyed with the shared secret's HMAC key
