@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 )
 
 // daemonResult holds the figures of the real daemon binary.
@@ -171,13 +170,13 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 	if err != nil {
 		return nil, err
 	}
-	ch, err := fidoclient.Open(&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)})
+	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)}).OpenChannel()
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	cdh := sha256.Sum256([]byte("load"))
-	ad, err := ch.MakeCredential(fidoclient.MakeCredentialParams("load.example", []byte("u"), cdh[:], false, false, nil))
+	ad, err := ch.MakeCredential(ctaphidtest.MakeCredentialParams("load.example", []byte("u"), cdh[:], false, false, nil))
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -190,9 +189,9 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 	t0 := time.Now()
 	for i := range o.Load {
 		if i%20 == 19 {
-			_, err = ch.MakeCredential(fidoclient.MakeCredentialParams("load.example", fmt.Appendf(nil, "u%d", i), cdh[:], false, false, nil))
+			_, err = ch.MakeCredential(ctaphidtest.MakeCredentialParams("load.example", fmt.Appendf(nil, "u%d", i), cdh[:], false, false, nil))
 		} else {
-			_, err = ch.GetAssertion(fidoclient.GetAssertionParams("load.example", cdh[:], false, ad.CredID))
+			_, err = ch.GetAssertion(ctaphidtest.GetAssertionParams("load.example", cdh[:], false, ad.CredID))
 		}
 		if err != nil {
 			conn.Close()

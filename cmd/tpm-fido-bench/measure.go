@@ -17,7 +17,6 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 	hidtransport "github.com/tpm-fido/tpm-fido/transport"
@@ -113,7 +112,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 		return err
 	}
 	defer conn.Close()
-	ch, err := fidoclient.Open(&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)})
+	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)}).OpenChannel()
 	if err != nil {
 		return err
 	}
@@ -124,7 +123,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 	user := 0
 	newCred := func(hmacSecret bool) ([]byte, error) {
 		user++
-		ad, err := ch.MakeCredential(fidoclient.MakeCredentialParams(rp, fmt.Appendf(nil, "user-%d", user), cdh[:], false, hmacSecret, nil))
+		ad, err := ch.MakeCredential(ctaphidtest.MakeCredentialParams(rp, fmt.Appendf(nil, "user-%d", user), cdh[:], false, hmacSecret, nil))
 		if err != nil {
 			return nil, err
 		}
@@ -140,7 +139,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 	}
 	assert := func(params map[int]any) error { _, err := ch.GetAssertion(params); return err }
 	if err := m.run(res, "getAssertion warm", func(int) error {
-		return assert(fidoclient.GetAssertionParams(rp, cdh[:], true, warm))
+		return assert(ctaphidtest.GetAssertionParams(rp, cdh[:], true, warm))
 	}); err != nil {
 		return err
 	}
@@ -152,7 +151,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 		}
 	}
 	if err := m.run(res, "getAssertion cold", func(i int) error {
-		return assert(fidoclient.GetAssertionParams(rp, cdh[:], true, cold[i%len(cold)]))
+		return assert(ctaphidtest.GetAssertionParams(rp, cdh[:], true, cold[i%len(cold)]))
 	}); err != nil {
 		return err
 	}
@@ -170,7 +169,7 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 	}
 	foreign = append(foreign, warm)
 	if err := m.run(res, "getAssertion allowList 63 foreign + ours", func(int) error {
-		return assert(fidoclient.GetAssertionParams(rp, cdh[:], true, foreign...))
+		return assert(ctaphidtest.GetAssertionParams(rp, cdh[:], true, foreign...))
 	}); err != nil {
 		return err
 	}
@@ -185,8 +184,8 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 	}
 	salt := bytes.Repeat([]byte{0x5a}, 32)
 	if err := m.run(res, "getAssertion hmac-secret", func(int) error {
-		p := fidoclient.GetAssertionParams(rp, cdh[:], true, hs)
-		p[4] = fidoclient.HMACSecretExt(sess, salt)
+		p := ctaphidtest.GetAssertionParams(rp, cdh[:], true, hs)
+		p[4] = ctaphidtest.HMACSecretExt(sess, salt)
 		return assert(p)
 	}); err != nil {
 		return err

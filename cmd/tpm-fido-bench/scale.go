@@ -22,7 +22,6 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	hidtransport "github.com/tpm-fido/tpm-fido/transport"
@@ -186,7 +185,7 @@ func seedScale(spec, stateDir string, n, rps, capacity int) error {
 
 // scaleClient is a CTAP client over the unix transport.
 type scaleClient struct {
-	ch  *fidoclient.Channel
+	ch  *ctaphidtest.Channel
 	cdh []byte
 }
 
@@ -194,14 +193,14 @@ func (c *scaleClient) cm(tok []byte, sub int, params map[int]any) (ctap.Status, 
 	req := map[int]any{1: sub, 3: 2}
 	msg := []byte{byte(sub)}
 	if params != nil {
-		raw, err := fidoclient.Encode(params)
+		raw, err := ctaphidtest.Encode(params)
 		if err != nil {
 			return 0, nil, err
 		}
 		req[2] = cbor.RawMessage(raw)
 		msg = append(msg, raw...)
 	}
-	req[4] = fidoclient.Authenticate(tok, msg)
+	req[4] = ctaphidtest.Authenticate(2, tok, msg)
 	return c.ch.Call(0x0A, req)
 }
 
@@ -218,7 +217,7 @@ func okStatus(what string, st ctap.Status, err error) error {
 // discover sends a discovery getAssertion (up=false) for the target RP
 // and returns numberOfCredentials (1 when absent).
 func (c *scaleClient) discover() (int, error) {
-	st, body, err := c.ch.Call(fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams(targetRP, c.cdh, false))
+	st, body, err := c.ch.Call(ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams(targetRP, c.cdh, false))
 	if err := okStatus("getAssertion", st, err); err != nil {
 		return 0, err
 	}
@@ -256,7 +255,7 @@ func measureScaleOps(ctx context.Context, spec, dir, stateDir string, r *scaleRe
 		return err
 	}
 	defer conn.Close()
-	ch, err := fidoclient.Open(&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)})
+	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)}).OpenChannel()
 	if err != nil {
 		return err
 	}
@@ -327,10 +326,10 @@ func measureScaleOps(ctx context.Context, spec, dir, stateDir string, r *scaleRe
 	k := 0
 	if err := sample(opMakeRK, func() (time.Duration, error) {
 		k++
-		var ad *fidoclient.AuthData
+		var ad *ctaphidtest.AuthData
 		d, err := timed(func() error {
 			var err error
-			ad, err = ch.MakeCredential(fidoclient.MakeCredentialParams(targetRP, fmt.Appendf(nil, "bench-new-%d", k), c.cdh, true, false, nil))
+			ad, err = ch.MakeCredential(ctaphidtest.MakeCredentialParams(targetRP, fmt.Appendf(nil, "bench-new-%d", k), c.cdh, true, false, nil))
 			return err
 		})
 		if err != nil {
@@ -448,7 +447,7 @@ func measureScaleCLI(bin, spec, dir, stateDir string, r *scaleResult, o options)
 		return err
 	}
 	defer conn.Close()
-	ch, err := fidoclient.Open(&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)})
+	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)}).OpenChannel()
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	hidtransport "github.com/tpm-fido/tpm-fido/transport"
 )
@@ -78,7 +77,7 @@ func openABSide(ctx context.Context, dir string, n, rps int, log *slog.Logger) (
 		return nil, err
 	}
 	s.close = append(s.close, func() { conn.Close() })
-	ch, err := fidoclient.Open(&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)})
+	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)}).OpenChannel()
 	if err != nil {
 		s.shut()
 		return nil, err
@@ -97,7 +96,7 @@ func (s *abSide) round() error {
 	s.disc = append(s.disc, time.Since(t0))
 	s.user++
 	t0 = time.Now()
-	ad, err := s.c.ch.MakeCredential(fidoclient.MakeCredentialParams(targetRP, fmt.Appendf(nil, "ab-new-%d", s.user), s.c.cdh, true, false, nil))
+	ad, err := s.c.ch.MakeCredential(ctaphidtest.MakeCredentialParams(targetRP, fmt.Appendf(nil, "ab-new-%d", s.user), s.c.cdh, true, false, nil))
 	if err != nil {
 		return err
 	}

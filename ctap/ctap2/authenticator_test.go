@@ -15,6 +15,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
 )
 
@@ -503,7 +504,7 @@ func TestCredProtectEnforcement(t *testing.T) {
 			req[3] = allowList(allow...)
 		}
 		if tok != nil {
-			req[6] = authenticate(2, tok, h)
+			req[6] = ctaphidtest.Authenticate(2, tok, h)
 			req[7] = 2
 		}
 		st, m := e.call(cGetAssertion, req)
@@ -563,7 +564,7 @@ func TestAssertionUserMember(t *testing.T) {
 	p := e.newPlatform(2)
 	p.setPIN("1234")
 	mk := func(rp, user string, rk bool) credential {
-		e.clock.advance(time.Second)
+		e.clock.Advance(time.Second)
 		return e.makeCredential(mcOpts{rp: rp, user: user, rk: rk, token: p.token("1234", 0x01, rp)})
 	}
 	one, two := mk("example.org", "one", true), mk("example.org", "two", true)
@@ -580,7 +581,7 @@ func TestAssertionUserMember(t *testing.T) {
 		}
 		if uv {
 			tok := p.token("1234", 0x02, rp)
-			req[6] = authenticate(2, tok, h)
+			req[6] = ctaphidtest.Authenticate(2, tok, h)
 			req[7] = 2
 		}
 		st, m := e.call(cGetAssertion, req)
@@ -629,7 +630,7 @@ func TestAssertionUserMember(t *testing.T) {
 func TestGetNextAssertionState(t *testing.T) {
 	e := newEnv(t)
 	for _, u := range []string{"a", "b", "c"} {
-		e.clock.advance(time.Second)
+		e.clock.Advance(time.Second)
 		e.makeCredential(mcOpts{rk: true, user: u})
 	}
 	start := func() {
@@ -644,14 +645,14 @@ func TestGetNextAssertionState(t *testing.T) {
 	st, _ := e.call(cGetNextAssertion, nil)
 	wantStatus(t, "after another command", st, ctap.StatusNotAllowed)
 	start()
-	e.clock.advance(31 * time.Second)
+	e.clock.Advance(31 * time.Second)
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "after 31 s", st, ctap.StatusNotAllowed)
 	start()
-	e.clock.advance(29 * time.Second)
+	e.clock.Advance(29 * time.Second)
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "within 30 s", st, ctap.StatusOK)
-	e.clock.advance(29 * time.Second) // the timer restarts with each call
+	e.clock.Advance(29 * time.Second) // the timer restarts with each call
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "within 30 s of the previous one", st, ctap.StatusOK)
 	st, _ = e.call(cGetNextAssertion, nil)
@@ -667,12 +668,12 @@ func TestGetNextAssertionState(t *testing.T) {
 func TestGetNextAssertionBelongsToChannel(t *testing.T) {
 	e := newEnv(t)
 	for _, u := range []string{"a", "b", "c"} {
-		e.clock.advance(time.Second)
+		e.clock.Advance(time.Second)
 		e.makeCredential(mcOpts{rk: true, user: u})
 	}
 	start := func() {
 		t.Helper()
-		e.cid = 7
+		e.CID = 7
 		st, m := e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x")})
 		wantStatus(t, "getAssertion", st, ctap.StatusOK)
 		if n := field[int](t, m, 5); n != 3 {
@@ -680,25 +681,25 @@ func TestGetNextAssertionBelongsToChannel(t *testing.T) {
 		}
 	}
 	start()
-	e.cid = 8
+	e.CID = 8
 	st, _ := e.call(cGetNextAssertion, nil)
 	wantStatus(t, "getNextAssertion from another channel", st, ctap.StatusNotAllowed)
-	e.cid = 7
+	e.CID = 7
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "owner after another channel asked", st, ctap.StatusNotAllowed)
 
 	start()
-	e.cid = 8
+	e.CID = 8
 	e.call(cGetInfo, nil)
-	e.cid = 7
+	e.CID = 7
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "owner after another channel's getInfo", st, ctap.StatusNotAllowed)
 
 	start()
-	e.clock.advance(29 * time.Second)
+	e.clock.Advance(29 * time.Second)
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "owner within 30 s", st, ctap.StatusOK)
-	e.clock.advance(31 * time.Second)
+	e.clock.Advance(31 * time.Second)
 	st, _ = e.call(cGetNextAssertion, nil)
 	wantStatus(t, "owner after 31 s", st, ctap.StatusNotAllowed)
 }
@@ -734,9 +735,9 @@ func TestHMACSecret(t *testing.T) {
 			salt2 := bytes.Repeat([]byte{2}, 32)
 			get := func(id []byte, salts []byte, up bool) ([]byte, assertion) {
 				t.Helper()
-				saltEnc := p.encrypt(salts)
+				saltEnc := p.Encrypt(salts)
 				h := cdh("hs")
-				ext := map[int]any{1: p.coseKey(), 2: saltEnc, 3: authenticate(proto, p.shared, saltEnc)}
+				ext := map[int]any{1: p.Key, 2: saltEnc, 3: ctaphidtest.Authenticate(proto, p.Shared, saltEnc)}
 				if proto != 1 {
 					ext[4] = proto
 				}
@@ -773,31 +774,30 @@ func TestHMACSecret(t *testing.T) {
 			}
 			// hmac-secret needs user presence (CTAP 2.1 §12.5): up=false
 			// must not yield the secret silently.
-			saltEnc := p.encrypt(salt1)
-			ext := map[int]any{1: p.coseKey(), 2: saltEnc, 3: authenticate(proto, p.shared, saltEnc), 4: proto}
+			saltEnc := p.Encrypt(salt1)
+			ext := map[int]any{1: p.Key, 2: saltEnc, 3: ctaphidtest.Authenticate(proto, p.Shared, saltEnc), 4: proto}
 			st, _ := e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
 				4: map[string]any{"hmac-secret": ext}, 5: map[string]bool{"up": false}})
 			wantStatus(t, "hmac-secret with up=false", st, ctap.StatusUnsupportedOption)
 			// Bad saltAuth.
-			saltEnc = p.encrypt(salt1)
-			bad := authenticate(proto, p.shared, saltEnc)
+			saltEnc = p.Encrypt(salt1)
+			bad := ctaphidtest.Authenticate(proto, p.Shared, saltEnc)
 			bad[0] ^= 1
-			ext = map[int]any{1: p.coseKey(), 2: saltEnc, 3: bad, 4: proto}
+			ext = map[int]any{1: p.Key, 2: saltEnc, 3: bad, 4: proto}
 			st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
 				4: map[string]any{"hmac-secret": ext}})
 			wantStatus(t, "bad saltAuth", st, ctap.StatusPINAuthInvalid)
 			// Wrong salt length.
-			saltEnc = p.encrypt(make([]byte, 48))
-			ext = map[int]any{1: p.coseKey(), 2: saltEnc, 3: authenticate(proto, p.shared, saltEnc), 4: proto}
+			saltEnc = p.Encrypt(make([]byte, 48))
+			ext = map[int]any{1: p.Key, 2: saltEnc, 3: ctaphidtest.Authenticate(proto, p.Shared, saltEnc), 4: proto}
 			st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
 				4: map[string]any{"hmac-secret": ext}})
 			wantStatus(t, "48-byte salt", st, ctap.StatusInvalidLength)
 			// An off-curve key-agreement point is an error, not a panic.
-			k := p.coseKey()
-			y := append([]byte(nil), k[-3].([]byte)...)
-			y[31] ^= 1
-			k[-3] = y
-			ext = map[int]any{1: k, 2: saltEnc, 3: authenticate(proto, p.shared, saltEnc), 4: proto}
+			k := p.Key
+			k.Y = append([]byte(nil), k.Y...)
+			k.Y[31] ^= 1
+			ext = map[int]any{1: k, 2: saltEnc, 3: ctaphidtest.Authenticate(proto, p.Shared, saltEnc), 4: proto}
 			st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id),
 				4: map[string]any{"hmac-secret": ext}})
 			if st == ctap.StatusOK || st == ctap.StatusOther {
@@ -820,12 +820,12 @@ func TestHMACSecretDependsOnUV(t *testing.T) {
 	pubs := map[string]*ecdsa.PublicKey{string(c.id): c.pub}
 	get := func(tok []byte) []byte {
 		p := e.newPlatform(2)
-		saltEnc := p.encrypt(bytes.Repeat([]byte{7}, 32))
+		saltEnc := p.Encrypt(bytes.Repeat([]byte{7}, 32))
 		h := cdh("hs")
 		req := map[int]any{1: "example.org", 2: h, 3: allowList(c.id), 4: map[string]any{"hmac-secret": map[int]any{
-			1: p.coseKey(), 2: saltEnc, 3: authenticate(2, p.shared, saltEnc), 4: 2}}}
+			1: p.Key, 2: saltEnc, 3: ctaphidtest.Authenticate(2, p.Shared, saltEnc), 4: 2}}}
 		if tok != nil {
-			req[6] = authenticate(2, tok, h)
+			req[6] = ctaphidtest.Authenticate(2, tok, h)
 			req[7] = 2
 		}
 		st, m := e.call(cGetAssertion, req)
@@ -855,7 +855,7 @@ func TestReset(t *testing.T) {
 		t.Fatal("denied reset cleared the PIN")
 	}
 	e.prompt.answer = nil
-	e.clock.advance(5 * time.Second)
+	e.clock.Advance(5 * time.Second)
 	st, _ = e.call(cReset, nil)
 	wantStatus(t, "reset", st, ctap.StatusOK)
 	if e.prompt.last().Op != presence.OpReset {
@@ -867,7 +867,7 @@ func TestReset(t *testing.T) {
 	st, _ = e.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("x"), 3: allowList(c.id)})
 	wantStatus(t, "old credential", st, ctap.StatusNoCredentials)
 
-	e.clock.advance(6 * time.Second)
+	e.clock.Advance(6 * time.Second)
 	n := e.prompt.count()
 	st, _ = e.call(cReset, nil)
 	wantStatus(t, "reset after 11 s", st, ctap.StatusNotAllowed)
@@ -909,11 +909,11 @@ func TestInternalErrors(t *testing.T) {
 func TestApprovalNotReusedForAnotherChallenge(t *testing.T) {
 	rec := &prompter{}
 	e := newEnv(t)
-	a, err := ctap2.New(ctap2.Config{Store: e.fake, Presence: presence.NewCoalescer(rec, time.Minute, nil), Now: e.clock.now})
+	a, err := ctap2.New(ctap2.Config{Store: e.fake, Presence: presence.NewCoalescer(rec, time.Minute, nil), Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.a = a
+	e.H = a
 	c := e.makeCredential(mcOpts{})
 	pubs := map[string]*ecdsa.PublicKey{string(c.id): c.pub}
 	before := rec.count()

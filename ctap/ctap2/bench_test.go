@@ -16,7 +16,7 @@ func benchAssertions(b *testing.B, e *env) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		resp, err := e.a.Handle(b.Context(), ctap.Request{Cmd: ctap.CmdCBOR, Payload: req})
+		resp, err := e.H.Handle(b.Context(), ctap.Request{Cmd: ctap.CmdCBOR, Payload: req})
 		if err != nil || ctap.Status(resp[0]) != ctap.StatusOK {
 			b.Fatalf("getAssertion: % x %v", resp[:1], err)
 		}

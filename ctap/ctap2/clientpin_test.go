@@ -3,17 +3,10 @@ package ctap2
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/ecdh"
-	"crypto/hkdf"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,359 +15,96 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
-// pinTestStore is a software Store for the clientPIN and
-// credentialManagement tests: PIN retries as the TPM store counts them,
-// resident credentials in memory. Key operations are not needed here.
-type pinTestStore struct {
-	mu          sync.Mutex
-	pinHash     *[16]byte
-	retries     int
-	consecutive int
-	authBlocked bool
-	verifyErr   error // returned by VerifyPIN when set (TPM failures)
-	*ctap2test.ResidentList
-}
-
-const pinTestMaxRetries = 8
-
-func newPINTestStore() *pinTestStore {
-	return &pinTestStore{retries: pinTestMaxRetries, ResidentList: ctap2test.NewResidentList(25)}
-}
-
-var errPINTestUnused = errors.New("pinTestStore: not used by these tests")
-
-func (s *pinTestStore) CreateCredential([32]byte, tpmstore.CredentialOptions) (*tpmstore.Credential, error) {
-	return nil, errPINTestUnused
-}
-func (s *pinTestStore) OpenCredential([32]byte, []byte) (*tpmstore.Credential, error) {
-	return nil, errPINTestUnused
-}
-func (s *pinTestStore) Sign(*tpmstore.Credential, []byte) ([]byte, error) {
-	return nil, errPINTestUnused
-}
-func (s *pinTestStore) SignWithPIN(*tpmstore.Credential, []byte, [16]byte) ([]byte, error) {
-	return nil, errPINTestUnused
-}
-func (s *pinTestStore) CredRandom(*tpmstore.Credential, bool) ([]byte, error) {
-	return nil, errPINTestUnused
-}
-func (s *pinTestStore) NextCounter() (uint32, error) { return 0, errPINTestUnused }
-
-func (s *pinTestStore) PINIsSet() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.pinHash != nil
-}
-
-func (s *pinTestStore) SetPIN(h [16]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pinHash != nil {
-		return tpmstore.ErrPINAlreadySet
-	}
-	s.pinHash = &h
-	s.retries = pinTestMaxRetries
-	return nil
-}
-
-func (s *pinTestStore) verifyLocked(h [16]byte) error {
-	if s.verifyErr != nil {
-		return s.verifyErr
-	}
-	switch {
-	case s.pinHash == nil:
-		return tpmstore.ErrPINNotSet
-	case s.retries == 0:
-		return tpmstore.ErrPINBlocked
-	case s.authBlocked:
-		return tpmstore.ErrPINAuthBlocked
-	case *s.pinHash == h:
-		s.retries = pinTestMaxRetries
-		s.consecutive = 0
-		return nil
-	}
-	s.retries--
-	s.consecutive++
-	switch {
-	case s.retries == 0:
-		return tpmstore.ErrPINBlocked
-	case s.consecutive >= 3:
-		s.authBlocked = true
-		return tpmstore.ErrPINAuthBlocked
-	}
-	return tpmstore.ErrPINInvalid
-}
-
-func (s *pinTestStore) VerifyPIN(h [16]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.verifyLocked(h)
-}
-
-func (s *pinTestStore) ChangePIN(cur, next [16]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.verifyLocked(cur); err != nil {
-		return err
-	}
-	s.pinHash = &next
-	return nil
-}
-
-func (s *pinTestStore) PINRetries() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.retries
-}
-
-func (s *pinTestStore) Reset() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.pinHash, s.retries = nil, pinTestMaxRetries
-	s.ResidentList.Clear()
-	s.consecutive, s.authBlocked = 0, false
-	return nil
-}
-
-// pinTestClock is the injected clock.
-type pinTestClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *pinTestClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *pinTestClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
+// pinTestEnv is the authenticator, built here with its PIN/UV state in
+// reach, over a FakeStore, for the clientPIN and credentialManagement
+// tests.
 type pinTestEnv struct {
+	ctap2test.Caller
 	t     testing.TB
 	a     *Authenticator
-	store *pinTestStore
-	clock *pinTestClock
-	cid   uint32 // CTAPHID channel the requests come on
+	store *ctap2test.FakeStore
+	clock *ctap2test.Clock
 }
 
 func newPINTestEnv(t testing.TB) *pinTestEnv {
 	t.Helper()
-	st := newPINTestStore()
-	clk := &pinTestClock{t: time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)}
-	ps, err := pinuv.NewState(rand.Reader, clk.now)
+	st := ctap2test.NewFakeStore(25)
+	clk := ctap2test.NewClock(time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC))
+	ps, err := pinuv.NewState(rand.Reader, clk.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := &Authenticator{
-		cfg: Config{Store: st, Rand: rand.Reader, Now: clk.now},
+		cfg: Config{Store: st, Rand: rand.Reader, Now: clk.Now},
 		log: slog.New(slog.DiscardHandler),
 		pin: ps,
 	}
-	return &pinTestEnv{t: t, a: a, store: st, clock: clk, cid: 1}
+	return &pinTestEnv{Caller: ctap2test.Caller{T: t, H: a, CID: 1}, t: t, a: a, store: st, clock: clk}
 }
 
-var pinTestEnc, _ = cbor.CTAP2EncOptions().EncMode()
+// setT makes the environment report to t (a fuzz iteration's).
+func (e *pinTestEnv) setT(t testing.TB) { e.t, e.T = t, t }
 
-// call sends one CTAP2 command and returns the status and the decoded
-// response map. It checks that any response is canonical CBOR.
 func (e *pinTestEnv) call(cmd byte, params any) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	req := []byte{cmd}
-	if params != nil {
-		b, err := pinTestEnc.Marshal(params)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		req = append(req, b...)
-	}
-	return e.callRaw(req)
+	return e.Call(cmd, params)
 }
 
 func (e *pinTestEnv) callRaw(req []byte) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	resp, err := e.a.Handle(context.Background(), ctap.Request{CID: e.cid, Cmd: ctap.CmdCBOR, Payload: req})
-	if err != nil {
-		e.t.Fatalf("Handle: %v", err)
-	}
-	if len(resp) == 0 {
-		e.t.Fatal("empty response")
-	}
-	st := ctap.Status(resp[0])
-	if st != ctap.StatusOK || len(resp) == 1 {
-		if len(resp) != 1 {
-			e.t.Fatalf("status %v with a body", st)
-		}
-		return st, nil
-	}
-	var m map[int]cbor.RawMessage
-	if err := cbor.Unmarshal(resp[1:], &m); err != nil {
-		e.t.Fatalf("response is not a CBOR map: %v", err)
-	}
-	var generic any
-	if err := cbor.Unmarshal(resp[1:], &generic); err != nil {
-		e.t.Fatal(err)
-	}
-	again, err := pinTestEnc.Marshal(generic)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if !bytes.Equal(again, resp[1:]) {
-		e.t.Fatalf("response is not canonical CBOR:\n got %x\nwant %x", resp[1:], again)
-	}
-	return st, m
+	return e.CallRaw(req)
 }
 
-func pinTestField[T any](t testing.TB, m map[int]cbor.RawMessage, key int) T {
-	t.Helper()
-	var v T
-	raw, ok := m[key]
-	if !ok {
-		t.Fatalf("response lacks key %d", key)
-	}
-	if err := cbor.Unmarshal(raw, &v); err != nil {
-		t.Fatalf("response key %d: %v", key, err)
-	}
-	return v
-}
-
-// pinTestPlatform is the client side of a PIN/UV auth protocol, written
-// independently of package pinuv.
+// pinTestPlatform is the client side of a PIN/UV auth protocol
+// (ctaphidtest.Session, written independently of package pinuv).
 type pinTestPlatform struct {
-	e      *pinTestEnv
-	proto  uint64
-	key    *ecdh.PrivateKey
-	shared []byte
+	e *pinTestEnv
+	*ctaphidtest.Session
 }
 
 func (e *pinTestEnv) platform(proto uint64) *pinTestPlatform {
 	e.t.Helper()
 	st, m := e.call(cmdClientPIN, map[int]any{1: proto, 2: cpGetKeyAgreement})
-	if st != ctap.StatusOK {
-		e.t.Fatalf("getKeyAgreement: %v", st)
-	}
-	ka := pinTestField[map[int]any](e.t, m, 1)
-	x, _ := ka[-2].([]byte)
-	y, _ := ka[-3].([]byte)
-	if ka[1] != uint64(2) || ka[3] != int64(-25) || ka[-1] != uint64(1) {
-		e.t.Fatalf("key agreement header %v", ka)
-	}
-	pub, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, x...), y...))
-	if err != nil {
-		e.t.Fatalf("authenticator key: %v", err)
-	}
-	priv, err := ecdh.P256().GenerateKey(rand.Reader)
+	wantStatus(e.t, "getKeyAgreement", st, ctap.StatusOK)
+	s, err := ctaphidtest.NewSession(proto, ctap2test.Field[ctaphidtest.COSEKey](e.t, m, 1))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	z, err := priv.ECDH(pub)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	p := &pinTestPlatform{e: e, proto: proto, key: priv}
-	if proto == 1 {
-		h := sha256.Sum256(z)
-		p.shared = h[:]
-	} else {
-		salt := make([]byte, 32)
-		hk, _ := hkdf.Key(sha256.New, z, salt, "CTAP2 HMAC key", 32)
-		ak, _ := hkdf.Key(sha256.New, z, salt, "CTAP2 AES key", 32)
-		p.shared = append(hk, ak...)
-	}
-	return p
+	return &pinTestPlatform{e: e, Session: s}
 }
 
+// cose is the platform's key as a generic map, for tests that alter it.
 func (p *pinTestPlatform) cose() map[int]any {
-	b := p.key.PublicKey().Bytes()
-	return map[int]any{1: 2, 3: -25, -1: 1, -2: b[1:33], -3: b[33:]}
-}
-
-func (p *pinTestPlatform) aesKey() []byte {
-	if p.proto == 1 {
-		return p.shared
-	}
-	return p.shared[32:]
-}
-
-func (p *pinTestPlatform) encrypt(pt []byte) []byte {
-	b, err := aes.NewCipher(p.aesKey())
-	if err != nil {
-		p.e.t.Fatal(err)
-	}
-	iv := make([]byte, 16)
-	if p.proto == 2 {
-		rand.Read(iv)
-	}
-	out := make([]byte, len(pt))
-	cipher.NewCBCEncrypter(b, iv).CryptBlocks(out, pt)
-	if p.proto == 2 {
-		out = append(iv, out...)
-	}
-	return out
+	return map[int]any{1: p.Key.Kty, 3: p.Key.Alg, -1: p.Key.Crv, -2: p.Key.X, -3: p.Key.Y}
 }
 
 func (p *pinTestPlatform) decrypt(ct []byte) []byte {
 	p.e.t.Helper()
-	iv := make([]byte, 16)
-	if p.proto == 2 {
-		if len(ct) < 32 {
-			p.e.t.Fatalf("protocol 2 ciphertext of %d bytes", len(ct))
-		}
-		iv, ct = ct[:16], ct[16:]
+	pt, err := p.Decrypt(ct)
+	if err != nil {
+		p.e.t.Fatal(err)
 	}
-	if len(ct)%16 != 0 {
-		p.e.t.Fatalf("ciphertext of %d bytes", len(ct))
-	}
-	b, _ := aes.NewCipher(p.aesKey())
-	out := make([]byte, len(ct))
-	cipher.NewCBCDecrypter(b, iv).CryptBlocks(out, ct)
-	return out
+	return pt
 }
 
 // mac authenticates msg with key (the shared secret or a token).
 func (p *pinTestPlatform) mac(key, msg []byte) []byte {
-	if len(key) == 64 {
-		key = key[:32]
-	}
-	m := hmac.New(sha256.New, key)
-	m.Write(msg)
-	if p.proto == 1 {
-		return m.Sum(nil)[:16]
-	}
-	return m.Sum(nil)
-}
-
-func padPIN(pin []byte) []byte {
-	out := make([]byte, max(64, (len(pin)+15)/16*16))
-	copy(out, pin)
-	return out
-}
-
-func pinHashOf(pin string) []byte {
-	h := sha256.Sum256([]byte(pin))
-	return h[:16]
+	return ctaphidtest.Authenticate(p.Proto, key, msg)
 }
 
 func (p *pinTestPlatform) setPIN(pin []byte) ctap.Status {
 	p.e.t.Helper()
-	enc := p.encrypt(padPIN(pin))
-	st, _ := p.e.call(cmdClientPIN, map[int]any{1: p.proto, 2: cpSetPIN, 3: p.cose(), 4: p.mac(p.shared, enc), 5: enc})
+	st, _ := p.e.call(cmdClientPIN, ctaphidtest.SetPINRequest(p.Session, pin))
 	return st
 }
 
 func (p *pinTestPlatform) changePIN(cur, next string) ctap.Status {
 	p.e.t.Helper()
-	newEnc := p.encrypt(padPIN([]byte(next)))
-	hashEnc := p.encrypt(pinHashOf(cur))
-	param := p.mac(p.shared, append(append([]byte(nil), newEnc...), hashEnc...))
-	st, _ := p.e.call(cmdClientPIN, map[int]any{1: p.proto, 2: cpChangePIN, 3: p.cose(), 4: param, 5: newEnc, 6: hashEnc})
+	st, _ := p.e.call(cmdClientPIN, ctaphidtest.ChangePINRequest(p.Session, cur, next))
 	return st
 }
 
@@ -382,19 +112,15 @@ func (p *pinTestPlatform) changePIN(cur, next string) ctap.Status {
 // the legacy getPINToken (perms == 0) and returns the decrypted token.
 func (p *pinTestPlatform) token(pin string, perms pinuv.Permission, rpID string) ([]byte, ctap.Status) {
 	p.e.t.Helper()
-	req := map[int]any{1: p.proto, 2: cpGetPINToken, 3: p.cose(), 6: p.encrypt(pinHashOf(pin))}
+	req := ctaphidtest.LegacyTokenRequest(p.Session, pin)
 	if perms != 0 {
-		req[2] = cpGetTokenUsingPINWithPerms
-		req[9] = uint8(perms)
-		if rpID != "" {
-			req[10] = rpID
-		}
+		req = ctaphidtest.TokenRequest(p.Session, pin, uint8(perms), rpID)
 	}
 	st, m := p.e.call(cmdClientPIN, req)
 	if st != ctap.StatusOK {
 		return nil, st
 	}
-	tok := p.decrypt(pinTestField[[]byte](p.e.t, m, 2))
+	tok := p.decrypt(ctap2test.Field[[]byte](p.e.t, m, 2))
 	if len(tok) != 32 {
 		p.e.t.Fatalf("token of %d bytes", len(tok))
 	}
@@ -404,30 +130,23 @@ func (p *pinTestPlatform) token(pin string, perms pinuv.Permission, rpID string)
 func (e *pinTestEnv) retries() (int, bool) {
 	e.t.Helper()
 	st, m := e.call(cmdClientPIN, map[int]any{1: 1, 2: cpGetPINRetries})
-	if st != ctap.StatusOK {
-		e.t.Fatalf("getPINRetries: %v", st)
-	}
-	return pinTestField[int](e.t, m, 3), pinTestField[bool](e.t, m, 4)
+	wantStatus(e.t, "getPINRetries", st, ctap.StatusOK)
+	return ctap2test.Field[int](e.t, m, 3), ctap2test.Field[bool](e.t, m, 4)
 }
 
-func wantStatus(t testing.TB, what string, got, want ctap.Status) {
-	t.Helper()
-	if got != want {
-		t.Fatalf("%s: status %v, want %v", what, got, want)
-	}
-}
+var wantStatus = ctap2test.WantStatus
 
 func TestClientPINSetAndToken(t *testing.T) {
 	for _, proto := range []uint64{1, 2} {
 		e := newPINTestEnv(t)
-		if n, pc := e.retries(); n != pinTestMaxRetries || pc {
+		if n, pc := e.retries(); n != ctap2test.PINRetries || pc {
 			t.Fatalf("fresh retries = %d, %v", n, pc)
 		}
 		p := e.platform(proto)
 		_, st := p.token("1234", 0, "")
 		wantStatus(t, "token without PIN", st, ctap.StatusPINNotSet)
 		wantStatus(t, "setPIN", p.setPIN([]byte("1234")), ctap.StatusOK)
-		if !e.store.PINIsSet() || *e.store.pinHash != [16]byte(pinHashOf("1234")) {
+		if h, ok := e.store.PINHash(); !ok || h != [16]byte(ctaphidtest.PINHash("1234")) {
 			t.Fatal("store did not receive LEFT(SHA-256(pin), 16)")
 		}
 		wantStatus(t, "setPIN again", p.setPIN([]byte("5678")), ctap.StatusPINAuthInvalid)
@@ -449,7 +168,7 @@ func TestClientPINSetAndToken(t *testing.T) {
 		wantStatus(t, "token with cm", st, ctap.StatusOK)
 		st, m := e.call(cmdCredentialManagement, map[int]any{1: cmGetCredsMetadata, 3: proto, 4: p.mac(tok, []byte{cmGetCredsMetadata})})
 		wantStatus(t, "getCredsMetadata with token", st, ctap.StatusOK)
-		if n := pinTestField[int](t, m, 1); n != 0 {
+		if n := ctap2test.Field[int](t, m, 1); n != 0 {
 			t.Fatalf("existing = %d", n)
 		}
 	}
@@ -458,8 +177,8 @@ func TestClientPINSetAndToken(t *testing.T) {
 func TestClientPINSetPINBadAuth(t *testing.T) {
 	e := newPINTestEnv(t)
 	p := e.platform(2)
-	enc := p.encrypt(padPIN([]byte("1234")))
-	bad := p.mac(p.shared, enc)
+	enc := p.Encrypt(ctaphidtest.PaddedPIN([]byte("1234")))
+	bad := p.Auth(enc)
 	bad[3] ^= 0x40
 	st, _ := e.call(cmdClientPIN, map[int]any{1: 2, 2: cpSetPIN, 3: p.cose(), 4: bad, 5: enc})
 	wantStatus(t, "setPIN bad param", st, ctap.StatusPINAuthInvalid)
@@ -497,8 +216,8 @@ func TestClientPINPolicy(t *testing.T) {
 	// A padded PIN shorter than 64 bytes is malformed.
 	e := newPINTestEnv(t)
 	p := e.platform(1)
-	enc := p.encrypt(append([]byte("1234"), make([]byte, 12)...))
-	st, _ := e.call(cmdClientPIN, map[int]any{1: 1, 2: cpSetPIN, 3: p.cose(), 4: p.mac(p.shared, enc), 5: enc})
+	enc := p.Encrypt(append([]byte("1234"), make([]byte, 12)...))
+	st, _ := e.call(cmdClientPIN, map[int]any{1: 1, 2: cpSetPIN, 3: p.cose(), 4: p.Auth(enc), 5: enc})
 	wantStatus(t, "16-byte padded PIN", st, ctap.StatusInvalidParameter)
 }
 
@@ -511,7 +230,7 @@ func TestClientPINWrongPINs(t *testing.T) {
 		before, _ := e.a.pin.KeyAgreement(2)
 		_, st := p.token("wrong", pinuv.PermGetAssertion, "")
 		wantStatus(t, "wrong PIN", st, ctap.StatusPINInvalid)
-		if n, pc := e.retries(); n != pinTestMaxRetries-i || pc {
+		if n, pc := e.retries(); n != ctap2test.PINRetries-i || pc {
 			t.Fatalf("after %d wrong PINs: retries %d, powerCycle %v", i, n, pc)
 		}
 		after, _ := e.a.pin.KeyAgreement(2)
@@ -523,7 +242,7 @@ func TestClientPINWrongPINs(t *testing.T) {
 	// The right PIN resets the consecutive count.
 	_, st := p.token("correct horse", pinuv.PermGetAssertion, "")
 	wantStatus(t, "right PIN", st, ctap.StatusOK)
-	if n, _ := e.retries(); n != pinTestMaxRetries {
+	if n, _ := e.retries(); n != ctap2test.PINRetries {
 		t.Fatalf("retries after right PIN = %d", n)
 	}
 	for i := 1; i <= 3; i++ {
@@ -535,7 +254,7 @@ func TestClientPINWrongPINs(t *testing.T) {
 		}
 		wantStatus(t, "wrong PIN in a row", st, want)
 	}
-	if n, pc := e.retries(); n != pinTestMaxRetries-3 || !pc {
+	if n, pc := e.retries(); n != ctap2test.PINRetries-3 || !pc {
 		t.Fatalf("after 3 in a row: retries %d, powerCycleState %v", n, pc)
 	}
 	// Blocked until restart, even with the right PIN, and without
@@ -544,7 +263,7 @@ func TestClientPINWrongPINs(t *testing.T) {
 	_, st = p.token("correct horse", pinuv.PermGetAssertion, "")
 	wantStatus(t, "right PIN while auth-blocked", st, ctap.StatusPINAuthBlocked)
 	wantStatus(t, "changePIN while auth-blocked", p.changePIN("correct horse", "new pin"), ctap.StatusPINAuthBlocked)
-	if n, _ := e.retries(); n != pinTestMaxRetries-3 {
+	if n, _ := e.retries(); n != ctap2test.PINRetries-3 {
 		t.Fatalf("retries spent while blocked: %d", n)
 	}
 }
@@ -553,13 +272,13 @@ func TestClientPINTPMLockoutAndReset(t *testing.T) {
 	e := newPINTestEnv(t)
 	p := e.platform(2)
 	wantStatus(t, "setPIN", p.setPIN([]byte("1234")), ctap.StatusOK)
-	e.store.verifyErr = fmt.Errorf("checking PIN: %w", tpmstore.ErrTPMLockout)
+	e.store.PINError = fmt.Errorf("checking PIN: %w", tpmstore.ErrTPMLockout)
 	_, st := p.token("1234", pinuv.PermGetAssertion, "")
 	wantStatus(t, "TPM lockout", st, ctap.StatusPINAuthBlocked)
-	e.store.verifyErr = errors.New("TPM on fire")
+	e.store.PINError = errors.New("TPM on fire")
 	_, st = p.token("1234", pinuv.PermGetAssertion, "")
 	wantStatus(t, "TPM failure", st, ctap.StatusOther)
-	e.store.verifyErr = nil
+	e.store.PINError = nil
 	// Neither regenerated the key agreement key nor blocked the PIN.
 	_, st = p.token("1234", pinuv.PermGetAssertion, "")
 	wantStatus(t, "after lockout ends", st, ctap.StatusOK)
@@ -579,7 +298,7 @@ func TestClientPINTPMLockoutAndReset(t *testing.T) {
 	if err := e.a.pin.Regenerate(); err != nil {
 		t.Fatal(err)
 	}
-	if n, pc := e.retries(); n != pinTestMaxRetries || pc {
+	if n, pc := e.retries(); n != ctap2test.PINRetries || pc {
 		t.Fatalf("after reset: retries %d, powerCycleState %v", n, pc)
 	}
 	p = e.platform(2)
@@ -592,7 +311,7 @@ func TestClientPINBlocked(t *testing.T) {
 	e := newPINTestEnv(t)
 	p := e.platform(1)
 	wantStatus(t, "setPIN", p.setPIN([]byte("1234")), ctap.StatusOK)
-	e.store.retries = 1
+	e.store.ResetPINState(1)
 	_, st := p.token("0000", pinuv.PermGetAssertion, "")
 	wantStatus(t, "last wrong PIN", st, ctap.StatusPINBlocked)
 	p = e.platform(1)
@@ -613,7 +332,7 @@ func TestClientPINChange(t *testing.T) {
 		p = e.platform(proto)
 		wantStatus(t, "changePIN to a short PIN", p.changePIN("1234", "56"), ctap.StatusPINPolicyViolation)
 		wantStatus(t, "changePIN", p.changePIN("1234", "5678"), ctap.StatusOK)
-		if *e.store.pinHash != [16]byte(pinHashOf("5678")) {
+		if h, _ := e.store.PINHash(); h != [16]byte(ctaphidtest.PINHash("5678")) {
 			t.Fatal("store holds the wrong new PIN")
 		}
 		if err := e.a.pin.VerifyParam(proto, []byte{1}, p.mac(tok, []byte{1})); err == nil {
@@ -626,11 +345,11 @@ func TestClientPINChange(t *testing.T) {
 		wantStatus(t, "new PIN", st, ctap.StatusOK)
 
 		// A bad pinUvAuthParam changes nothing and costs no retry.
-		newEnc := p.encrypt(padPIN([]byte("abcd")))
-		hashEnc := p.encrypt(pinHashOf("5678"))
-		st, _ = e.call(cmdClientPIN, map[int]any{1: proto, 2: cpChangePIN, 3: p.cose(), 4: p.mac(p.shared, newEnc), 5: newEnc, 6: hashEnc})
+		newEnc := p.Encrypt(ctaphidtest.PaddedPIN([]byte("abcd")))
+		hashEnc := p.Encrypt(ctaphidtest.PINHash("5678"))
+		st, _ = e.call(cmdClientPIN, map[int]any{1: proto, 2: cpChangePIN, 3: p.cose(), 4: p.Auth(newEnc), 5: newEnc, 6: hashEnc})
 		wantStatus(t, "changePIN param over newPinEnc only", st, ctap.StatusPINAuthInvalid)
-		if n, _ := e.retries(); n != pinTestMaxRetries {
+		if n, _ := e.retries(); n != ctap2test.PINRetries {
 			t.Fatalf("retries = %d", n)
 		}
 	}
@@ -640,7 +359,7 @@ func TestClientPINPermissions(t *testing.T) {
 	e := newPINTestEnv(t)
 	p := e.platform(2)
 	wantStatus(t, "setPIN", p.setPIN([]byte("1234")), ctap.StatusOK)
-	hashEnc := p.encrypt(pinHashOf("1234"))
+	hashEnc := p.Encrypt(ctaphidtest.PINHash("1234"))
 	for _, c := range []struct {
 		name string
 		req  map[int]any
@@ -659,7 +378,7 @@ func TestClientPINPermissions(t *testing.T) {
 		st, _ := e.call(cmdClientPIN, c.req)
 		wantStatus(t, c.name, st, c.want)
 	}
-	if n, _ := e.retries(); n != pinTestMaxRetries {
+	if n, _ := e.retries(); n != ctap2test.PINRetries {
 		t.Fatalf("refused requests spent retries: %d", n)
 	}
 
@@ -686,14 +405,14 @@ func TestClientPINTokenExpiry(t *testing.T) {
 		return st
 	}
 	tok, _ := p.token("1234", pinuv.PermCredentialManagement, "")
-	e.clock.advance(pinuv.InitialUsageLimit + time.Second)
+	e.clock.Advance(pinuv.InitialUsageLimit + time.Second)
 	wantStatus(t, "unused token after 31 s", meta(tok), ctap.StatusPINAuthInvalid)
 
 	tok, _ = p.token("1234", pinuv.PermCredentialManagement, "")
 	wantStatus(t, "fresh token", meta(tok), ctap.StatusOK)
-	e.clock.advance(9 * time.Minute)
+	e.clock.Advance(9 * time.Minute)
 	wantStatus(t, "used token after 9 min", meta(tok), ctap.StatusOK)
-	e.clock.advance(2 * time.Minute)
+	e.clock.Advance(2 * time.Minute)
 	wantStatus(t, "token after 11 min", meta(tok), ctap.StatusPINAuthInvalid)
 }
 
@@ -705,7 +424,7 @@ func TestClientPINBadKeyAgreement(t *testing.T) {
 	y := append([]byte(nil), offCurve[-3].([]byte)...)
 	y[0] ^= 0x80
 	offCurve[-3] = y
-	hashEnc := p.encrypt(pinHashOf("1234"))
+	hashEnc := p.Encrypt(ctaphidtest.PINHash("1234"))
 	for name, ka := range map[string]any{
 		"off curve":     offCurve,
 		"zero point":    map[int]any{1: 2, 3: -25, -1: 1, -2: make([]byte, 32), -3: make([]byte, 32)},
@@ -726,7 +445,7 @@ func TestClientPINBadKeyAgreement(t *testing.T) {
 		st, _ = e.call(cmdClientPIN, map[int]any{1: 2, 2: cpChangePIN, 3: ka, 4: make([]byte, 32), 5: make([]byte, 80), 6: hashEnc})
 		wantStatus(t, name+" (changePIN)", st, want)
 	}
-	if n, _ := e.retries(); n != pinTestMaxRetries {
+	if n, _ := e.retries(); n != ctap2test.PINRetries {
 		t.Fatalf("bad key agreements spent retries: %d", n)
 	}
 }
@@ -778,13 +497,13 @@ func FuzzClientPINKeyAgreement(f *testing.F) {
 	f.Add([]byte{0xf6})
 	e := newPINTestEnv(f)
 	st := e.store
-	if err := st.SetPIN([16]byte(pinHashOf("1234"))); err != nil {
+	if err := st.SetPIN([16]byte(ctaphidtest.PINHash("1234"))); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, ka []byte) {
-		e.t = t
-		st.retries, st.consecutive, st.authBlocked = pinTestMaxRetries, 0, false
-		ps, err := pinuv.NewState(rand.Reader, e.clock.now)
+		e.setT(t)
+		st.ResetPINState(ctap2test.PINRetries)
+		ps, err := pinuv.NewState(rand.Reader, e.clock.Now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -796,7 +515,7 @@ func FuzzClientPINKeyAgreement(f *testing.F) {
 					4: make([]byte, 16*proto), 5: make([]byte, 64+16*(proto-1)),
 					6: make([]byte, 16*proto), 9: 3,
 				}
-				b, err := pinTestEnc.Marshal(req)
+				b, err := ctap2test.Enc.Marshal(req)
 				if err != nil {
 					return // ka is not well-formed CBOR: the encoder refuses it
 				}

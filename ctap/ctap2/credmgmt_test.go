@@ -13,7 +13,9 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
@@ -69,10 +71,10 @@ func (e *cmTestEnv) newToken(perms pinuv.Permission, rpID string) {
 // cm sends an authenticated subcommand (params may be nil).
 func (e *cmTestEnv) cm(sub int, params map[int]any) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	req := map[int]any{1: sub, 3: e.p.proto}
+	req := map[int]any{1: sub, 3: e.p.Proto}
 	msg := []byte{byte(sub)}
 	if params != nil {
-		raw, err := pinTestEnc.Marshal(params)
+		raw, err := ctap2test.Enc.Marshal(params)
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -100,19 +102,19 @@ func TestCredMgmtMetadataAndRPs(t *testing.T) {
 			e := newCMTestEnv(t, proto, cmd)
 			st, m := e.cm(cmGetCredsMetadata, nil)
 			wantStatus(t, "getCredsMetadata", st, ctap.StatusOK)
-			if n, r := pinTestField[int](t, m, 1), pinTestField[int](t, m, 2); n != 3 || r != 22 {
+			if n, r := ctap2test.Field[int](t, m, 1), ctap2test.Field[int](t, m, 2); n != 3 || r != 22 {
 				t.Fatalf("metadata = %d existing, %d remaining", n, r)
 			}
 
 			st, m = e.cm(cmEnumerateRPsBegin, nil)
 			wantStatus(t, "enumerateRPsBegin", st, ctap.StatusOK)
-			if total := pinTestField[int](t, m, 5); total != 2 {
+			if total := ctap2test.Field[int](t, m, 5); total != 2 {
 				t.Fatalf("totalRPs = %d", total)
 			}
 			seen := map[string]string{}
 			check := func(m map[int]cbor.RawMessage) {
-				rp := pinTestField[cmTestRP](t, m, 3)
-				h := pinTestField[[]byte](t, m, 4)
+				rp := ctap2test.Field[cmTestRP](t, m, 3)
+				h := ctap2test.Field[[]byte](t, m, 4)
 				if want := sha256.Sum256([]byte(rp.ID)); !bytes.Equal(h, want[:]) {
 					t.Fatalf("rpIDHash of %q wrong", rp.ID)
 				}
@@ -140,11 +142,11 @@ func TestCredMgmtEnumerateCredentials(t *testing.T) {
 		ha := sha256.Sum256([]byte("a.example"))
 		st, m := e.cm(cmEnumerateCredentialsBegin, map[int]any{1: ha[:]})
 		wantStatus(t, "enumerateCredentialsBegin", st, ctap.StatusOK)
-		if total := pinTestField[int](t, m, 9); total != 2 {
+		if total := ctap2test.Field[int](t, m, 9); total != 2 {
 			t.Fatalf("totalCredentials = %d", total)
 		}
 		checkCred := func(m map[int]cbor.RawMessage) []byte {
-			cred := pinTestField[map[string]any](t, m, 7)
+			cred := ctap2test.Field[map[string]any](t, m, 7)
 			id, _ := cred["id"].([]byte)
 			if cred["type"] != "public-key" {
 				t.Fatalf("credential type %v", cred["type"])
@@ -153,11 +155,11 @@ func TestCredMgmtEnumerateCredentials(t *testing.T) {
 			if !ok || r.RPID != "a.example" {
 				t.Fatalf("unknown or foreign credential %x", id)
 			}
-			user := pinTestField[map[string]any](t, m, 6)
+			user := ctap2test.Field[map[string]any](t, m, 6)
 			if uid, _ := user["id"].([]byte); !bytes.Equal(uid, r.User.ID) || user["name"] != r.User.Name || user["displayName"] != r.User.DisplayName {
 				t.Fatalf("user %v, want %+v", user, r.User)
 			}
-			pk := pinTestField[map[int]any](t, m, 8)
+			pk := ctap2test.Field[map[int]any](t, m, 8)
 			x, _ := pk[-2].([]byte)
 			y, _ := pk[-3].([]byte)
 			if pk[1] != uint64(2) || pk[3] != int64(-7) || pk[-1] != uint64(1) {
@@ -167,7 +169,7 @@ func TestCredMgmtEnumerateCredentials(t *testing.T) {
 			if !bytes.Equal(append(append([]byte{4}, x...), y...), want) {
 				t.Fatal("public key does not match the stored one")
 			}
-			if cp := pinTestField[int](t, m, 10); cp != int(r.CredProtect) {
+			if cp := ctap2test.Field[int](t, m, 10); cp != int(r.CredProtect) {
 				t.Fatalf("credProtect %d, want %d", cp, r.CredProtect)
 			}
 			if lbk, ok := m[11]; ok != (r.LargeBlobKey != nil) {
@@ -223,22 +225,22 @@ func TestCredMgmtEnumerationBelongsToChannel(t *testing.T) {
 	for _, cmd := range []byte{cmdCredentialManagement, cmdCredentialMgmtPreview} {
 		e := newCMTestEnv(t, 2, cmd)
 		ha := sha256.Sum256([]byte("a.example"))
-		e.cid = 7
+		e.CID = 7
 		st, _ := e.cm(cmEnumerateCredentialsBegin, map[int]any{1: ha[:]})
 		wantStatus(t, "enumerateCredentialsBegin on 7", st, ctap.StatusOK)
-		e.cid = 8
+		e.CID = 8
 		st, _ = e.next(cmEnumerateCredentialsNext)
 		wantStatus(t, "GetNextCredential from another channel", st, ctap.StatusNotAllowed)
-		e.cid = 7
+		e.CID = 7
 		st, _ = e.next(cmEnumerateCredentialsNext)
 		wantStatus(t, "GetNextCredential by the owner after another channel asked", st, ctap.StatusNotAllowed)
 
 		st, _ = e.cm(cmEnumerateRPsBegin, nil)
 		wantStatus(t, "enumerateRPsBegin on 7", st, ctap.StatusOK)
-		e.cid = 8
+		e.CID = 8
 		st, _ = e.next(cmEnumerateRPsGetNextRP)
 		wantStatus(t, "GetNextRP from another channel", st, ctap.StatusNotAllowed)
-		e.cid = 7
+		e.CID = 7
 		st, _ = e.cm(cmEnumerateRPsBegin, nil)
 		wantStatus(t, "enumerateRPsBegin on 7 again", st, ctap.StatusOK)
 		st, _ = e.next(cmEnumerateRPsGetNextRP)
@@ -286,7 +288,7 @@ func TestCredMgmtDeleteAndUpdate(t *testing.T) {
 			wantStatus(t, "delete without ID", st, ctap.StatusMissingParameter)
 			st, m := e.cm(cmGetCredsMetadata, nil)
 			wantStatus(t, "metadata", st, ctap.StatusOK)
-			if n := pinTestField[int](t, m, 1); n != 2 {
+			if n := ctap2test.Field[int](t, m, 1); n != 2 {
 				t.Fatalf("existing after delete = %d", n)
 			}
 		}
@@ -307,7 +309,7 @@ func TestCredMgmtAuthorization(t *testing.T) {
 	st, _ = e.call(cmdCredentialManagement, map[int]any{1: cmGetCredsMetadata, 3: 2, 4: e.p.mac(e.tok, []byte{cmEnumerateRPsBegin})})
 	wantStatus(t, "param over another subcommand", st, ctap.StatusPINAuthInvalid)
 	// The param covers subCommandParams: tampering with them is caught.
-	params, _ := pinTestEnc.Marshal(map[int]any{1: ha[:]})
+	params, _ := ctap2test.Enc.Marshal(map[int]any{1: ha[:]})
 	st, _ = e.call(cmdCredentialManagement, map[int]any{1: cmEnumerateCredentialsBegin, 2: map[int]any{1: hb[:]}, 3: 2,
 		4: e.p.mac(e.tok, append([]byte{cmEnumerateCredentialsBegin}, params...))})
 	wantStatus(t, "params swapped", st, ctap.StatusPINAuthInvalid)
@@ -365,7 +367,7 @@ func TestCredMgmtLegacyTokenOnPreview(t *testing.T) {
 		e.newToken(0, "") // getPinToken (0x05)
 		st, m := e.cm(cmGetCredsMetadata, nil)
 		wantStatus(t, "0x41 metadata, legacy token", st, ctap.StatusOK)
-		if n := pinTestField[int](t, m, 1); n != 3 {
+		if n := ctap2test.Field[int](t, m, 1); n != 3 {
 			t.Fatalf("existingResidentCredentialsCount %d", n)
 		}
 		st, _ = e.cm(cmEnumerateRPsBegin, nil)
@@ -375,7 +377,7 @@ func TestCredMgmtLegacyTokenOnPreview(t *testing.T) {
 		ha := sha256.Sum256([]byte("a.example"))
 		st, m = e.cm(cmEnumerateCredentialsBegin, map[int]any{1: ha[:]})
 		wantStatus(t, "0x41 enumerateCredentialsBegin, legacy token", st, ctap.StatusOK)
-		cred := pinTestField[map[string]any](t, m, 7)
+		cred := ctap2test.Field[map[string]any](t, m, 7)
 		st, _ = e.cm(cmDeleteCredential, map[int]any{2: map[string]any{"id": cred["id"], "type": "public-key"}})
 		wantStatus(t, "0x41 deleteCredential, legacy token", st, ctap.StatusOK)
 		if n, _ := e.store.ResidentCount(); n != 2 {
@@ -408,7 +410,7 @@ func TestCredMgmtLegacyTokenOnPreview(t *testing.T) {
 		// The preview grant is the authenticator's own: a client cannot
 		// ask for it in the permissions it sends.
 		st, _ = e.call(cmdClientPIN, map[int]any{1: proto, 2: cpGetTokenUsingPINWithPerms, 3: e.p.cose(),
-			6: e.p.encrypt(pinHashOf(cmTestPIN)), 9: int(pinuv.PermCredentialManagementPreview)})
+			6: e.p.Encrypt(ctaphidtest.PINHash(cmTestPIN)), 9: int(pinuv.PermCredentialManagementPreview)})
 		wantStatus(t, "0x09 asking for the internal preview bit", st, ctap.StatusInvalidParameter)
 	}
 }
@@ -422,7 +424,7 @@ func TestCredMgmtEmptyStore(t *testing.T) {
 	}
 	st, m := e.cm(cmGetCredsMetadata, nil)
 	wantStatus(t, "metadata", st, ctap.StatusOK)
-	if n, r := pinTestField[int](t, m, 1), pinTestField[int](t, m, 2); n != 0 || r != 25 {
+	if n, r := ctap2test.Field[int](t, m, 1), ctap2test.Field[int](t, m, 2); n != 0 || r != 25 {
 		t.Fatalf("metadata = %d, %d", n, r)
 	}
 	st, _ = e.cm(cmEnumerateRPsBegin, nil)

@@ -113,11 +113,11 @@ func FuzzHandleRequest(f *testing.F) {
 		if st, m := w.call(cGetAssertion, map[int]any{1: "example.org", 2: cdh("walk")}); st != ctap.StatusOK || m[5] == nil {
 			t.Fatalf("walk not started: %v", st)
 		}
-		w.cid = 2
+		w.CID = 2
 		if st, _ := w.rawCall(req); len(req) > 0 && req[0] == cGetNextAssertion && st == ctap.StatusOK {
 			t.Fatalf("getNextAssertion % x from another channel continued the walk: %v", req, st)
 		}
-		w.cid = 1
+		w.CID = 1
 		if st, _ := w.rawCall([]byte{cGetNextAssertion}); st != ctap.StatusNotAllowed {
 			t.Fatalf("getNextAssertion after another channel sent % x: %v, want NOT_ALLOWED", req, st)
 		}

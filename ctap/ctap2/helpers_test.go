@@ -3,14 +3,8 @@ package ctap2_test
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/hkdf"
-	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -24,6 +18,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2"
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
 )
 
@@ -71,23 +66,6 @@ func (p *prompter) last() presence.Request {
 	return p.reqs[len(p.reqs)-1]
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // logBuf collects log output so tests can check what was logged.
 type logBuf struct {
 	mu sync.Mutex
@@ -107,14 +85,13 @@ func (l *logBuf) String() string {
 }
 
 type env struct {
-	t      testing.TB
-	a      *ctap2.Authenticator
-	store  ctap2.Store
-	fake   *ctap2test.FakeStore // nil with the TPM store
-	prompt *prompter
-	clock  *clock
-	logs   *logBuf
-	cid    uint32 // CTAPHID channel the requests come on
+	ctap2test.Caller // H is the authenticator
+	t                testing.TB
+	store            ctap2.Store
+	fake             *ctap2test.FakeStore // nil with the TPM store
+	prompt           *prompter
+	clock            *ctap2test.Clock
+	logs             *logBuf
 }
 
 func newEnv(t testing.TB) *env {
@@ -125,128 +102,56 @@ func newEnv(t testing.TB) *env {
 	return e
 }
 
+// newEnvWithStore builds the authenticator on s; requests come on
+// CTAPHID channel 1 (e.CID).
 func newEnvWithStore(t testing.TB, s ctap2.Store) *env {
 	t.Helper()
-	e := &env{t: t, store: s, prompt: &prompter{}, cid: 1,
-		clock: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, logs: &logBuf{}}
+	e := &env{t: t, store: s, prompt: &prompter{},
+		clock: ctap2test.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), logs: &logBuf{}}
 	a, err := ctap2.New(ctap2.Config{
 		Store:    s,
 		Presence: e.prompt,
 		Logger:   slog.New(slog.NewTextHandler(e.logs, nil)),
-		Now:      e.clock.now,
+		Now:      e.clock.Now,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.a = a
+	e.Caller = ctap2test.Caller{T: t, H: a, CID: 1}
 	return e
 }
 
-var testEnc, _ = cbor.CTAP2EncOptions().EncMode()
-
-// strictDec decodes responses strictly, so that non-canonical or
-// duplicate-key output is caught.
-var strictDec, _ = cbor.DecOptions{
-	DupMapKey:   cbor.DupMapKeyEnforcedAPF,
-	IndefLength: cbor.IndefLengthForbidden,
-	IntDec:      cbor.IntDecConvertNone,
-}.DecMode()
-
-func enc(t testing.TB, v any) []byte {
-	t.Helper()
-	b, err := testEnc.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// rawCall sends one request with ctx and returns the status and the
-// response map. It checks the CBOR is canonical.
+// rawCallCtx sends one request with ctx and returns the status and the
+// response map, checked by ctap2test.Caller.
 func (e *env) rawCallCtx(ctx context.Context, req []byte) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	resp, err := e.a.Handle(ctx, ctap.Request{CID: e.cid, Cmd: ctap.CmdCBOR, Payload: req})
-	if err != nil {
-		e.t.Fatalf("Handle error: %v", err)
-	}
-	if len(resp) == 0 {
-		e.t.Fatal("empty response")
-	}
-	st := ctap.Status(resp[0])
-	limit := 2048
-	if len(req) > 0 && req[0] == cMakeCredential {
-		limit = 4096
-	}
-	if len(resp) > limit {
-		e.t.Fatalf("response of %d bytes exceeds %d", len(resp), limit)
-	}
-	if st != ctap.StatusOK {
-		if len(resp) != 1 {
-			e.t.Fatalf("error %v with a body of %d bytes", st, len(resp)-1)
-		}
-		return st, nil
-	}
-	body := resp[1:]
-	if len(body) == 0 {
-		return st, nil
-	}
-	checkCanonical(e.t, body)
-	var m map[int]cbor.RawMessage
-	if err := strictDec.Unmarshal(body, &m); err != nil {
-		e.t.Fatalf("response is not a CBOR map with integer keys: %v", err)
-	}
-	return st, m
+	return e.CallRawCtx(ctx, req)
 }
 
 func (e *env) rawCall(req []byte) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	return e.rawCallCtx(context.Background(), req)
+	return e.CallRaw(req)
 }
 
+// call sends cmd with params (nil: none).
 func (e *env) call(cmd byte, params map[int]any) (ctap.Status, map[int]cbor.RawMessage) {
 	e.t.Helper()
-	req := []byte{cmd}
-	if params != nil {
-		req = append(req, enc(e.t, params)...)
+	if params == nil {
+		return e.CallRaw([]byte{cmd})
 	}
-	return e.rawCall(req)
+	return e.Call(cmd, params)
 }
 
-// checkCanonical decodes b into generic values and re-encodes them in
-// CTAP2 canonical form: the bytes must be identical.
-func checkCanonical(t testing.TB, b []byte) {
-	t.Helper()
-	var v any
-	if err := strictDec.Unmarshal(b, &v); err != nil {
-		t.Fatalf("malformed CBOR output: %v", err)
-	}
-	again, err := testEnc.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(again, b) {
-		t.Fatalf("CBOR output is not canonical:\n got % x\nwant % x", b, again)
-	}
-}
+var (
+	enc            = ctap2test.Encode
+	checkCanonical = ctap2test.CheckCanonical
+	strictDec      = ctap2test.StrictDec
+	wantStatus     = ctap2test.WantStatus
+)
 
 func field[T any](t testing.TB, m map[int]cbor.RawMessage, k int) T {
 	t.Helper()
-	var v T
-	r, ok := m[k]
-	if !ok {
-		t.Fatalf("response lacks key %d", k)
-	}
-	if err := strictDec.Unmarshal(r, &v); err != nil {
-		t.Fatalf("key %d: %v", k, err)
-	}
-	return v
-}
-
-func wantStatus(t testing.TB, what string, got, want ctap.Status) {
-	t.Helper()
-	if got != want {
-		t.Fatalf("%s: status %v, want %v", what, got, want)
-	}
+	return ctap2test.Field[T](t, m, k)
 }
 
 func cdh(s string) []byte {
@@ -369,7 +274,7 @@ func mcRequest(o mcOpts, clientDataHash []byte) map[int]any {
 		req[5] = l
 	}
 	if o.token != nil {
-		req[8] = authenticate(2, o.token, clientDataHash)
+		req[8] = ctaphidtest.Authenticate(2, o.token, clientDataHash)
 		req[9] = 2
 	}
 	return req
@@ -469,140 +374,51 @@ func allowList(ids ...[]byte) []map[string]any {
 	return l
 }
 
-// ---- the platform side of the PIN/UV auth protocols, written from the
-// specification (CTAP 2.1 §6.5.6, §6.5.7) ----
-
+// platform is the platform side of the PIN/UV auth protocols
+// (ctaphidtest.Session, written from the specification independently of
+// package pinuv), talking to e.
 type platform struct {
-	e      *env
-	proto  uint64
-	priv   *ecdh.PrivateKey
-	shared []byte
+	e *env
+	*ctaphidtest.Session
 }
 
 func (e *env) newPlatform(proto uint64) *platform {
 	e.t.Helper()
 	st, m := e.call(cClientPIN, map[int]any{1: proto, 2: 2})
 	wantStatus(e.t, "getKeyAgreement", st, ctap.StatusOK)
-	var k map[int]any
-	if err := strictDec.Unmarshal(m[1], &k); err != nil {
-		e.t.Fatal(err)
-	}
-	x, _ := k[-2].([]byte)
-	y, _ := k[-3].([]byte)
-	peer, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, x...), y...))
+	s, err := ctaphidtest.NewSession(proto, field[ctaphidtest.COSEKey](e.t, m, 1))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	p := &platform{e: e, proto: proto}
-	if p.priv, err = ecdh.P256().GenerateKey(rand.Reader); err != nil {
-		e.t.Fatal(err)
-	}
-	z, err := p.priv.ECDH(peer)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	p.shared = kdf(proto, z)
-	return p
-}
-
-func kdf(proto uint64, z []byte) []byte {
-	if proto == 1 {
-		h := sha256.Sum256(z)
-		return h[:]
-	}
-	zeros := make([]byte, 32)
-	mk, _ := hkdf.Key(sha256.New, z, zeros, "CTAP2 HMAC key", 32)
-	ak, _ := hkdf.Key(sha256.New, z, zeros, "CTAP2 AES key", 32)
-	return append(mk, ak...)
-}
-
-// authenticate is the protocol's MAC: protocol 1 truncates to 16 bytes;
-// protocol 2 with a 64-byte shared secret keys with its HMAC half.
-func authenticate(proto uint64, key, msg []byte) []byte {
-	if len(key) == 64 {
-		key = key[:32]
-	}
-	h := hmac.New(sha256.New, key)
-	h.Write(msg)
-	if proto == 1 {
-		return h.Sum(nil)[:16]
-	}
-	return h.Sum(nil)
-}
-
-func (p *platform) coseKey() map[int]any {
-	b := p.priv.PublicKey().Bytes()
-	return map[int]any{1: 2, 3: -25, -1: 1, -2: b[1:33], -3: b[33:]}
-}
-
-func (p *platform) aesKey() []byte {
-	if p.proto == 1 {
-		return p.shared
-	}
-	return p.shared[32:]
-}
-
-func (p *platform) encrypt(pt []byte) []byte {
-	blk, _ := aes.NewCipher(p.aesKey())
-	iv := make([]byte, 16)
-	if p.proto == 2 {
-		_, _ = rand.Read(iv)
-	}
-	out := make([]byte, len(pt))
-	cipher.NewCBCEncrypter(blk, iv).CryptBlocks(out, pt)
-	if p.proto == 2 {
-		return append(iv, out...)
-	}
-	return out
+	return &platform{e: e, Session: s}
 }
 
 func (p *platform) decrypt(ct []byte) []byte {
 	p.e.t.Helper()
-	iv := make([]byte, 16)
-	if p.proto == 2 {
-		iv, ct = ct[:16], ct[16:]
+	pt, err := p.Decrypt(ct)
+	if err != nil {
+		p.e.t.Fatal(err)
 	}
-	if len(ct)%16 != 0 {
-		p.e.t.Fatalf("ciphertext length %d", len(ct))
-	}
-	blk, _ := aes.NewCipher(p.aesKey())
-	out := make([]byte, len(ct))
-	cipher.NewCBCDecrypter(blk, iv).CryptBlocks(out, ct)
-	return out
+	return pt
 }
 
 func (p *platform) setPIN(pin string) {
 	p.e.t.Helper()
-	padded := make([]byte, 64)
-	copy(padded, pin)
-	enc := p.encrypt(padded)
-	st, _ := p.e.call(cClientPIN, map[int]any{1: p.proto, 2: 3, 3: p.coseKey(),
-		4: authenticate(p.proto, p.shared, enc), 5: enc})
+	st, _ := p.e.call(cClientPIN, ctaphidtest.SetPINRequest(p.Session, []byte(pin)))
 	wantStatus(p.e.t, "setPIN", st, ctap.StatusOK)
 }
 
 // changePIN changes the PIN from cur to next (clientPIN 0x04).
 func (p *platform) changePIN(cur, next string) ctap.Status {
 	p.e.t.Helper()
-	padded := make([]byte, 64)
-	copy(padded, next)
-	newEnc := p.encrypt(padded)
-	h := sha256.Sum256([]byte(cur))
-	hashEnc := p.encrypt(h[:16])
-	st, _ := p.e.call(cClientPIN, map[int]any{1: p.proto, 2: 4, 3: p.coseKey(),
-		4: authenticate(p.proto, p.shared, append(append([]byte(nil), newEnc...), hashEnc...)), 5: newEnc, 6: hashEnc})
+	st, _ := p.e.call(cClientPIN, ctaphidtest.ChangePINRequest(p.Session, cur, next))
 	return st
 }
 
 // token gets a pinUvAuthToken with permissions for rpID.
 func (p *platform) token(pin string, perms uint8, rpID string) []byte {
 	p.e.t.Helper()
-	h := sha256.Sum256([]byte(pin))
-	req := map[int]any{1: p.proto, 2: 9, 3: p.coseKey(), 6: p.encrypt(h[:16]), 9: perms}
-	if rpID != "" {
-		req[10] = rpID
-	}
-	st, m := p.e.call(cClientPIN, req)
+	st, m := p.e.call(cClientPIN, ctaphidtest.TokenRequest(p.Session, pin, perms, rpID))
 	wantStatus(p.e.t, "getPinUvAuthTokenUsingPinWithPermissions", st, ctap.StatusOK)
 	return p.decrypt(field[[]byte](p.e.t, m, 2))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
 )
@@ -199,11 +200,11 @@ func TestDiscoveryAtScale(t *testing.T) {
 	st, _ := se.call(cGetAssertion, map[int]any{1: bigRP, 2: cdh("w"), 5: map[string]bool{"up": false}})
 	wantStatus(t, "getAssertion", st, ctap.StatusOK)
 	for range 3 {
-		se.clock.advance(29 * time.Second)
+		se.clock.Advance(29 * time.Second)
 		st, _ = se.call(cGetNextAssertion, nil)
 		wantStatus(t, "getNextAssertion after 29 s", st, ctap.StatusOK)
 	}
-	se.clock.advance(30*time.Second + time.Millisecond)
+	se.clock.Advance(30*time.Second + time.Millisecond)
 	st, _ = se.call(cGetNextAssertion, nil)
 	wantStatus(t, "getNextAssertion after 30 s", st, ctap.StatusNotAllowed)
 	st, _ = se.call(cGetNextAssertion, nil)
@@ -243,7 +244,7 @@ func TestDiscoveryAtScale(t *testing.T) {
 	p.setPIN("4321")
 	tok := p.token("4321", 0x02, bigRP)
 	h := cdh("discover")
-	ids, n = se.discover(map[int]any{6: authenticate(2, tok, h), 7: 2}, realNewUV)
+	ids, n = se.discover(map[int]any{6: ctaphidtest.Authenticate(2, tok, h), 7: 2}, realNewUV)
 	if n != bigCount {
 		t.Fatalf("numberOfCredentials %d with UV, want %d", n, bigCount)
 	}
@@ -260,7 +261,7 @@ func (se *scaleEnv) cm(tok []byte, sub int, params map[int]any) (ctap.Status, ma
 		req[2] = cbor.RawMessage(raw)
 		msg = append(msg, raw...)
 	}
-	req[4] = authenticate(2, tok, msg)
+	req[4] = ctaphidtest.Authenticate(2, tok, msg)
 	return se.call(cCredMgmt, req)
 }
 

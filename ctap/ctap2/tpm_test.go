@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
@@ -88,11 +89,11 @@ func TestWithTPMSimulator(t *testing.T) {
 	hsGet := func(tok []byte) []byte {
 		t.Helper()
 		pp := e.newPlatform(2)
-		saltEnc := pp.encrypt(bytes.Repeat([]byte{9}, 32))
+		saltEnc := pp.Encrypt(bytes.Repeat([]byte{9}, 32))
 		req := map[int]any{1: "example.org", 2: h, 4: map[string]any{"hmac-secret": map[int]any{
-			1: pp.coseKey(), 2: saltEnc, 3: authenticate(2, pp.shared, saltEnc), 4: 2}}}
+			1: pp.Key, 2: saltEnc, 3: ctaphidtest.Authenticate(2, pp.Shared, saltEnc), 4: 2}}}
 		if tok != nil {
-			req[6] = authenticate(2, tok, h)
+			req[6] = ctaphidtest.Authenticate(2, tok, h)
 			req[7] = 2
 		} else {
 			req[3] = allowList(rk.id)
@@ -171,7 +172,7 @@ func TestVerifyRequiredOnTPM(t *testing.T) {
 		h := cdh("ga")
 		req := map[int]any{1: "ssh:", 2: h, 3: allowList(c.id)}
 		if tok != nil {
-			req[6] = authenticate(2, tok, h)
+			req[6] = ctaphidtest.Authenticate(2, tok, h)
 			req[7] = 2
 		}
 		return e.call(cGetAssertion, req)

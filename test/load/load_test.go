@@ -22,7 +22,6 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/transport"
 )
@@ -96,10 +95,10 @@ func client(ctx context.Context, id int, sock string, na, nc int, st *stats) err
 	}
 	defer conn.Close()
 	c := &ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)}
-	var ch *fidoclient.Channel
+	var ch *ctaphidtest.Channel
 	if err := retry(ctx, st, func() error {
 		var err error
-		ch, err = fidoclient.Open(c)
+		ch, err = c.OpenChannel()
 		return err
 	}); err != nil {
 		return fmt.Errorf("INIT: %w", err)
@@ -109,7 +108,7 @@ func client(ctx context.Context, id int, sock string, na, nc int, st *stats) err
 	var credID []byte
 	mc := func(i int) error {
 		return retry(ctx, st, func() error {
-			ad, err := ch.MakeCredential(fidoclient.MakeCredentialParams(rp, fmt.Appendf(nil, "user-%d", i), cdh[:], false, false, nil))
+			ad, err := ch.MakeCredential(ctaphidtest.MakeCredentialParams(rp, fmt.Appendf(nil, "user-%d", i), cdh[:], false, false, nil))
 			if err == nil {
 				credID = ad.CredID
 				st.creds.Add(1)
@@ -135,7 +134,7 @@ func client(ctx context.Context, id int, sock string, na, nc int, st *stats) err
 			made++
 		}
 		err := retry(ctx, st, func() error {
-			as, err := ch.GetAssertion(fidoclient.GetAssertionParams(rp, cdh[:], false, credID))
+			as, err := ch.GetAssertion(ctaphidtest.GetAssertionParams(rp, cdh[:], false, credID))
 			if err != nil {
 				return err
 			}
@@ -163,7 +162,7 @@ func client(ctx context.Context, id int, sock string, na, nc int, st *stats) err
 func retry(ctx context.Context, st *stats, f func() error) error {
 	for {
 		err := f()
-		if !errors.Is(err, fidoclient.ErrBusy) {
+		if !errors.Is(err, ctaphidtest.ErrBusy) {
 			return err
 		}
 		st.busyRetries.Add(1)

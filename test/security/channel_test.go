@@ -8,7 +8,7 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 )
 
 // blockUntilCancelled makes the prompt wait for the client's cancel and
@@ -39,11 +39,11 @@ func TestCancelOnOneChannelOnly(t *testing.T) {
 	entered := make(chan struct{}, 1)
 	e.prompt.set(blockUntilCancelled(entered))
 
-	if err := e.client.Send(a.CID, ctaphid.CmdCBOR, cborReq(t, fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams("a.example", cdh("g"), true, id))); err != nil {
+	if err := e.client.Send(a.CID, ctaphid.CmdCBOR, cborReq(t, ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams("a.example", cdh("g"), true, id))); err != nil {
 		t.Fatal(err)
 	}
 	waitEntered(t, entered)
-	if _, _, err := b.Call(fidoclient.CmdGetInfo, nil); err != fidoclient.ErrBusy {
+	if _, _, err := b.Call(ctaphidtest.CmdGetInfo, nil); err != ctaphidtest.ErrBusy {
 		t.Fatalf("B during A's transaction: err = %v, want CHANNEL_BUSY", err)
 	}
 	if err := e.client.Send(a.CID, ctaphid.CmdCancel, nil); err != nil {
@@ -58,7 +58,7 @@ func TestCancelOnOneChannelOnly(t *testing.T) {
 	}
 	e.prompt.set(nil)
 	if err := retryBusy(func() error {
-		_, err := b.GetAssertion(fidoclient.GetAssertionParams("a.example", cdh("g"), true, id))
+		_, err := b.GetAssertion(ctaphidtest.GetAssertionParams("a.example", cdh("g"), true, id))
 		return err
 	}); err != nil {
 		t.Fatalf("B after A's cancel: %v", err)
@@ -82,7 +82,7 @@ func TestCancelDoesNotReachOtherChannel(t *testing.T) {
 			return ctx.Err()
 		}
 	})
-	if err := e.client.Send(b.CID, ctaphid.CmdCBOR, cborReq(t, fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams("a.example", cdh("g"), true, id))); err != nil {
+	if err := e.client.Send(b.CID, ctaphid.CmdCBOR, cborReq(t, ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams("a.example", cdh("g"), true, id))); err != nil {
 		t.Fatal(err)
 	}
 	waitEntered(t, entered)
@@ -110,7 +110,7 @@ func TestOversizedMessageRefused(t *testing.T) {
 	binary.BigEndian.PutUint32(pkt, ch.CID)
 	pkt[4] = 0x80 | ctaphid.CmdCBOR
 	binary.BigEndian.PutUint16(pkt[5:], ctaphid.MaxMessageSize+1)
-	pkt[7] = fidoclient.CmdGetInfo
+	pkt[7] = ctaphidtest.CmdGetInfo
 	if ctaphid.MaxMessageSize+1 != 7610 {
 		t.Fatalf("MaxMessageSize = %d, the CTAPHID limit for 64-byte reports is 7609", ctaphid.MaxMessageSize)
 	}
@@ -124,7 +124,7 @@ func TestOversizedMessageRefused(t *testing.T) {
 	if f.Cmd != ctaphid.CmdError || len(f.Payload) != 1 || f.Payload[0] != ctaphid.ErrInvalidLen {
 		t.Fatalf("7610-byte announcement: cmd 0x%02x % x, want ERROR INVALID_LEN", f.Cmd, f.Payload)
 	}
-	if _, _, err := ch.Call(fidoclient.CmdGetInfo, nil); err != nil {
+	if _, _, err := ch.Call(ctaphidtest.CmdGetInfo, nil); err != nil {
 		t.Fatalf("getInfo afterwards: %v", err)
 	}
 }
@@ -142,11 +142,11 @@ func TestStalledClientDoesNotBlockOthers(t *testing.T) {
 	busy := 0
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		_, _, err := b.Call(fidoclient.CmdGetInfo, nil)
+		_, _, err := b.Call(ctaphidtest.CmdGetInfo, nil)
 		if err == nil {
 			break
 		}
-		if err != fidoclient.ErrBusy {
+		if err != ctaphidtest.ErrBusy {
 			t.Fatalf("B: %v", err)
 		}
 		busy++
@@ -163,7 +163,7 @@ func TestStalledClientDoesNotBlockOthers(t *testing.T) {
 
 func cborReq(t *testing.T, cmd byte, params any) []byte {
 	t.Helper()
-	b, err := fidoclient.Encode(params)
+	b, err := ctaphidtest.Encode(params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func cborReq(t *testing.T, cmd byte, params any) []byte {
 func retryBusy(f func() error) error {
 	for i := 0; ; i++ {
 		err := f()
-		if err != fidoclient.ErrBusy || i > 500 {
+		if err != ctaphidtest.ErrBusy || i > 500 {
 			return err
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 )
 
 // A credential made for RP A is refused under RP B, with no TPM command.
@@ -16,13 +16,13 @@ func TestCredentialUselessForOtherRP(t *testing.T) {
 	idA := makeCred(t, ch, "a.example")
 
 	// Control: it works for A.
-	if _, err := ch.GetAssertion(fidoclient.GetAssertionParams("a.example", cdh("x"), false, idA)); err != nil {
+	if _, err := ch.GetAssertion(ctaphidtest.GetAssertionParams("a.example", cdh("x"), false, idA)); err != nil {
 		t.Fatalf("assertion under its own RP: %v", err)
 	}
 	for _, up := range []bool{false, true} {
 		e.stack.Counting.Reset()
 		before := e.prompt.count()
-		st, _, err := ch.Call(fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams("b.example", cdh("x"), up, idA))
+		st, _, err := ch.Call(ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams("b.example", cdh("x"), up, idA))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -46,7 +46,7 @@ func TestCredentialIDBitFlipsRejected(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	ch := e.channel()
 	id := makeCred(t, ch, "a.example")
-	if _, err := ch.GetAssertion(fidoclient.GetAssertionParams("a.example", cdh("x"), false, id)); err != nil {
+	if _, err := ch.GetAssertion(ctaphidtest.GetAssertionParams("a.example", cdh("x"), false, id)); err != nil {
 		t.Fatalf("unaltered ID: %v", err)
 	}
 	e.stack.Counting.Reset()
@@ -54,7 +54,7 @@ func TestCredentialIDBitFlipsRejected(t *testing.T) {
 	for bit := 0; bit < 8*len(id); bit++ {
 		alt := append([]byte(nil), id...)
 		alt[bit/8] ^= 1 << (bit % 8)
-		st, _, err := ch.Call(fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams("a.example", cdh("x"), false, alt))
+		st, _, err := ch.Call(ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams("a.example", cdh("x"), false, alt))
 		if err != nil {
 			t.Fatalf("bit %d: %v", bit, err)
 		}
@@ -81,7 +81,7 @@ func TestUserPresenceNeedsYes(t *testing.T) {
 	ch := e.channel()
 	id := makeCred(t, ch, "a.example")
 	// Make a resident one too, so the discoverable path is covered.
-	if _, err := ch.MakeCredential(fidoclient.MakeCredentialParams("a.example", []byte("rk-user"), cdh("reg"), true, false, nil)); err != nil {
+	if _, err := ch.MakeCredential(ctaphidtest.MakeCredentialParams("a.example", []byte("rk-user"), cdh("reg"), true, false, nil)); err != nil {
 		t.Fatalf("resident makeCredential: %v", err)
 	}
 
@@ -98,10 +98,10 @@ func TestUserPresenceNeedsYes(t *testing.T) {
 			cmd  byte
 			p    map[int]any
 		}{
-			{"makeCredential", fidoclient.CmdMakeCredential, fidoclient.MakeCredentialParams("a.example", []byte("u2"), cdh("m"), false, false, nil)},
-			{"makeCredential rk", fidoclient.CmdMakeCredential, fidoclient.MakeCredentialParams("b.example", []byte("u3"), cdh("m"), true, false, nil)},
-			{"getAssertion allowList", fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams("a.example", cdh("g"), true, id)},
-			{"getAssertion discoverable", fidoclient.CmdGetAssertion, fidoclient.GetAssertionParams("a.example", cdh("g"), true)},
+			{"makeCredential", ctaphidtest.CmdMakeCredential, ctaphidtest.MakeCredentialParams("a.example", []byte("u2"), cdh("m"), false, false, nil)},
+			{"makeCredential rk", ctaphidtest.CmdMakeCredential, ctaphidtest.MakeCredentialParams("b.example", []byte("u3"), cdh("m"), true, false, nil)},
+			{"getAssertion allowList", ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams("a.example", cdh("g"), true, id)},
+			{"getAssertion discoverable", ctaphidtest.CmdGetAssertion, ctaphidtest.GetAssertionParams("a.example", cdh("g"), true)},
 		}
 		for _, r := range reqs {
 			before := e.prompt.count()
@@ -121,7 +121,7 @@ func TestUserPresenceNeedsYes(t *testing.T) {
 	}
 	// Control: once the prompt says yes, the same request succeeds.
 	e.prompt.set(nil)
-	if _, err := ch.GetAssertion(fidoclient.GetAssertionParams("a.example", cdh("g"), true, id)); err != nil {
+	if _, err := ch.GetAssertion(ctaphidtest.GetAssertionParams("a.example", cdh("g"), true, id)); err != nil {
 		t.Fatalf("with a yes: %v", err)
 	}
 }

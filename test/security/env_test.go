@@ -14,7 +14,6 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
@@ -174,9 +173,9 @@ func (e *env) restart() {
 	e.start()
 }
 
-func (e *env) channel() *fidoclient.Channel {
+func (e *env) channel() *ctaphidtest.Channel {
 	e.t.Helper()
-	ch, err := fidoclient.Open(e.client)
+	ch, err := e.client.OpenChannel()
 	if err != nil {
 		e.t.Fatalf("INIT: %v", err)
 	}
@@ -190,9 +189,9 @@ func cdh(s string) []byte {
 }
 
 // makeCred registers a non-resident credential for rpID and returns its ID.
-func makeCred(t *testing.T, ch *fidoclient.Channel, rpID string) []byte {
+func makeCred(t *testing.T, ch *ctaphidtest.Channel, rpID string) []byte {
 	t.Helper()
-	ad, err := ch.MakeCredential(fidoclient.MakeCredentialParams(rpID, []byte("user-"+rpID), cdh("reg"), false, false, nil))
+	ad, err := ch.MakeCredential(ctaphidtest.MakeCredentialParams(rpID, []byte("user-"+rpID), cdh("reg"), false, false, nil))
 	if err != nil {
 		t.Fatalf("makeCredential for %s: %v", rpID, err)
 	}

@@ -12,25 +12,25 @@ import (
 	"testing"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
 // tokenStatus asks for a token with pin and returns the CTAP status.
-func tokenStatus(t *testing.T, ch *fidoclient.Channel, pin string) ctap.Status {
+func tokenStatus(t *testing.T, ch *ctaphidtest.Channel, pin string) ctap.Status {
 	t.Helper()
 	s, err := ch.KeyAgreement()
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, _, err := ch.Call(fidoclient.CmdClientPIN, fidoclient.TokenRequest(s, pin, 0x01, "a.example"))
+	st, _, err := ch.Call(ctaphidtest.CmdClientPIN, ctaphidtest.TokenRequest(s, pin, 0x01, "a.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return st
 }
 
-func wantRetries(t *testing.T, ch *fidoclient.Channel, want int) {
+func wantRetries(t *testing.T, ch *ctaphidtest.Channel, want int) {
 	t.Helper()
 	n, err := ch.PINRetries()
 	if err != nil {
@@ -41,7 +41,7 @@ func wantRetries(t *testing.T, ch *fidoclient.Channel, want int) {
 	}
 }
 
-func wantPowerCycle(t *testing.T, ch *fidoclient.Channel, want bool) {
+func wantPowerCycle(t *testing.T, ch *ctaphidtest.Channel, want bool) {
 	t.Helper()
 	_, pc, err := ch.PINRetriesState()
 	if err != nil {
@@ -226,7 +226,7 @@ type secrets map[string][]byte
 func fullFlow(t *testing.T, e *env) secrets {
 	t.Helper()
 	const pin = "Zq7-pin-9041"
-	sec := secrets{"PIN": []byte(pin), "PIN hash": fidoclient.PINHash(pin)}
+	sec := secrets{"PIN": []byte(pin), "PIN hash": ctaphidtest.PINHash(pin)}
 	ch := e.channel()
 	if err := ch.SetPIN(pin); err != nil {
 		t.Fatalf("setPIN: %v", err)
@@ -241,7 +241,7 @@ func fullFlow(t *testing.T, e *env) secrets {
 		t.Fatalf("token: %v", err)
 	}
 	sec["token mc/ga"] = tok
-	params := fidoclient.MakeCredentialParams("a.example", []byte("alice-user-id"), cdh("mc"), true, true, tok)
+	params := ctaphidtest.MakeCredentialParams("a.example", []byte("alice-user-id"), cdh("mc"), true, true, tok)
 	ad, err := ch.MakeCredential(params)
 	if err != nil {
 		t.Fatalf("makeCredential rk hmac-secret: %v", err)
@@ -253,8 +253,8 @@ func fullFlow(t *testing.T, e *env) secrets {
 	sec["shared secret (hmac-secret)"] = hs.Shared
 	salt := []byte("salt-0123456789-abcdefghijklmnop")
 	sec["salt"] = salt
-	ga := fidoclient.GetAssertionParams("a.example", cdh("ga"), true, ad.CredID)
-	ga[4] = fidoclient.HMACSecretExt(hs, salt)
+	ga := ctaphidtest.GetAssertionParams("a.example", cdh("ga"), true, ad.CredID)
+	ga[4] = ctaphidtest.HMACSecretExt(hs, salt)
 	as, err := ch.GetAssertion(ga)
 	if err != nil {
 		t.Fatalf("getAssertion hmac-secret: %v", err)
@@ -277,7 +277,7 @@ func fullFlow(t *testing.T, e *env) secrets {
 	}
 	sec["token credMgmt"] = cmTok
 	for _, sub := range []byte{0x01, 0x02} {
-		st, _, err := ch.Call(fidoclient.CmdCredMgmt, map[int]any{1: sub, 3: 2, 4: fidoclient.Authenticate(cmTok, []byte{sub})})
+		st, _, err := ch.Call(ctaphidtest.CmdCredMgmt, map[int]any{1: sub, 3: 2, 4: ctaphidtest.Authenticate(2, cmTok, []byte{sub})})
 		if err != nil || st != ctap.StatusOK {
 			t.Fatalf("credentialManagement 0x%02x: %v %v", sub, st, err)
 		}

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
-	"github.com/tpm-fido/tpm-fido/test/load/fidoclient"
 )
 
 // apdu frames an extended-length U2F request (FIDO U2F raw messages §3).
@@ -59,7 +59,7 @@ func TestU2FPresenceNeedsYes(t *testing.T) {
 // pollU2F sends req until it returns something other than 6985 or
 // 20 polls (100 ms apart, as U2F clients poll) have passed; it returns
 // the last status word.
-func pollU2F(t *testing.T, ch *fidoclient.Channel, req []byte) uint16 {
+func pollU2F(t *testing.T, ch *ctaphidtest.Channel, req []byte) uint16 {
 	t.Helper()
 	var sw uint16
 	for range 20 {

@@ -1,6 +1,8 @@
-// Package ctap2test provides a software key store implementing
-// ctap2.Store, for fast tests of the CTAP2 layer and of code built on it.
-// Keys are ordinary in-memory ECDSA keys: never use it outside tests.
+// Package ctap2test supports tests of the CTAP2 layer and of code built
+// on it: a software key store implementing ctap2.Store (keys are ordinary
+// in-memory ECDSA keys: never use it outside tests), a Caller that sends
+// requests to the authenticator in process and checks every answer as a
+// strict client would, and a clock to inject.
 package ctap2test
 
 import (
@@ -21,7 +23,12 @@ var ErrInjected = errors.New("ctap2test: injected failure")
 
 const (
 	credIDLength = 48
-	pinRetries   = 8
+	// PINRetries is how many PIN retries a new or reset FakeStore has, as
+	// tpmstore has.
+	PINRetries = 8
+	// maxConsecutiveFails wrong PINs in a row block PIN checks until a
+	// restart (ResetPINState), as in tpmstore.
+	maxConsecutiveFails = 3
 )
 
 type fakeCred struct {
@@ -40,6 +47,11 @@ type FakeStore struct {
 	counter uint32
 	pin     *[16]byte
 	retries int
+	fails   int // wrong PINs in a row
+
+	// PINError, when set, is what VerifyPIN and ChangePIN return without
+	// trying the PIN (a TPM failure, or tpmstore.ErrTPMLockout).
+	PINError error
 
 	// ResidentList holds the discoverable credentials.
 	*ResidentList
@@ -60,7 +72,7 @@ func NewFakeStore(maxResidents int) *FakeStore {
 	}
 	return &FakeStore{
 		creds:        map[string]*fakeCred{},
-		retries:      pinRetries,
+		retries:      PINRetries,
 		ResidentList: NewResidentList(maxResidents),
 		Fail:         map[string]bool{},
 		Calls:        map[string]int{},
@@ -236,39 +248,74 @@ func (s *FakeStore) SetPIN(pinHash [16]byte) error {
 		return tpmstore.ErrPINAlreadySet
 	}
 	s.pin = &pinHash
-	s.retries = pinRetries
+	s.retries = PINRetries
 	return nil
 }
 
-// ChangePIN replaces the PIN hash after checking the current one.
+// ChangePIN replaces the PIN hash after checking the current one as
+// VerifyPIN does.
 func (s *FakeStore) ChangePIN(current, next [16]byte) error {
-	if err := s.VerifyPIN(current); err != nil {
-		return err
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.verifyLocked(current); err != nil {
+		return err
+	}
 	s.pin = &next
 	return nil
 }
 
-// VerifyPIN checks a PIN hash, counting retries down on failure.
+// VerifyPIN checks a PIN hash as tpmstore does: a wrong one spends a
+// retry (ErrPINInvalid, ErrPINBlocked at the last), and the third wrong
+// one in a row is ErrPINAuthBlocked, after which no PIN is tried until
+// ResetPINState or Reset.
 func (s *FakeStore) VerifyPIN(pinHash [16]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.verifyLocked(pinHash)
+}
+
+func (s *FakeStore) verifyLocked(pinHash [16]byte) error {
 	switch {
+	case s.PINError != nil:
+		return s.PINError
 	case s.pin == nil:
 		return tpmstore.ErrPINNotSet
 	case s.retries <= 0:
 		return tpmstore.ErrPINBlocked
-	case subtle.ConstantTimeCompare(s.pin[:], pinHash[:]) != 1:
-		s.retries--
-		if s.retries <= 0 {
-			return tpmstore.ErrPINBlocked
-		}
-		return tpmstore.ErrPINInvalid
+	case s.fails >= maxConsecutiveFails:
+		return tpmstore.ErrPINAuthBlocked
+	case subtle.ConstantTimeCompare(s.pin[:], pinHash[:]) == 1:
+		s.retries = PINRetries
+		s.fails = 0
+		return nil
 	}
-	s.retries = pinRetries
-	return nil
+	s.retries--
+	s.fails++
+	switch {
+	case s.retries <= 0:
+		return tpmstore.ErrPINBlocked
+	case s.fails >= maxConsecutiveFails:
+		return tpmstore.ErrPINAuthBlocked
+	}
+	return tpmstore.ErrPINInvalid
+}
+
+// PINHash returns the stored PIN hash, if a PIN is set.
+func (s *FakeStore) PINHash() ([16]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pin == nil {
+		return [16]byte{}, false
+	}
+	return *s.pin, true
+}
+
+// ResetPINState sets the retries left and forgets the wrong PINs in a
+// row, as a restart with that many retries persisted would.
+func (s *FakeStore) ResetPINState(retries int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retries, s.fails = retries, 0
 }
 
 // PINRetries returns the retries left.
@@ -288,6 +335,6 @@ func (s *FakeStore) Reset() error {
 	s.creds = map[string]*fakeCred{}
 	s.ResidentList.Clear()
 	s.pin = nil
-	s.retries = pinRetries
+	s.retries, s.fails = PINRetries, 0
 	return nil
 }

@@ -17,29 +17,13 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/cose"
+	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newTestState(t *testing.T) (*State, *fakeClock) {
+func newTestState(t *testing.T) (*State, *ctap2test.Clock) {
 	t.Helper()
-	clk := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	s, err := NewState(nil, clk.now)
+	clk := ctap2test.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	s, err := NewState(nil, clk.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,21 +238,21 @@ func TestTokenLifetime(t *testing.T) {
 	if len(tok) != TokenSize {
 		t.Fatalf("token of %d bytes", len(tok))
 	}
-	clk.advance(InitialUsageLimit + time.Second)
+	clk.Advance(InitialUsageLimit + time.Second)
 	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, tok, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
 		t.Fatalf("token unused past the initial usage limit: %v", err)
 	}
 
 	tok = s.IssueToken(PermGetAssertion, "")
-	clk.advance(InitialUsageLimit - time.Second)
+	clk.Advance(InitialUsageLimit - time.Second)
 	if err := s.VerifyParam(1, msg, tokenParam(t, s, 1, tok, msg)); err != nil {
 		t.Fatalf("fresh token: %v", err)
 	}
-	clk.advance(MaxUsagePeriod - InitialUsageLimit) // used: still alive
+	clk.Advance(MaxUsagePeriod - InitialUsageLimit) // used: still alive
 	if err := s.Authorize(PermGetAssertion, "x.example"); err != nil {
 		t.Fatalf("used token before the max usage period: %v", err)
 	}
-	clk.advance(2 * time.Second)
+	clk.Advance(2 * time.Second)
 	if err := s.VerifyParam(2, msg, tokenParam(t, s, 2, tok, msg)); !errors.Is(err, ctap.StatusPINAuthInvalid) {
 		t.Fatalf("token past the max usage period: %v", err)
 	}
@@ -451,7 +435,7 @@ func TestUVSecretLifetime(t *testing.T) {
 		t.Fatal("secret gone with the permissions")
 	}
 	for name, end := range map[string]func(){
-		"expiry":       func() { clk.advance(InitialUsageLimit + time.Second) },
+		"expiry":       func() { clk.Advance(InitialUsageLimit + time.Second) },
 		"a new token":  func() { s.IssueToken(PermGetAssertion, "") },
 		"Regenerate":   func() { s.Regenerate() },
 		"ResetToken":   func() { s.ResetToken() },

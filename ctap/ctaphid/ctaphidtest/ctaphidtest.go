@@ -1,7 +1,11 @@
-// Package ctaphidtest provides test doubles for the CTAPHID seam: an
-// in-memory report pipe (the device end implements ctaphid.ReportDevice,
-// the host end plays hidraw) and a small CTAPHID client that frames
-// messages, skips KEEPALIVE frames and reassembles responses.
+// Package ctaphidtest is the host side of the CTAPHID seam for tests,
+// benchmarks and the load test: an in-memory report pipe (the device end
+// implements ctaphid.ReportDevice, the host end plays hidraw), a small
+// CTAPHID client that frames messages, skips KEEPALIVE frames and
+// reassembles responses, and on top of it a small FIDO2 platform
+// (Channel: CTAP2 requests; Session: the platform side of PIN/UV auth
+// protocols 1 and 2), written from the specifications independently of
+// the authenticator.
 package ctaphidtest
 
 import (

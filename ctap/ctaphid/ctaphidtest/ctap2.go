@@ -1,9 +1,6 @@
-// Package fidoclient is a small FIDO2 platform for measurements and
-// security tests: it frames CTAP2 requests over a CTAPHID channel, parses
-// the responses it needs, and plays the platform side of PIN/UV auth
-// protocol 2 (key agreement, setPIN, token, hmac-secret salts). It is
-// written from the CTAP 2.1 text, independently of the authenticator.
-package fidoclient
+package ctaphidtest
+
+// The FIDO2 platform half of the test client (see the package comment).
 
 import (
 	"crypto/aes"
@@ -21,7 +18,6 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
-	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 )
 
 // CTAP2 command bytes (CTAP 2.1 §6).
@@ -36,25 +32,27 @@ const (
 // ErrBusy is returned when the device answered CTAPHID_ERROR
 // ERR_CHANNEL_BUSY; the channel has been resynchronised and the caller
 // may retry.
-var ErrBusy = errors.New("fidoclient: channel busy")
+var ErrBusy = errors.New("ctaphidtest: channel busy")
 
 // HIDError is a CTAPHID_ERROR frame other than CHANNEL_BUSY.
 type HIDError byte
 
-func (e HIDError) Error() string { return fmt.Sprintf("fidoclient: CTAPHID error 0x%02x", byte(e)) }
+func (e HIDError) Error() string { return fmt.Sprintf("ctaphidtest: CTAPHID error 0x%02x", byte(e)) }
 
-var enc, _ = cbor.CTAP2EncOptions().EncMode()
+var ctap2Enc, _ = cbor.CTAP2EncOptions().EncMode()
 
 // Channel is one CTAPHID channel of a client.
 type Channel struct {
-	C   *ctaphidtest.Client
+	C   *Client
 	CID uint32
 }
 
-// Open allocates a channel on c with a broadcast INIT carrying a random
-// nonce, so that concurrent clients sharing a transport (every client
-// sees every report, as with hidraw) never take each other's channel.
-func Open(c *ctaphidtest.Client) (*Channel, error) {
+// OpenChannel allocates a channel with a broadcast INIT carrying a
+// random nonce, so that concurrent clients sharing a transport (every
+// client sees every report, as with hidraw) never take each other's
+// channel. Unlike Init it passes over any other frame on the broadcast
+// channel while it waits.
+func (c *Client) OpenChannel() (*Channel, error) {
 	payload, err := initOn(c, ctaphid.BroadcastCID)
 	if err != nil {
 		return nil, err
@@ -64,7 +62,7 @@ func Open(c *ctaphidtest.Client) (*Channel, error) {
 
 // initOn sends INIT on cid with a fresh nonce and reads until the answer
 // carrying that nonce; everything before it on cid is discarded.
-func initOn(c *ctaphidtest.Client, cid uint32) ([]byte, error) {
+func initOn(c *Client, cid uint32) ([]byte, error) {
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
 	if err := c.Send(cid, ctaphid.CmdInit, nonce); err != nil {
@@ -96,7 +94,7 @@ func (ch *Channel) Resync() error {
 func (ch *Channel) Call(cmd byte, params any) (ctap.Status, []byte, error) {
 	req := []byte{cmd}
 	if params != nil {
-		b, err := enc.Marshal(params)
+		b, err := ctap2Enc.Marshal(params)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -109,7 +107,7 @@ func (ch *Channel) Call(cmd byte, params any) (ctap.Status, []byte, error) {
 	if f.Cmd == ctaphid.CmdError {
 		if len(f.Payload) > 0 && f.Payload[0] == ctaphid.ErrChannelBusy {
 			if err := ch.Resync(); err != nil {
-				return 0, nil, fmt.Errorf("fidoclient: resync after CHANNEL_BUSY: %w", err)
+				return 0, nil, fmt.Errorf("ctaphidtest: resync after CHANNEL_BUSY: %w", err)
 			}
 			return 0, nil, ErrBusy
 		}
@@ -119,7 +117,7 @@ func (ch *Channel) Call(cmd byte, params any) (ctap.Status, []byte, error) {
 		return 0, nil, HIDError(0)
 	}
 	if f.Cmd != ctaphid.CmdCBOR || len(f.Payload) == 0 {
-		return 0, nil, fmt.Errorf("fidoclient: unexpected response cmd 0x%02x len %d", f.Cmd, len(f.Payload))
+		return 0, nil, fmt.Errorf("ctaphidtest: unexpected response cmd 0x%02x len %d", f.Cmd, len(f.Payload))
 	}
 	return ctap.Status(f.Payload[0]), f.Payload[1:], nil
 }
@@ -132,11 +130,11 @@ func (ch *Channel) CallOK(cmd byte, params, out any) error {
 		return err
 	}
 	if st != ctap.StatusOK {
-		return fmt.Errorf("fidoclient: command 0x%02x: %w", cmd, st)
+		return fmt.Errorf("ctaphidtest: command 0x%02x: %w", cmd, st)
 	}
 	if out != nil {
 		if err := cbor.Unmarshal(body, out); err != nil {
-			return fmt.Errorf("fidoclient: command 0x%02x response: %w", cmd, err)
+			return fmt.Errorf("ctaphidtest: command 0x%02x response: %w", cmd, err)
 		}
 	}
 	return nil
@@ -158,7 +156,7 @@ func MakeCredentialParams(rpID string, userID []byte, cdh []byte, rk, hmacSecret
 		m[6] = map[string]any{"hmac-secret": true}
 	}
 	if token != nil {
-		m[8] = Authenticate(token, cdh)
+		m[8] = Authenticate(2, token, cdh)
 		m[9] = 2
 	}
 	return m
@@ -198,30 +196,30 @@ type AuthData struct {
 // ParseAuthData parses authenticator data.
 func ParseAuthData(b []byte) (*AuthData, error) {
 	if len(b) < 37 {
-		return nil, fmt.Errorf("fidoclient: authData of %d bytes", len(b))
+		return nil, fmt.Errorf("ctaphidtest: authData of %d bytes", len(b))
 	}
 	a := &AuthData{Flags: b[32], Counter: binary.BigEndian.Uint32(b[33:37]), Raw: b}
 	copy(a.RPIDHash[:], b)
 	rest := b[37:]
 	if a.Flags&0x40 != 0 {
 		if len(rest) < 18 {
-			return nil, errors.New("fidoclient: short attested credential data")
+			return nil, errors.New("ctaphidtest: short attested credential data")
 		}
 		n := int(binary.BigEndian.Uint16(rest[16:18]))
 		if len(rest) < 18+n {
-			return nil, errors.New("fidoclient: short credential ID")
+			return nil, errors.New("ctaphidtest: short credential ID")
 		}
 		a.CredID = append([]byte(nil), rest[18:18+n]...)
 		var pk cbor.RawMessage
 		r, err := cbor.UnmarshalFirst(rest[18+n:], &pk)
 		if err != nil {
-			return nil, fmt.Errorf("fidoclient: credential public key: %w", err)
+			return nil, fmt.Errorf("ctaphidtest: credential public key: %w", err)
 		}
 		rest = r
 	}
 	if a.Flags&0x80 != 0 {
 		if err := cbor.Unmarshal(rest, &a.Extensions); err != nil {
-			return nil, fmt.Errorf("fidoclient: extensions: %w", err)
+			return nil, fmt.Errorf("ctaphidtest: extensions: %w", err)
 		}
 	}
 	return a, nil
@@ -273,15 +271,59 @@ type COSEKey struct {
 	Y   []byte `cbor:"-3,keyasint"`
 }
 
-// Session is one key agreement of PIN/UV auth protocol 2: the platform
-// key and the shared secret (HMAC key ‖ AES key).
+// Session is one key agreement of PIN/UV auth protocol 1 or 2, the
+// platform's side (CTAP 2.1 §6.5.6, §6.5.7).
 type Session struct {
+	Proto  uint64
 	Key    COSEKey // the platform's public key, for requests
-	Shared []byte  // 64 bytes
+	Shared []byte  // protocol 1: SHA-256(Z), 32 bytes; 2: HMAC key ‖ AES key, 64
 }
 
-// KeyAgreement runs clientPIN getKeyAgreement and derives a shared secret
-// (CTAP 2.1 §6.5.6).
+// NewSession runs the platform's half of key agreement against the
+// authenticator's key-agreement key peer (kty 2, alg -25, crv 1) with a
+// fresh platform key.
+func NewSession(proto uint64, peer COSEKey) (*Session, error) {
+	if proto != 1 && proto != 2 {
+		return nil, fmt.Errorf("ctaphidtest: PIN/UV auth protocol %d", proto)
+	}
+	if peer.Kty != 2 || peer.Alg != -25 || peer.Crv != 1 || len(peer.X) != 32 || len(peer.Y) != 32 {
+		return nil, fmt.Errorf("ctaphidtest: bad key-agreement key %+v", peer)
+	}
+	pub, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, peer.X...), peer.Y...))
+	if err != nil {
+		return nil, fmt.Errorf("ctaphidtest: key-agreement key: %w", err)
+	}
+	priv, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	z, err := priv.ECDH(pub)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{Proto: proto}
+	if proto == 1 {
+		h := sha256.Sum256(z)
+		s.Shared = h[:]
+	} else {
+		salt := make([]byte, 32)
+		hk, err := hkdf.Key(sha256.New, z, salt, "CTAP2 HMAC key", 32)
+		if err != nil {
+			return nil, err
+		}
+		ak, err := hkdf.Key(sha256.New, z, salt, "CTAP2 AES key", 32)
+		if err != nil {
+			return nil, err
+		}
+		s.Shared = append(hk, ak...)
+	}
+	b := priv.PublicKey().Bytes()
+	s.Key = COSEKey{Kty: 2, Alg: -25, Crv: 1, X: b[1:33], Y: b[33:65]}
+	return s, nil
+}
+
+// KeyAgreement runs clientPIN getKeyAgreement for protocol 2 and derives
+// a shared secret.
 func (ch *Channel) KeyAgreement() (*Session, error) {
 	var r struct {
 		Key COSEKey `cbor:"1,keyasint"`
@@ -289,65 +331,67 @@ func (ch *Channel) KeyAgreement() (*Session, error) {
 	if err := ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 2}, &r); err != nil {
 		return nil, err
 	}
-	if len(r.Key.X) != 32 || len(r.Key.Y) != 32 {
-		return nil, errors.New("fidoclient: bad key-agreement key")
-	}
-	peer, err := ecdh.P256().NewPublicKey(append(append([]byte{4}, r.Key.X...), r.Key.Y...))
-	if err != nil {
-		return nil, fmt.Errorf("fidoclient: key-agreement key: %w", err)
-	}
-	priv, err := ecdh.P256().GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	z, err := priv.ECDH(peer)
-	if err != nil {
-		return nil, err
-	}
-	salt := make([]byte, 32)
-	hk, err := hkdf.Key(sha256.New, z, salt, "CTAP2 HMAC key", 32)
-	if err != nil {
-		return nil, err
-	}
-	ak, err := hkdf.Key(sha256.New, z, salt, "CTAP2 AES key", 32)
-	if err != nil {
-		return nil, err
-	}
-	pub := priv.PublicKey().Bytes()
-	return &Session{
-		Key:    COSEKey{Kty: 2, Alg: -25, Crv: 1, X: pub[1:33], Y: pub[33:65]},
-		Shared: append(hk, ak...),
-	}, nil
+	return NewSession(2, r.Key)
 }
 
-// Encrypt is protocol 2's encrypt: AES-256-CBC with a random IV, IV first.
+// aesKey is the AES-256 key: protocol 1's whole secret, protocol 2's
+// second half.
+func (s *Session) aesKey() []byte {
+	if s.Proto == 1 {
+		return s.Shared
+	}
+	return s.Shared[32:]
+}
+
+// Encrypt is the protocol's encrypt: AES-256-CBC of whole blocks, with an
+// all-zero IV (protocol 1) or a random IV sent first (protocol 2).
 func (s *Session) Encrypt(pt []byte) []byte {
-	blk, _ := aes.NewCipher(s.Shared[32:])
-	out := make([]byte, aes.BlockSize+len(pt))
-	_, _ = rand.Read(out[:aes.BlockSize])
-	cipher.NewCBCEncrypter(blk, out[:aes.BlockSize]).CryptBlocks(out[aes.BlockSize:], pt)
+	blk, _ := aes.NewCipher(s.aesKey())
+	iv := make([]byte, aes.BlockSize)
+	if s.Proto == 2 {
+		_, _ = rand.Read(iv)
+	}
+	out := make([]byte, len(pt))
+	cipher.NewCBCEncrypter(blk, iv).CryptBlocks(out, pt)
+	if s.Proto == 2 {
+		return append(iv, out...)
+	}
 	return out
 }
 
-// Decrypt is protocol 2's decrypt.
+// Decrypt is the protocol's decrypt.
 func (s *Session) Decrypt(ct []byte) ([]byte, error) {
-	if len(ct) < 2*aes.BlockSize || len(ct)%aes.BlockSize != 0 {
-		return nil, fmt.Errorf("fidoclient: ciphertext of %d bytes", len(ct))
+	iv := make([]byte, aes.BlockSize)
+	if s.Proto == 2 {
+		if len(ct) < 2*aes.BlockSize {
+			return nil, fmt.Errorf("ctaphidtest: protocol 2 ciphertext of %d bytes", len(ct))
+		}
+		iv, ct = ct[:aes.BlockSize], ct[aes.BlockSize:]
 	}
-	blk, _ := aes.NewCipher(s.Shared[32:])
-	out := make([]byte, len(ct)-aes.BlockSize)
-	cipher.NewCBCDecrypter(blk, ct[:aes.BlockSize]).CryptBlocks(out, ct[aes.BlockSize:])
+	if len(ct) == 0 || len(ct)%aes.BlockSize != 0 {
+		return nil, fmt.Errorf("ctaphidtest: ciphertext of %d bytes", len(ct))
+	}
+	blk, _ := aes.NewCipher(s.aesKey())
+	out := make([]byte, len(ct))
+	cipher.NewCBCDecrypter(blk, iv).CryptBlocks(out, ct)
 	return out, nil
 }
 
-// Auth is protocol 2's authenticate with the session's HMAC key.
-func (s *Session) Auth(msg []byte) []byte { return Authenticate(s.Shared[:32], msg) }
+// Auth is the protocol's authenticate with the session's shared secret.
+func (s *Session) Auth(msg []byte) []byte { return Authenticate(s.Proto, s.Shared, msg) }
 
-// Authenticate is protocol 2's authenticate: HMAC-SHA-256 with the first
-// 32 bytes of key.
-func Authenticate(key, msg []byte) []byte {
-	m := hmac.New(sha256.New, key[:32])
+// Authenticate is protocol proto's authenticate with key, a shared secret
+// or a pinUvAuthToken: HMAC-SHA-256 keyed with its first 32 bytes (a
+// protocol 2 shared secret's HMAC key), cut to 16 bytes for protocol 1.
+func Authenticate(proto uint64, key, msg []byte) []byte {
+	if len(key) > 32 {
+		key = key[:32]
+	}
+	m := hmac.New(sha256.New, key)
 	m.Write(msg)
+	if proto == 1 {
+		return m.Sum(nil)[:16]
+	}
 	return m.Sum(nil)
 }
 
@@ -357,25 +401,50 @@ func PINHash(pin string) []byte {
 	return h[:16]
 }
 
+// PaddedPIN is pin padded with zeros to 64 bytes (or to whole blocks when
+// longer), as setPIN and changePIN send it.
+func PaddedPIN(pin []byte) []byte {
+	out := make([]byte, max(64, (len(pin)+15)/16*16))
+	copy(out, pin)
+	return out
+}
+
+// SetPINRequest builds clientPIN setPIN (0x03) for pin.
+func SetPINRequest(s *Session, pin []byte) map[int]any {
+	newPinEnc := s.Encrypt(PaddedPIN(pin))
+	return map[int]any{1: s.Proto, 2: 3, 3: s.Key, 4: s.Auth(newPinEnc), 5: newPinEnc}
+}
+
+// ChangePINRequest builds clientPIN changePIN (0x04) from cur to next.
+func ChangePINRequest(s *Session, cur, next string) map[int]any {
+	newPinEnc := s.Encrypt(PaddedPIN([]byte(next)))
+	pinHashEnc := s.Encrypt(PINHash(cur))
+	return map[int]any{1: s.Proto, 2: 4, 3: s.Key,
+		4: s.Auth(append(append([]byte(nil), newPinEnc...), pinHashEnc...)), 5: newPinEnc, 6: pinHashEnc}
+}
+
+// TokenRequest builds getPinUvAuthTokenUsingPinWithPermissions (0x09)
+// for pin, with rpId when rpID is not empty.
+func TokenRequest(s *Session, pin string, perms uint8, rpID string) map[int]any {
+	m := map[int]any{1: s.Proto, 2: 9, 3: s.Key, 6: s.Encrypt(PINHash(pin)), 9: perms}
+	if rpID != "" {
+		m[10] = rpID
+	}
+	return m
+}
+
+// LegacyTokenRequest builds the CTAP 2.0 getPinToken (0x05) for pin.
+func LegacyTokenRequest(s *Session, pin string) map[int]any {
+	return map[int]any{1: s.Proto, 2: 5, 3: s.Key, 6: s.Encrypt(PINHash(pin))}
+}
+
 // SetPIN sets the first PIN (clientPIN setPIN, protocol 2).
 func (ch *Channel) SetPIN(pin string) error {
 	s, err := ch.KeyAgreement()
 	if err != nil {
 		return err
 	}
-	padded := make([]byte, 64)
-	copy(padded, pin)
-	newPinEnc := s.Encrypt(padded)
-	return ch.CallOK(CmdClientPIN, map[int]any{1: 2, 2: 3, 3: s.Key, 4: s.Auth(newPinEnc), 5: newPinEnc}, nil)
-}
-
-// TokenRequest builds getPinUvAuthTokenUsingPinWithPermissions for pin.
-func TokenRequest(s *Session, pin string, perms uint8, rpID string) map[int]any {
-	m := map[int]any{1: 2, 2: 9, 3: s.Key, 6: s.Encrypt(PINHash(pin)), 9: perms}
-	if rpID != "" {
-		m[10] = rpID
-	}
-	return m
+	return ch.CallOK(CmdClientPIN, SetPINRequest(s, []byte(pin)), nil)
 }
 
 // Token gets a pinUvAuthToken with perms (bound to rpID when not empty)
@@ -424,4 +493,4 @@ func HMACSecretExt(s *Session, salt []byte) map[string]any {
 }
 
 // Encode encodes v as canonical CTAP2 CBOR.
-func Encode(v any) ([]byte, error) { return enc.Marshal(v) }
+func Encode(v any) ([]byte, error) { return ctap2Enc.Marshal(v) }
