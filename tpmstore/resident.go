@@ -498,7 +498,7 @@ func (s *Store) putResident(t *resTx, rec *residentRecord) error {
 	return t.insert(rec)
 }
 
-// view runs fn on the resident buckets in a read transaction.
+// viewResidents runs fn on the resident buckets in a read transaction.
 func (s *Store) viewResidents(fn func(t *resTx) error) error {
 	if err := s.lock(); err != nil {
 		return err

@@ -153,9 +153,9 @@ func (a *Authenticator) Handle(ctx context.Context, r ctap.Request) ([]byte, err
 	case cmdSelection:
 		resp, err = a.selection(ctx, req[1:])
 	case cmdClientPIN:
-		resp, err = a.clientPIN(ctx, req[1:])
+		resp, err = a.clientPIN(req[1:])
 	case cmdCredentialManagement, cmdCredentialMgmtPreview:
-		resp, err = a.credentialManagement(ctx, req[1:], req[0] == cmdCredentialMgmtPreview)
+		resp, err = a.credentialManagement(req[1:], req[0] == cmdCredentialMgmtPreview)
 	default:
 		err = ctap.StatusInvalidCommand
 	}

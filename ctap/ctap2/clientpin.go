@@ -1,7 +1,6 @@
 package ctap2
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
@@ -50,7 +49,7 @@ type cpResponse struct {
 
 // clientPIN handles authenticatorClientPIN (CTAP 2.1 §6.5). raw is the
 // CBOR parameter map; the result is the CBOR response map.
-func (a *Authenticator) clientPIN(ctx context.Context, raw []byte) ([]byte, error) {
+func (a *Authenticator) clientPIN(raw []byte) ([]byte, error) {
 	var req cpRequest
 	if err := decodeRequest(raw, &req); err != nil {
 		return nil, err

@@ -2,7 +2,6 @@ package ctap2
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 
@@ -99,7 +98,7 @@ type cmWalk struct {
 // (CTAP 2.1 §6.8), also reached as the prototype command 0x41 (preview).
 // The token must have cm; on 0x41, a token from the legacy getPinToken
 // does too (pinuv.PermCredentialManagementPreview).
-func (a *Authenticator) credentialManagement(ctx context.Context, raw []byte, preview bool) ([]byte, error) {
+func (a *Authenticator) credentialManagement(raw []byte, preview bool) ([]byte, error) {
 	var req cmRequest
 	if err := decodeRequest(raw, &req); err != nil {
 		a.cm = credMgmtState{}

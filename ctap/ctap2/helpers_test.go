@@ -423,7 +423,8 @@ func (p *platform) token(pin string, perms uint8, rpID string) []byte {
 	return p.decrypt(field[[]byte](p.e.t, m, 2))
 }
 
-// errPrompter fails the test when a prompt is shown.
+// failPrompt is a prompter answer that fails the test when a prompt is
+// shown.
 func failPrompt(t testing.TB) func(context.Context, presence.Request) error {
 	return func(_ context.Context, r presence.Request) error {
 		t.Errorf("unexpected prompt: %q", r.Message())
