@@ -12,11 +12,12 @@ import (
 	"strings"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/relay"
 	"github.com/tpm-fido/tpm-fido/uhid"
 )
 
 // ErrBadSpec is returned by Open for a transport spec it does not know.
-var ErrBadSpec = errors.New("transport: unknown transport (want uhid, unix:PATH, udp or udp:LISTEN,REPLY)")
+var ErrBadSpec = errors.New("transport: unknown transport (want relay, relay:SOCKET, uhid, unix:PATH, udp or udp:LISTEN,REPLY)")
 
 // Default UDP addresses: the CTAPHID-over-UDP simulation convention.
 const (
@@ -26,7 +27,12 @@ const (
 
 // Open opens the transport spec names:
 //
-//	uhid                 the kernel's /dev/uhid (a real HID device)
+//	relay                the FIDO device of the tpm-fido relay service at
+//	                     relay.DefaultSocket (a real HID device; the user
+//	                     needs no right on /dev/uhid)
+//	relay:SOCKET         the same through another relay socket
+//	uhid                 the kernel's /dev/uhid (a real HID device; needs
+//	                     write access to /dev/uhid, which the relay has)
 //	unix:PATH            a SOCK_SEQPACKET socket at PATH (see ListenUnix)
 //	udp                  datagrams on 127.0.0.1:8111, replies to 127.0.0.1:7112
 //	udp:LISTEN,REPLY     the same with other loopback addresses
@@ -41,6 +47,13 @@ func Open(spec string, log *slog.Logger) (ctaphid.ReportDevice, error) {
 		return nil, err
 	}
 	switch sp.kind {
+	case "relay":
+		c, err := relay.Dial(sp.path)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("the relay created the device", "transport", "relay", "socket", sp.path)
+		return c, nil
 	case "uhid":
 		d, err := uhid.Open(uhid.Identity{}, log)
 		if err != nil {
@@ -83,13 +96,21 @@ func exists(path string) bool {
 }
 
 type parsedSpec struct {
-	kind          string // uhid, unix, udp
-	path          string // unix
+	kind          string // relay, uhid, unix, udp
+	path          string // relay, unix
 	listen, reply string // udp
 }
 
 func parseSpec(spec string) (parsedSpec, error) {
 	switch {
+	case spec == "relay":
+		return parsedSpec{kind: "relay", path: relay.DefaultSocket}, nil
+	case strings.HasPrefix(spec, "relay:"):
+		path := strings.TrimPrefix(spec, "relay:")
+		if path == "" {
+			return parsedSpec{}, fmt.Errorf("%w: %q has no path", ErrBadSpec, spec)
+		}
+		return parsedSpec{kind: "relay", path: path}, nil
 	case spec == "uhid":
 		return parsedSpec{kind: "uhid"}, nil
 	case strings.HasPrefix(spec, "unix:"):
@@ -115,8 +136,9 @@ func parseSpec(spec string) (parsedSpec, error) {
 	return parsedSpec{}, fmt.Errorf("%w: %q", ErrBadSpec, spec)
 }
 
-// IsTest reports whether spec names a socket transport rather than the
-// kernel device. The daemon only allows a fixed presence answer on those.
+// IsTest reports whether spec names a socket transport for tests rather
+// than a kernel HID device (uhid directly or through the relay).
 func IsTest(spec string) bool {
-	return spec != "uhid"
+	sp, err := parseSpec(spec)
+	return err != nil || (sp.kind != "uhid" && sp.kind != "relay")
 }

@@ -27,7 +27,7 @@ var (
 	// ErrNotPresent means /dev/uhid does not exist: the module is not loaded.
 	ErrNotPresent = errors.New("/dev/uhid not found: load the kernel module with `sudo modprobe uhid` (`tpm-fido setup` makes it load at boot)")
 	// ErrPermission means the user may not open /dev/uhid.
-	ErrPermission = errors.New("permission denied on /dev/uhid: run `sudo tpm-fido setup` to install the udev rule that gives the uhid group access, add yourself to the uhid group and log in again")
+	ErrPermission = errors.New("permission denied on /dev/uhid: users get no right on it (it would let their programs create a keyboard); run the daemon with --transport relay, the default, which asks the tpm-fido-relay service for the device (sudo tpm-fido setup installs it)")
 )
 
 // Device is a uhid HID device. It implements ctaphid.ReportDevice.

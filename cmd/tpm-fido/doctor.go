@@ -19,12 +19,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/relay"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 	"github.com/tpm-fido/tpm-fido/udev"
 )
 
 // doctorEnv is where doctor looks; tests point it at fake trees.
 type doctorEnv struct {
+	transport  string // --transport; "" means relay, the default
+	relaySock  string // the relay's socket, for relay transports
 	uhid       string // /dev/uhid
 	sysModule  string // /sys/module/uhid
 	hidraw     string // /sys/class/hidraw
@@ -55,17 +58,19 @@ type check struct {
 
 func runDoctor(args []string, stdout, stderr io.Writer) int {
 	fl := newFlagSet("doctor", "doctor [FLAGS]",
-		"Check what the daemon needs (uhid, the TPM, the state directory, the\n"+
-			"prompt, the virtual key) and print each problem with its fix. Give it the\n"+
-			"flags the daemon is given. Exits 1 when a check failed.")
+		"Check what the daemon needs (uhid, the relay, the TPM, the state directory,\n"+
+			"the prompt, the virtual key) and print each problem with its fix. Give it\n"+
+			"the flags the daemon is given. Exits 1 when a check failed.")
 	sf := addStoreFlags(fl.FlagSet)
 	promptName := fl.String("presence", presence.BackendAuto, "the --presence `NAME` the daemon is given")
 	insecure := fl.Bool("insecure-test-mode", false, "as given to the daemon: lets --presence name a fixed test answer")
 	pinentry := fl.String("pinentry", "", "the pinentry `PROGRAM` the daemon is given")
+	transportSpec := fl.String("transport", "relay", "the --transport `SPEC` the daemon is given")
 	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
 		return code
 	}
 	env := doctorEnv{
+		transport: *transportSpec, relaySock: relaySocket(*transportSpec),
 		uhid: "/dev/uhid", sysModule: "/sys/module/uhid", hidraw: "/sys/class/hidraw",
 		udevData: "/run/udev/data", dev: "/dev", tpm: sf.tpm, stateDir: sf.stateDir,
 		promptName: *promptName,
@@ -108,9 +113,27 @@ func printChecks(w io.Writer, checks []check) int {
 	return 0
 }
 
+// relaySocket is the relay socket a transport spec names, or "" when it
+// names no relay.
+func relaySocket(spec string) string {
+	if spec == "relay" || spec == "" {
+		return relay.DefaultSocket
+	}
+	if p, ok := strings.CutPrefix(spec, "relay:"); ok {
+		return p
+	}
+	return ""
+}
+
+// viaRelay reports whether the daemon gets its device from the relay.
+func (e doctorEnv) viaRelay() bool { return e.transport == "" || relaySocket(e.transport) != "" }
+
 func (e doctorEnv) run() []check {
 	var cs []check
 	cs = append(cs, e.checkUHID()...)
+	if e.viaRelay() {
+		cs = append(cs, e.checkRelay())
+	}
 	cs = append(cs, e.checkTPM()...)
 	cs = append(cs, e.checkStateDir())
 	cs = append(cs, e.checkResidents())
@@ -150,14 +173,46 @@ func (e doctorEnv) checkUHID() []check {
 		cs = append(cs, check{checkWarn, what, desc + " is open to every local user, who could create a virtual keyboard",
 			"sudo tpm-fido setup && sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=misc --sysname-match=uhid   # group " + udev.Group + ", mode 0660"})
 	}
-	if err := unix.Access(e.uhid, unix.R_OK|unix.W_OK); err != nil {
-		fix := fmt.Sprintf("sudo usermod -aG %s \"$USER\", then log out and in again", group)
-		if group != udev.Group {
-			fix = "sudo tpm-fido setup   # gives " + e.uhid + " to group " + udev.Group + " at 0660\nsudo groupadd --system " + udev.Group + "\nsudo usermod -aG " + udev.Group + " \"$USER\", then log out and in again"
+	writable := unix.Access(e.uhid, unix.R_OK|unix.W_OK) == nil
+	setupFix := "sudo tpm-fido setup && sudo systemd-sysusers && sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=misc --sysname-match=uhid   # group " + udev.Group + ", mode 0660"
+	if !e.viaRelay() {
+		// The daemon opens /dev/uhid itself.
+		if !writable {
+			return append(cs, check{checkFail, what, desc + " is not writable by you, and --transport " + e.transport + " opens it directly",
+				"use the relay, which needs no right on " + e.uhid + ": --transport relay (the default)"})
 		}
-		return append(cs, check{checkFail, what, desc + " is not writable by you", fix})
+		return append(cs, check{checkOK, what, desc + " is writable", ""})
 	}
-	return append(cs, check{checkOK, what, desc + " is writable", ""})
+	// Through the relay: the relay's user opens /dev/uhid, this user need not.
+	switch {
+	case group != udev.Group || mode&0o060 != 0o060:
+		cs = append(cs, check{checkWarn, what, desc + ": the relay's group " + udev.Group + " cannot open it", setupFix})
+	case writable && os.Geteuid() != 0:
+		cs = append(cs, check{checkWarn, what, desc + " is writable by you, so every program of yours could create a keyboard; the relay makes that right unnecessary",
+			"sudo gpasswd -d \"$USER\" " + group + ", then log out and in again"})
+	case !writable:
+		cs = append(cs, check{checkOK, what, desc + " (not writable by you: the relay creates the key's device)", ""})
+	default:
+		cs = append(cs, check{checkOK, what, desc, ""})
+	}
+	return cs
+}
+
+// checkRelay asks the relay whether it serves this user, without making
+// a device.
+func (e doctorEnv) checkRelay() check {
+	const what = "relay"
+	msg, err := relay.Probe(e.relaySock)
+	switch {
+	case errors.Is(err, relay.ErrNotRunning):
+		return check{checkFail, what, "the relay is not running: nothing listens on " + e.relaySock,
+			"sudo tpm-fido setup   # installs tpm-fido-relay.service\nsudo systemctl enable --now tpm-fido-relay.service\njournalctl -u tpm-fido-relay   # why it stopped, if it did"}
+	case errors.Is(err, relay.ErrRefused):
+		return check{checkFail, what, e.relaySock + ": " + err.Error(), `sudo tpm-fido setup --allow-user "$USER"   # adds you to ` + relay.DefaultUsersFile}
+	case err != nil:
+		return check{checkFail, what, err.Error(), "sudo systemctl restart tpm-fido-relay.service; journalctl -u tpm-fido-relay"}
+	}
+	return check{checkOK, what, e.relaySock + " answers: " + msg, ""}
 }
 
 func (e doctorEnv) checkTPM() []check {

@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tpm-fido/tpm-fido/relay"
 )
 
 // TestDoctorThisMachine runs doctor with the real paths. On a machine
@@ -143,5 +148,40 @@ func TestDoctorOlderState(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(path); !bytes.Equal(after, b) {
 		t.Error("doctor changed the state file")
+	}
+}
+
+// TestDoctorRelay: doctor asks the relay whether it serves this user,
+// without making a device, and names the fix for each answer.
+func TestDoctorRelay(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "run", "relay.sock")
+	env := doctorEnv{relaySock: sock}
+	if c := env.checkRelay(); c.status != checkFail || !strings.Contains(c.detail, "not running") || !strings.Contains(c.fix, "systemctl enable --now tpm-fido-relay.service") {
+		t.Errorf("no relay: %+v", c)
+	}
+	users := filepath.Join(dir, "relay-users")
+	os.WriteFile(users, []byte(fmt.Sprintf("%d\n", os.Getuid()+1)), 0o644)
+	opened := 0
+	srv, err := relay.Listen(relay.Config{Socket: sock, UsersFile: users, OpenDevice: func() (relay.Device, error) {
+		opened++
+		return nil, errors.New("no device in this test")
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	if c := env.checkRelay(); c.status != checkFail || !strings.Contains(c.detail, "may not use the relay") || !strings.Contains(c.fix, "--allow-user") {
+		t.Errorf("not allowed: %+v", c)
+	}
+	os.WriteFile(users, []byte(fmt.Sprintf("%d\n", os.Getuid())), 0o644)
+	if c := env.checkRelay(); c.status != checkOK || !strings.Contains(c.detail, "is allowed") {
+		t.Errorf("allowed: %+v", c)
+	}
+	if opened != 0 {
+		t.Errorf("doctor made the relay create %d device(s)", opened)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -21,8 +23,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the authenticator daemon (default)", runServe},
-		{"setup", "install udev rules, module loading and the systemd user unit", runSetup},
-		{"doctor", "check uhid, the TPM, the state directory and the prompt backend", runDoctor},
+		{"relay", "the system service that creates the FIDO device for users' daemons", runRelay},
+		{"setup", "install udev rules, module loading, the relay service and the systemd user unit", runSetup},
+		{"doctor", "check uhid, the relay, the TPM, the state directory and the prompt backend", runDoctor},
 		{"list", "list resident credentials (SSH ones also as authorized_keys lines)", runList},
 		{"delete", "delete a resident credential (its ID, or the start of it)", runDelete},
 		{"pin", "set, change or show the PIN (set|change|status)", runPin},
@@ -53,6 +56,12 @@ See man tpm-fido.
 }
 
 func main() {
+	// The daemon holds secrets in memory (the credential-ID wrapping key,
+	// PIN tokens): no core dump may contain them, and no other process of
+	// the same user may ptrace it or read its memory through /proc.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "tpm-fido: prctl(PR_SET_DUMPABLE, 0): %v\n", err)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

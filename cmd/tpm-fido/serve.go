@@ -23,7 +23,7 @@ import (
 
 // serveConfig is everything `tpm-fido serve` is told on its command line.
 type serveConfig struct {
-	Transport        string        // uhid, unix:PATH, udp, udp:LISTEN,REPLY
+	Transport        string        // relay, relay:SOCKET, uhid, unix:PATH, udp, udp:LISTEN,REPLY
 	TPM              string        // /dev/tpmrm0, swtpm:PATH, simulator
 	StateDir         string        // credential database, sealed keys
 	Presence         string        // user-presence backend (auto, pinentry, ...)
@@ -46,7 +46,7 @@ var presenceChoices = []string{presence.BackendAuto, presence.BackendNotificatio
 func parseServeFlags(args []string) (serveConfig, *flagSet, error) {
 	var cfg serveConfig
 	fl := newFlagSet("serve", "serve [FLAGS]", "Run the authenticator daemon (what tpm-fido does with no command).")
-	fl.StringVar(&cfg.Transport, "transport", "uhid", "where to serve CTAPHID, a `SPEC`: uhid, unix:PATH (SOCK_SEQPACKET, in a directory only you can enter) or, with --insecure-test-mode, udp or udp:LISTEN,REPLY (loopback only)")
+	fl.StringVar(&cfg.Transport, "transport", "relay", "where to serve CTAPHID, a `SPEC`: relay (the tpm-fido-relay service creates the key's device; you need no right on /dev/uhid), relay:SOCKET, uhid (/dev/uhid directly), unix:PATH (SOCK_SEQPACKET, in a directory only you can enter) or, with --insecure-test-mode, udp or udp:LISTEN,REPLY (loopback only)")
 	fl.StringVar(&cfg.TPM, "tpm", "/dev/tpmrm0", "the TPM, a `SPEC`: a device path, swtpm:SOCKET or simulator")
 	fl.StringVar(&cfg.StateDir, "state-dir", manageStateDir(), "`DIR` for the state (credentials, PIN, counter)")
 	fl.StringVar(&cfg.Presence, "presence", presence.BackendAuto, "how to ask the user to approve, a `NAME`: "+choiceList(presenceChoices)+"; with --insecure-test-mode also always-allow, always-deny or allow-after:DURATION (approve after a delay, e.g. allow-after:1.5s)")

@@ -301,7 +301,7 @@ func TestParseServeFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Transport != "uhid" || cfg.TPM != "/dev/tpmrm0" || cfg.StateDir != "/xdg/tpm-fido" ||
+	if cfg.Transport != "relay" || cfg.TPM != "/dev/tpmrm0" || cfg.StateDir != "/xdg/tpm-fido" ||
 		cfg.Presence != "auto" || cfg.PromptTimeout != 30*time.Second || cfg.InsecureTestMode || cfg.TestTransport {
 		t.Errorf("defaults: %+v", cfg)
 	}

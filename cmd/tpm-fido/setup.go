@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/tpm-fido/tpm-fido/contrib/systemd"
+	"github.com/tpm-fido/tpm-fido/relay"
 	"github.com/tpm-fido/tpm-fido/udev"
 )
 
@@ -25,20 +26,28 @@ type setupFile struct {
 	data []byte
 }
 
-// runSetup installs the udev rules, the modules-load.d entry and the
-// systemd user unit, embedded in this binary. It is idempotent: a file
-// that already has the right content is left alone. The steps that are
-// not file writes (groups, modprobe, udevadm, systemctl) are printed, in
-// the order that makes each one work, and never run.
+// runSetup installs the udev rules, the modules-load.d entry, the
+// sysusers.d entry (group uhid and the relay's system user), the relay's
+// system unit, the list of users the relay serves and the systemd user
+// unit, all embedded in this binary. It is idempotent: a file that
+// already has the right content is left alone, and the users list only
+// ever gains the users named. The steps that are not file writes
+// (sysusers, modprobe, udevadm, systemctl, the tss group) are printed, in
+// the order that makes each one work, and never run. Nobody is put in
+// group uhid: the relay holds /dev/uhid for every user.
 func runSetup(args []string, stdout, stderr io.Writer) int {
 	fl := newFlagSet("setup", "setup [FLAGS]",
-		"Install the udev rules, the module loading entry and the systemd user unit\n"+
+		"Install the udev rules, the module loading entry, the relay's system user\n"+
+			"and system unit, the list of users it serves, and the systemd user unit\n"+
 			"(all embedded in this binary), then print the steps left to do, which it\n"+
-			"never runs itself. Running it twice changes nothing.")
+			"never runs itself. Running it twice changes nothing. Users get no right\n"+
+			"on /dev/uhid: the relay service creates the key's device for them.")
 	dryRun := fl.Bool("dry-run", false, "print what would change, change nothing")
 	root := fl.String("root", "/", "install below this root `DIR` (for packaging and tests)")
 	user := fl.Bool("user", false, "install only the user unit, into $XDG_CONFIG_HOME/systemd/user (no root needed)")
 	binary := fl.String("binary", "", "`PATH` of the installed tpm-fido binary for ExecStart (default: this executable)")
+	var allow stringList
+	fl.Var(&allow, "allow-user", "a `USER` whose daemon the relay serves, added to "+relay.DefaultUsersFile+" (repeatable; default: the user who ran sudo)")
 	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
 		return code
 	}
@@ -47,7 +56,7 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 		exe, err := os.Executable()
 		if err != nil {
 			fmt.Fprintf(stderr, "tpm-fido setup: cannot find this executable (use --binary): %v\n", err)
-			return 1
+			return exitFail
 		}
 		if r, err := filepath.EvalSymlinks(exe); err == nil {
 			exe = r
@@ -57,23 +66,35 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 	if !filepath.IsAbs(bin) {
 		return fl.usageError(stderr, "--binary %q must be an absolute path", bin)
 	}
+	if len(allow) == 0 {
+		if u := os.Getenv("SUDO_USER"); u != "" && u != "root" {
+			allow = stringList{u}
+		}
+	}
 
 	var files []setupFile
+	usersPath := filepath.Join(*root, strings.TrimPrefix(relay.DefaultUsersFile, "/"))
+	var users []string
 	if *user {
 		cfg := os.Getenv("XDG_CONFIG_HOME")
 		if cfg == "" {
 			home, err := os.UserHomeDir()
 			if err != nil {
 				fmt.Fprintf(stderr, "tpm-fido setup: %v\n", err)
-				return 1
+				return exitFail
 			}
 			cfg = filepath.Join(home, ".config")
 		}
 		files = []setupFile{{filepath.Join(cfg, "systemd", "user", systemd.UnitName), systemd.Unit(bin)}}
 	} else {
+		var usersFile []byte
+		usersFile, users = relayUsers(usersPath, allow)
 		files = []setupFile{
 			{filepath.Join(*root, "etc", "udev", "rules.d", udev.RulesName), udev.Rules},
 			{filepath.Join(*root, "etc", "modules-load.d", udev.ModulesLoadName), udev.ModulesLoad},
+			{filepath.Join(*root, "etc", "sysusers.d", systemd.SysusersName), systemd.Sysusers},
+			{filepath.Join(*root, "etc", "systemd", "system", systemd.RelayUnitName), systemd.RelayUnit(bin)},
+			{usersPath, usersFile},
 			{filepath.Join(*root, "etc", "systemd", "user", systemd.UnitName), systemd.Unit(bin)},
 		}
 	}
@@ -94,25 +115,46 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 			changed[filepath.Base(f.path)] = state != "unchanged"
 		}
 	}
+	if !*user {
+		if len(users) == 0 {
+			fmt.Fprintf(stdout, "the relay serves nobody yet: name the desktop user with --allow-user NAME\n")
+		} else {
+			fmt.Fprintf(stdout, "the relay serves the daemons of: %s\n", strings.Join(users, ", "))
+		}
+	}
 
 	// What the files cannot do by themselves.
 	var next []string
 	if !*user {
 		groups := filepath.Join(*root, "etc", "group")
+		if len(users) == 0 {
+			next = append(next, `sudo tpm-fido setup --allow-user "$USER"   # the user whose daemon the relay serves`)
+		}
+		if changed[systemd.SysusersName] || !groupExists(groups, udev.Group) {
+			next = append(next, "sudo systemd-sysusers   # creates group "+udev.Group+" and the system user "+systemd.RelayUser+" in it")
+		}
 		if !groupExists(groups, tpmGroup) {
-			// Else usermod below fails as a whole.
+			// Else usermod below fails.
 			next = append(next, "sudo apt-get install tpm-udev   # creates the "+tpmGroup+" group, which may use /dev/tpmrm0")
 		}
-		if !groupExists(groups, udev.Group) {
-			next = append(next, "sudo groupadd --system "+udev.Group)
+		next = append(next, `sudo usermod -aG `+tpmGroup+` "$USER"   # the TPM only (not uhid); then log out and in again`)
+		// Users an earlier install put in group uhid do not need it any
+		// more, and should not keep it.
+		for _, m := range groupMembers(groups, udev.Group) {
+			if m != systemd.RelayUser {
+				next = append(next, "sudo gpasswd -d "+m+" "+udev.Group+"   # the relay holds /dev/uhid now; "+m+" must not be able to create a keyboard")
+			}
 		}
-		next = append(next, `sudo usermod -aG `+udev.Group+`,`+tpmGroup+` "$USER"   # then log out and in again`)
 		if changed[udev.ModulesLoadName] || *root == "/" && !exists("/sys/module/uhid") {
 			next = append(next, "sudo modprobe uhid")
 		}
-		if changed[udev.RulesName] {
+		if changed[udev.RulesName] || changed[systemd.SysusersName] {
 			next = append(next, "sudo udevadm control --reload && sudo udevadm trigger --subsystem-match=misc --sysname-match=uhid")
 		}
+		if changed[systemd.RelayUnitName] {
+			next = append(next, "sudo systemctl daemon-reload")
+		}
+		next = append(next, "sudo systemctl enable --now "+systemd.RelayUnitName)
 	}
 	if changed[systemd.UnitName] {
 		next = append(next, "systemctl --user daemon-reload")
@@ -128,9 +170,45 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "  "+s)
 	}
 	if failed {
-		return 1
+		return exitFail
 	}
-	return 0
+	return exitOK
+}
+
+// relayUsersHeader starts the relay's list of users.
+const relayUsersHeader = `# The users whose tpm-fido daemon the relay (tpm-fido-relay.service)
+# serves: one user name or uid per line. Read at every connection, so a
+# change needs no restart. Written by ` + "`tpm-fido setup --allow-user NAME`" + `.
+`
+
+// relayUsers returns the users file with every name in add present
+// (lines already there are kept as they are), and the users it names.
+func relayUsers(path string, add []string) ([]byte, []string) {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		old = []byte(relayUsersHeader)
+	}
+	var users []string
+	have := map[string]bool{}
+	for _, l := range strings.Split(string(old), "\n") {
+		l, _, _ = strings.Cut(l, "#")
+		if l = strings.TrimSpace(l); l != "" && !have[l] {
+			have[l] = true
+			users = append(users, l)
+		}
+	}
+	out := old
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	for _, u := range add {
+		if u = strings.TrimSpace(u); u != "" && !have[u] {
+			have[u] = true
+			users = append(users, u)
+			out = append(out, u+"\n"...)
+		}
+	}
+	return out, users
 }
 
 // installFile writes f if its content differs, atomically (temporary
@@ -195,6 +273,23 @@ func groupExists(path, group string) bool {
 		}
 	}
 	return false
+}
+
+// groupMembers returns the members an /etc/group file lists for group.
+func groupMembers(path, group string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) == 4 && fields[0] == group && fields[3] != "" {
+			return strings.Split(fields[3], ",")
+		}
+	}
+	return nil
 }
 
 func exists(path string) bool {

@@ -44,7 +44,7 @@ func readTree(t *testing.T, dir string) map[string]string {
 
 func TestSetupGolden(t *testing.T) {
 	root := t.TempDir()
-	out, errOut, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido")
+	out, errOut, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "alice")
 	if rc != 0 {
 		t.Fatalf("setup exit %d: %s", rc, errOut)
 	}
@@ -76,7 +76,8 @@ func TestSetupGolden(t *testing.T) {
 			t.Errorf("setup wrote unexpected %s", p)
 		}
 	}
-	for _, p := range []string{"etc/udev/rules.d/70-tpm-fido.rules", "etc/systemd/user/tpm-fido.service"} {
+	for _, p := range []string{"etc/udev/rules.d/70-tpm-fido.rules", "etc/systemd/user/tpm-fido.service",
+		"etc/systemd/system/tpm-fido-relay.service", "etc/sysusers.d/tpm-fido.conf", "etc/tpm-fido/relay-users"} {
 		fi, err := os.Stat(filepath.Join(root, p))
 		if err != nil {
 			t.Fatal(err)
@@ -166,15 +167,20 @@ func TestSetupUnitVerifies(t *testing.T) {
 	}
 	rt := filepath.Join(root, "run")
 	os.Mkdir(rt, 0o700)
-	cmd := exec.Command(analyze, "--user", "--man=no", "verify", filepath.Join(root, "etc/systemd/user/tpm-fido.service"))
-	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+rt, "HOME="+root)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
-	}
-	// verify exits 0 on some bad lines, but warns: any output is a problem.
-	if len(bytes.TrimSpace(out)) != 0 {
-		t.Fatalf("systemd-analyze verify warned:\n%s", out)
+	for _, args := range [][]string{
+		{"--user", "--man=no", "verify", filepath.Join(root, "etc/systemd/user/tpm-fido.service")},
+		{"--man=no", "verify", filepath.Join(root, "etc/systemd/system/tpm-fido-relay.service")},
+	} {
+		cmd := exec.Command(analyze, args...)
+		cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+rt, "HOME="+root)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("systemd-analyze %v: %v\n%s", args, err, out)
+		}
+		// verify exits 0 on some bad lines, but warns: any output is a problem.
+		if len(bytes.TrimSpace(out)) != 0 {
+			t.Fatalf("systemd-analyze %v warned:\n%s", args, out)
+		}
 	}
 }
 
@@ -197,5 +203,46 @@ func TestSetupUser(t *testing.T) {
 	}
 	if _, _, rc := runCmd(t, "setup", "--binary", "relative/path", "--dry-run"); rc != 2 {
 		t.Errorf("relative --binary accepted: rc %d", rc)
+	}
+}
+
+// TestSetupRelayUsers: setup adds users to the relay's list and keeps
+// what is there; the user who ran sudo is the default; members an older
+// install put in group uhid are told to leave it; nobody is put in it.
+func TestSetupRelayUsers(t *testing.T) {
+	root := t.TempDir()
+	users := filepath.Join(root, "etc/tpm-fido/relay-users")
+	os.MkdirAll(filepath.Dir(users), 0o755)
+	os.WriteFile(users, []byte("# ours\nbob   # the laptop's owner\n"), 0o644)
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\ntss:x:107:bob\nuhid:x:998:bob,tpm-fido-relay\n"), 0o644)
+	t.Setenv("SUDO_USER", "carol")
+	out, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido")
+	if rc != 0 {
+		t.Fatal(e)
+	}
+	b, _ := os.ReadFile(users)
+	if string(b) != "# ours\nbob   # the laptop's owner\ncarol\n" {
+		t.Errorf("users file:\n%s", b)
+	}
+	if !strings.Contains(out, "the relay serves the daemons of: bob, carol") {
+		t.Errorf("output does not name the users:\n%s", out)
+	}
+	if !strings.Contains(out, "sudo gpasswd -d bob uhid") || strings.Contains(out, "gpasswd -d tpm-fido-relay") {
+		t.Errorf("output does not take bob (only) out of group uhid:\n%s", out)
+	}
+	if strings.Contains(out, "usermod -aG uhid") || strings.Contains(out, "uhid,tss") {
+		t.Errorf("setup still puts users in group uhid:\n%s", out)
+	}
+	out, _, _ = runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "bob")
+	if !strings.Contains(out, "unchanged:  "+users) {
+		t.Errorf("a user already listed changed the file:\n%s", out)
+	}
+	// No user at all: setup says how to name one.
+	t.Setenv("SUDO_USER", "")
+	root2 := t.TempDir()
+	out, _, rc = runCmd(t, "setup", "--root", root2, "--binary", "/usr/bin/tpm-fido")
+	if rc != 0 || !strings.Contains(out, `sudo tpm-fido setup --allow-user "$USER"`) {
+		t.Errorf("no user named: rc %d\n%s", rc, out)
 	}
 }

@@ -20,6 +20,9 @@ var phases = []struct {
 	scenarios []string
 }{
 	{"1", "tpm-a", []string{
+		// least privilege: the user set up per the README cannot open
+		// /dev/uhid; every scenario below runs through the relay
+		"user-no-uhid",
 		// issue 2
 		"token-list", "token-info",
 		// issue 4
@@ -33,8 +36,9 @@ var phases = []struct {
 	// TPM never reaches lockout.
 	{"2", "tpm-a", []string{"reboot-daemon", "reboot-login", "reboot-counter", "reboot-resident-list", "pin-change-uv"}},
 	// issue 6 scenario 9: a cleared TPM with the old state disk; then
-	// issue 5 acceptance 3 and 4: setup, udevd with the installed rules,
-	// a non-root daemon and ssh-keygen, doctor.
+	// the README's install: setup, sysusers, udevd with the installed
+	// rules, the relay as its system user, a non-root daemon through it,
+	// ssh-keygen, doctor.
 	{"3", "tpm-b", []string{"other-tpm",
 		"udev-setup", "user-daemon", "udev-hidraw", "fido-id", "user-ssh-keygen", "doctor"}},
 }

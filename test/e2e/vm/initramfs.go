@@ -37,6 +37,9 @@ var guestPrograms = []struct{ tool, dir string }{
 	// without a notification server; the daemons under test use
 	// --presence always-allow/always-deny.
 	{"pinentry-curses", "usr/bin"},
+	// Creates group uhid and the relay's system user from the sysusers.d
+	// entry `tpm-fido setup` installs, as at boot on a systemd machine.
+	{"systemd-sysusers", "usr/bin"},
 }
 
 const sshdConfig = `# sshd for the tpm-fido end-to-end guest

@@ -39,6 +39,7 @@ var HostPrograms = []struct{ Name, Package string }{
 	{"ssh-keygen", "openssh-client"},
 	{"sshd", "openssh-server"},
 	{"pinentry-curses", "pinentry-curses"},
+	{"systemd-sysusers", "systemd"},
 	{"apt-get", "apt"},
 	{"apt-cache", "apt"},
 	{"dpkg-deb", "dpkg"},

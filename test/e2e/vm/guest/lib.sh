@@ -24,14 +24,83 @@ fail() {
 	exit 1
 }
 
-# start_daemon [PRESENCE]: start tpm-fido in the background and wait for its
-# hidraw node.
+USER_HOME=/home/user
+RELAY_SOCK=/run/tpm-fido/relay.sock
+
+# as_user CMD: run a shell command as the test user (groups from
+# /etc/group), with its own HOME.
+as_user() {
+	su -s /bin/sh -c "cd $USER_HOME && export HOME=$USER_HOME PATH=/usr/bin:/usr/sbin && $1" user
+}
+
+# install_system does, once per boot, the README's install steps in this
+# guest: `tpm-fido setup` (serving the test user), systemd-sysusers for
+# group uhid and the relay's system user, the tss group with the test
+# user in it (what tpm-udev and `usermod -aG tss` do; busybox has no
+# usermod), udevd applying the installed rules (the demo's guest has no
+# udevd: the same modes are set by hand), the state directory, and the
+# relay started as its system user the way tpm-fido-relay.service runs it
+# (RuntimeDirectory=tpm-fido, User=tpm-fido-relay). The test user is never
+# put in group uhid.
+install_system() {
+	[ -f /run/e2e-installed ] && return 0
+	t tpm-fido setup --root / --allow-user user >"$LOGDIR/setup.log" 2>&1 || {
+		echo "E2E-LOG install: tpm-fido setup failed: $(tail -n 3 "$LOGDIR/setup.log")"
+		return 1
+	}
+	if ! grep -q '^tss:' /etc/group; then
+		echo 'tss:x:991:user' >>/etc/group
+		echo 'tss:x:991:991:TPM software stack:/var/lib/tpm:/usr/sbin/nologin' >>/etc/passwd
+	fi
+	t systemd-sysusers /etc/sysusers.d/tpm-fido.conf >>"$LOGDIR/setup.log" 2>&1 || {
+		echo "E2E-LOG install: systemd-sysusers failed: $(tail -n 3 "$LOGDIR/setup.log")"
+		return 1
+	}
+	mkdir -p $USER_HOME && chown user:user $USER_HOME && chmod 0755 $USER_HOME
+	if [ -x /usr/lib/systemd/systemd-udevd ]; then
+		# The seat stand-in: the guest has no logind seat (see phase-3.sh).
+		echo 'SUBSYSTEM=="hidraw", TAG=="uaccess", OWNER="user"' >/etc/udev/rules.d/99-e2e-seat-stand-in.rules
+		t /usr/lib/systemd/systemd-udevd --daemon >>"$LOGDIR/setup.log" 2>&1
+		t udevadm trigger --action=add
+		t udevadm settle --timeout=50
+	else
+		chgrp uhid /dev/uhid && chmod 0660 /dev/uhid
+		chgrp tss /dev/tpmrm0 && chmod 0660 /dev/tpmrm0
+	fi
+	mkdir -p "$STATE" && chown user:user "$STATE" && chmod 0700 "$STATE"
+	mkdir -p /run/tpm-fido && chown tpm-fido-relay:tpm-fido-relay /run/tpm-fido && chmod 0755 /run/tpm-fido
+	start_relay || return 1
+	touch /run/e2e-installed
+}
+
+# start_relay runs `tpm-fido relay` as the system user tpm-fido-relay and
+# waits for its socket.
+start_relay() {
+	timeout 900 su -s /bin/sh -c 'exec /usr/bin/tpm-fido relay --log-level debug' tpm-fido-relay \
+		>>"$LOGDIR/relay.log" 2>&1 &
+	echo $! >/run/relay.pid
+	i=0
+	while [ ! -S "$RELAY_SOCK" ] && [ $i -lt 100 ]; do
+		sleep 0.1
+		i=$((i+1))
+	done
+	[ -S "$RELAY_SOCK" ] || {
+		echo "E2E-LOG relay: no socket after 10 s: $(tail -n 3 "$LOGDIR/relay.log")"
+		return 1
+	}
+}
+
+# start_daemon [PRESENCE]: install (once), then start tpm-fido as the test
+# user, the way the README sets it up: its device comes from the relay,
+# it has no right on /dev/uhid. Waits for the hidraw node.
 start_daemon() {
 	presence=${1:-always-allow}
-	mkdir -p "$STATE"
-	timeout 900 /usr/bin/tpm-fido serve --transport uhid --tpm /dev/tpmrm0 \
-		--state-dir "$STATE" --presence "$presence" --insecure-test-mode \
-		--log-level debug >>"$LOGDIR/daemon.log" 2>&1 &
+	install_system || return 1
+	# exec all the way down: the pid is the daemon's.
+	timeout 900 su -s /bin/sh -c "cd $USER_HOME && exec env HOME=$USER_HOME PATH=/usr/bin:/usr/sbin \
+		/usr/bin/tpm-fido serve --transport relay --tpm /dev/tpmrm0 \
+		--state-dir $STATE --presence $presence --insecure-test-mode --log-level debug" user \
+		>>"$LOGDIR/daemon.log" 2>&1 &
 	echo $! >/run/daemon.pid
 	i=0
 	while [ $i -lt 150 ]; do
@@ -77,6 +146,8 @@ start_sshd() {
 
 stop_services() {
 	stop_daemon
+	[ -f /run/relay.pid ] && kill "$(cat /run/relay.pid)" 2>/dev/null
+	rm -f /run/relay.pid
 	[ -f /run/sshd.pid ] && kill "$(cat /run/sshd.pid)" 2>/dev/null
 	rm -f /run/sshd.pid
 }
@@ -147,6 +218,9 @@ scenario() {
 		tail -n 25 "$LOGDIR/$name.log" | sed "s/^/E2E-LOG $name: /"
 		if [ -f "$LOGDIR/daemon.log" ]; then
 			tail -n 15 "$LOGDIR/daemon.log" | sed "s/^/E2E-LOG $name: daemon: /"
+		fi
+		if [ -f "$LOGDIR/relay.log" ]; then
+			tail -n 8 "$LOGDIR/relay.log" | sed "s/^/E2E-LOG $name: relay: /"
 		fi
 	fi
 	return $rc

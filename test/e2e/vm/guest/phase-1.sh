@@ -1,5 +1,31 @@
-# Phase 1: first boot with a fresh TPM and an empty state disk. Issue 2 and
-# issue 4 smoke scenarios, then the OpenSSH flows of issue 6 (1-7, 10).
+# Phase 1: first boot with a fresh TPM and an empty state disk. The daemon
+# runs as the test user, installed as the README says: its device comes
+# from the relay, and the user cannot open /dev/uhid (user-no-uhid). Issue
+# 2 and issue 4 smoke scenarios, then the OpenSSH flows of issue 6 (1-7,
+# 10), all through that daemon.
+
+# The user set up per the README has no right on /dev/uhid: not in group
+# uhid, opening it fails, and doctor (told the daemon would open it
+# directly) says so; the relay's system user holds it.
+s_user_no_uhid() {
+	id user
+	ls -l /dev/uhid "$RELAY_SOCK"
+	ids=$(id user)
+	case "$ids" in *"(uhid)"*) fail "user is in group uhid: $ids" ;; esac
+	out=$(as_user "exec 3<>/dev/uhid && echo OPENED" 2>&1)
+	echo "as user, open /dev/uhid read-write: $out"
+	case "$out" in *OPENED*) fail "user opened /dev/uhid" ;; esac
+	echo "$out" | grep -q 'Permission denied' || fail "opening /dev/uhid as user did not fail with Permission denied: $out"
+	doc=$(as_user "timeout 60 tpm-fido doctor --transport uhid --presence always-allow --insecure-test-mode" 2>&1)
+	echo "$doc"
+	line=$(echo "$doc" | grep '^FAIL  uhid:')
+	echo "$line" | grep -q 'is not writable by you' || fail "doctor --transport uhid as user does not say /dev/uhid is not writable: $doc"
+	pid=$(cat /run/daemon.pid)
+	duid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$pid/status")
+	[ "$duid" = "$(id -u user)" ] || fail "the daemon runs as uid $duid, not as user"
+	rgroups=$(sed -n 's/^Groups:[[:space:]]*//p' "/proc/$(cat /run/relay.pid)/status" | xargs)
+	note "$(id user | cut -d' ' -f1,3); /dev/uhid $(stat -c '%A %U:%G' /dev/uhid); as user: $(echo "$out" | tail -n 1); $line; the daemon (pid $pid) runs as user, the relay as tpm-fido-relay (groups $rgroups)"
+}
 
 s_token_list() {
 	out=$(t fido2-token -L 2>&1)
@@ -186,7 +212,7 @@ if [ -z "$E2E_DEFINE_ONLY" ]; then
 	mkdir -p "$E2E" "$KEYS"
 	start_sshd
 	start_daemon always-allow
-	for s in token-list token-info info-options cred-assert ssh-basic ed25519-rejected \
+	for s in user-no-uhid token-list token-info info-options cred-assert ssh-basic ed25519-rejected \
 		write-attestation pin-set resident verify-required no-touch application parallel \
 		counter-before; do
 		scenario "$s" 150

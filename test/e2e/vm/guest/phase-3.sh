@@ -38,48 +38,41 @@ s_other_tpm() {
 	note "exit $rc, $(wc -l <"$LOGDIR/hash-before") state files unchanged: $(grep -iE 'different TPM|another TPM|other TPM' "$LOGDIR/other.log" | head -n 1)"
 }
 
-USER_HOME=/home/user
-
-# as_user CMD: run a shell command as the test user (groups from
-# /etc/group), with its own HOME.
-as_user() {
-	su -s /bin/sh -c "cd $USER_HOME && export HOME=$USER_HOME PATH=/usr/bin:/usr/sbin && $1" user
-}
-
 s_udev_setup() {
-	out=$(t tpm-fido setup --root / 2>&1)
+	grep -q '^uhid:' /etc/group && fail "group uhid exists before setup"
+	before=$(stat -c '%a %U:%G' /dev/uhid)
+	echo "before: /dev/uhid $before"
+	install_system
 	rc=$?
-	echo "$out"
-	[ $rc -eq 0 ] || fail "tpm-fido setup --root / exited $rc"
-	[ -f /etc/udev/rules.d/70-tpm-fido.rules ] || fail "setup installed no /etc/udev/rules.d/70-tpm-fido.rules"
-	[ -f /etc/modules-load.d/tpm-fido.conf ] || fail "setup installed no modules-load.d entry"
-	echo "$out" | grep -q 'groupadd --system uhid' || fail "setup does not say to create the uhid group"
-	again=$(t tpm-fido setup --root / 2>&1)
+	cat "$LOGDIR/setup.log"
+	[ $rc -eq 0 ] || fail "the install failed"
+	out=$(cat "$LOGDIR/setup.log")
+	for f in /etc/udev/rules.d/70-tpm-fido.rules /etc/modules-load.d/tpm-fido.conf /etc/sysusers.d/tpm-fido.conf \
+		/etc/systemd/system/tpm-fido-relay.service /etc/systemd/user/tpm-fido.service; do
+		[ -f "$f" ] || fail "setup installed no $f"
+	done
+	grep -qx user /etc/tpm-fido/relay-users || fail "the relay's list does not name user: $(cat /etc/tpm-fido/relay-users)"
+	echo "$out" | grep -q 'sudo systemd-sysusers' || fail "setup does not say to run systemd-sysusers"
+	echo "$out" | grep -q 'usermod -aG uhid' && fail "setup still puts the user in group uhid"
+	again=$(t tpm-fido setup --root / --allow-user user 2>&1)
 	echo "$again"
 	echo "$again" | grep -q 'nothing changed' || fail "a second setup run changed something"
-	# What setup tells the admin to do (groupadd --system uhid; usermod
-	# -aG uhid,tss user), by editing /etc/group: Debian's busybox-static
-	# has no addgroup/adduser. tss (user and group) is what Debian's
-	# tpm-udev package creates.
-	grep -q '^uhid:' /etc/group && fail "group uhid exists before setup"
-	echo 'uhid:x:990:user' >>/etc/group
-	echo 'tss:x:991:user' >>/etc/group
-	echo 'tss:x:991:991:TPM software stack:/var/lib/tpm:/usr/sbin/nologin' >>/etc/passwd
-	grep -E '^(uhid|tss):' /etc/group
-	# The seat stand-in (see the top of this file).
-	echo 'SUBSYSTEM=="hidraw", TAG=="uaccess", OWNER="user"' >/etc/udev/rules.d/99-e2e-seat-stand-in.rules
+	grep -E '^(uhid|tss|tpm-fido-relay):' /etc/group
+	grep '^tpm-fido-relay:' /etc/passwd
 	ls -l /etc/udev/rules.d /usr/lib/udev/rules.d
-	before=$(stat -c '%a %U:%G' /dev/uhid)
-	echo "before udev: /dev/uhid $before"
-	t /usr/lib/systemd/systemd-udevd --daemon || fail "systemd-udevd --daemon failed"
-	t udevadm trigger --action=add || fail "udevadm trigger failed"
-	t udevadm settle --timeout=50 || fail "udevadm settle timed out"
+	members=$(sed -n 's/^uhid:[^:]*:[^:]*://p' /etc/group)
+	[ "$members" = tpm-fido-relay ] || fail "group uhid has members '$members', want only tpm-fido-relay"
 	uhid=$(stat -c '%a %G' /dev/uhid)
 	tpm=$(stat -c '%a %U:%G' /dev/tpmrm0)
 	echo "/dev/uhid $uhid, /dev/tpmrm0 $tpm"
 	[ "$uhid" = "660 uhid" ] || fail "/dev/uhid is '$uhid', want '660 uhid'"
 	[ "$tpm" = "660 tss:tss" ] || fail "/dev/tpmrm0 is '$tpm', want '660 tss:tss'"
-	note "setup installed the rules (second run: nothing changed); udevd: /dev/uhid $before -> $uhid, /dev/tpmrm0 $tpm"
+	rpid=$(cat /run/relay.pid)
+	grep -E '^(Uid|Groups):' "/proc/$rpid/status"
+	ruid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$rpid/status")
+	[ "$ruid" = "$(id -u tpm-fido-relay)" ] || fail "the relay runs as uid $ruid, not as tpm-fido-relay"
+	sock=$(stat -c '%a %U' "$RELAY_SOCK")
+	note "setup + systemd-sysusers: group uhid = {$members}; udevd: /dev/uhid $before -> $uhid, /dev/tpmrm0 $tpm; relay pid $rpid as tpm-fido-relay (uid $ruid, groups $(sed -n 's/^Groups:[[:space:]]*//p' "/proc/$rpid/status" | xargs)), socket $RELAY_SOCK $sock"
 }
 
 s_user_daemon() {
@@ -99,11 +92,19 @@ s_user_daemon() {
 	ls /dev/hidraw* >/dev/null 2>&1 || fail "no /dev/hidraw* 15 s after the user's daemon started"
 	daemon_alive || fail "the daemon run by user exited"
 	pid=$(cat /run/daemon.pid)
-	who=$(stat -c %U "/proc/$pid")
 	grep -E '^(Uid|Groups):' "/proc/$pid/status"
-	[ "$who" = user ] || fail "the daemon runs as '$who', not as user"
+	uid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$pid/status")
+	who=$(awk -F: -v u="$uid" '$3 == u { print $1 }' /etc/passwd)
+	[ "$who" = user ] || fail "the daemon runs as '$who' (uid $uid), not as user"
+	# Not dumpable (prctl at start): its /proc/PID files are root's, not
+	# the user's, and the user's other processes cannot read them.
+	owner=$(stat -c %U "/proc/$pid/environ")
+	[ "$owner" = root ] || fail "/proc/$pid/environ belongs to $owner: the daemon is dumpable"
+	peek=$(as_user "head -c 1 /proc/$pid/environ" 2>&1) && fail "user read the daemon's /proc/$pid/environ"
+	echo "as user, head -c 1 /proc/$pid/environ: $peek"
 	state=$(stat -c '%a %U' $USER_HOME/.local/share/tpm-fido 2>&1)
-	note "daemon pid $pid runs as $who (groups $(sed -n 's/^Groups:[[:space:]]*//p' "/proc/$pid/status" | xargs)), state dir ~/.local/share/tpm-fido $state, node $(ls /dev/hidraw*)"
+	grep -q 'the relay created the device' "$LOGDIR/daemon.log" || fail "the daemon did not get its device from the relay"
+	note "daemon pid $pid runs as $who (groups $(sed -n 's/^Groups:[[:space:]]*//p' "/proc/$pid/status" | xargs)), not dumpable (/proc/$pid/environ is $owner's; as user: $(echo "$peek" | tail -n 1)), device from the relay, state dir ~/.local/share/tpm-fido $state, node $(ls /dev/hidraw*)"
 }
 
 s_udev_hidraw() {

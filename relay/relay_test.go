@@ -1,0 +1,332 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tpm-fido/tpm-fido/ctap"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+	"github.com/tpm-fido/tpm-fido/relay"
+	"github.com/tpm-fido/tpm-fido/transport"
+)
+
+// devices stands in for /dev/uhid: every OpenDevice makes a new
+// in-memory device whose host side the test drives like libfido2 would.
+type devices struct {
+	mu     sync.Mutex
+	opened int
+	pipes  []*ctaphidtest.Pipe
+	closed chan int // index of each closed device
+}
+
+type trackedDevice struct {
+	*ctaphidtest.Device
+	once  sync.Once
+	close func()
+}
+
+func (d *trackedDevice) Close() error {
+	d.once.Do(d.close)
+	return nil
+}
+
+func newDevices() *devices { return &devices{closed: make(chan int, 16)} }
+
+func (d *devices) open() (relay.Device, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := ctaphidtest.NewPipe()
+	i := d.opened
+	d.opened++
+	d.pipes = append(d.pipes, p)
+	return &trackedDevice{Device: p.Device(), close: func() { p.Close(); d.closed <- i }}, nil
+}
+
+func (d *devices) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.opened
+}
+
+func (d *devices) host(i int) *ctaphidtest.Client {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return &ctaphidtest.Client{Conn: d.pipes[i].Host(5 * time.Second)}
+}
+
+// startRelay runs a relay serving the given users (file contents).
+func startRelay(t *testing.T, users string) (sock string, devs *devices) {
+	t.Helper()
+	dir := t.TempDir()
+	sock = filepath.Join(dir, "run", "relay.sock")
+	usersFile := filepath.Join(dir, "relay-users")
+	if err := os.WriteFile(usersFile, []byte(users), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	devs = newDevices()
+	srv, err := relay.Listen(relay.Config{Socket: sock, UsersFile: usersFile, OpenDevice: devs.open})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return sock, devs
+}
+
+func waitClosed(t *testing.T, devs *devices, want int) {
+	t.Helper()
+	select {
+	case i := <-devs.closed:
+		if i != want {
+			t.Fatalf("device %d closed, want %d", i, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("device %d still exists after its daemon went", want)
+	}
+}
+
+// TestRelayServesDaemon: a daemon of an allowed user gets a device, the
+// full CTAPHID stack answers through it, a second daemon is refused while
+// the first is connected, and the device goes when the daemon goes.
+func TestRelayServesDaemon(t *testing.T) {
+	sock, devs := startRelay(t, fmt.Sprintf("# the desktop user\n%d\n", os.Getuid()))
+	if msg, err := relay.Probe(sock); err != nil || !strings.Contains(msg, "no daemon is connected") {
+		t.Fatalf("probe: %q, %v", msg, err)
+	}
+	if devs.count() != 0 {
+		t.Fatal("a probe created a device")
+	}
+	dev, err := transport.Open("relay:"+sock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if devs.count() != 1 {
+		t.Fatalf("%d devices after the daemon connected, want 1", devs.count())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- ctaphid.NewServer(dev, &ctap.Mux{}, ctaphid.Config{}).Serve(ctx) }()
+
+	host := devs.host(0)
+	cid, err := host.Init()
+	if err != nil {
+		t.Fatalf("INIT through the relay: %v", err)
+	}
+	data := bytes.Repeat([]byte{0x5A}, 1000)
+	f, err := host.Transact(cid, ctaphid.CmdPing, data)
+	if err != nil || !bytes.Equal(f.Payload, data) {
+		t.Fatalf("PING through the relay: %v, %d bytes", err, len(f.Payload))
+	}
+
+	_, err = relay.Dial(sock)
+	if !errors.Is(err, relay.ErrRefused) || !strings.Contains(err.Error(), fmt.Sprintf("already served by uid %d (pid %d)", os.Getuid(), os.Getpid())) {
+		t.Fatalf("second daemon: %v", err)
+	}
+	if msg, err := relay.Probe(sock); err != nil || !strings.Contains(msg, "served by uid") {
+		t.Fatalf("probe while serving: %q, %v", msg, err)
+	}
+	if devs.count() != 1 {
+		t.Fatalf("%d devices, want 1", devs.count())
+	}
+
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	waitClosed(t, devs, 0)
+	// The next daemon gets a new device (once the relay has finished
+	// with the last one).
+	var again *relay.Conn
+	for i := 0; ; i++ {
+		if again, err = relay.Dial(sock); err == nil || i == 50 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if devs.count() != 2 {
+		t.Fatalf("%d devices, want 2", devs.count())
+	}
+}
+
+// TestRelayRefusesUsers: a user not in the list is refused and no device
+// is made; the list is read at every connection.
+func TestRelayRefusesUsers(t *testing.T) {
+	sock, devs := startRelay(t, fmt.Sprintf("%d\nnosuchuser-tpm-fido\n", os.Getuid()+1))
+	_, err := transport.Open("relay:"+sock, nil)
+	if !errors.Is(err, relay.ErrRefused) || !strings.Contains(err.Error(), fmt.Sprintf("uid %d may not use the relay", os.Getuid())) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := relay.Probe(sock); !errors.Is(err, relay.ErrRefused) {
+		t.Fatalf("probe: %v", err)
+	}
+	if devs.count() != 0 {
+		t.Fatalf("%d devices made for a refused user", devs.count())
+	}
+	users := filepath.Join(filepath.Dir(filepath.Dir(sock)), "relay-users")
+	if err := os.WriteFile(users, []byte(fmt.Sprintf("%d\n", os.Getuid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := relay.Dial(sock)
+	if err != nil {
+		t.Fatalf("after the list changed: %v", err)
+	}
+	c.Close()
+}
+
+// TestRelayTakesNoDeviceFromClient: the relay never takes a device
+// description from its client: anything but the hello is refused before
+// a device exists, and a packet larger than a report never reaches the
+// device.
+func TestRelayTakesNoDeviceFromClient(t *testing.T) {
+	sock, devs := startRelay(t, fmt.Sprintf("%d\n", os.Getuid()))
+	// A client that sends what it would send to /dev/uhid to create a
+	// keyboard (a UHID_CREATE2 event: type 11, name, descriptor...).
+	c, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := make([]byte, 4376)
+	create[0] = 11
+	copy(create[4:], "evil keyboard")
+	c.Write(create)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	n, _ := c.Read(buf)
+	c.Close()
+	if !strings.HasPrefix(string(buf[:n]), "refused") {
+		t.Fatalf("answer to a CREATE2 event: %q", buf[:n])
+	}
+	if devs.count() != 0 {
+		t.Fatal("a device was made")
+	}
+
+	// A daemon speaking the protocol by hand: an oversized packet never
+	// reaches the device, the next report does.
+	raw, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.Write([]byte("tpm-fido-relay/1 serve"))
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err = raw.Read(buf)
+	if err != nil || string(buf[:n]) != "ok device created" {
+		t.Fatalf("serve hello: %q %v", buf[:n], err)
+	}
+	host := devs.host(0)
+	raw.Write(bytes.Repeat([]byte{1}, 200))
+	report := bytes.Repeat([]byte{7}, 64)
+	raw.Write(report)
+	got := make([]byte, 300)
+	n, err = host.Conn.ReadReport(got)
+	if err != nil || !bytes.Equal(got[:n], report) {
+		t.Fatalf("host got %d bytes %x, %v", n, got[:n], err)
+	}
+}
+
+// TestRelayNotRunning: the daemon's error names the way out.
+func TestRelayNotRunning(t *testing.T) {
+	_, err := transport.Open("relay:"+filepath.Join(t.TempDir(), "relay.sock"), nil)
+	if !errors.Is(err, relay.ErrNotRunning) || !strings.Contains(err.Error(), "systemctl enable --now tpm-fido-relay") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestRelayRefusesLiveSocket: a second relay does not take over the
+// socket of a running one.
+func TestRelayRefusesLiveSocket(t *testing.T) {
+	sock, _ := startRelay(t, "")
+	_, err := relay.Listen(relay.Config{Socket: sock, OpenDevice: newDevices().open})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("another relay (pid %d)", os.Getpid())) {
+		t.Fatalf("second relay: %v", err)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o666 {
+		t.Fatalf("socket: %v %v", fi.Mode(), err)
+	}
+}
+
+// TestRelayOtherUserProcess: the uid check with real processes: a daemon
+// running as uid 65534 is refused when the list names only this test's
+// user, and served once the list names 65534. Needs root.
+func TestRelayOtherUserProcess(t *testing.T) {
+	if sock := os.Getenv("TPM_FIDO_TEST_RELAY"); sock != "" {
+		c, err := relay.Dial(sock)
+		if err != nil {
+			fmt.Println("dial:", err)
+			return
+		}
+		c.Close()
+		fmt.Println("served")
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a daemon as another user")
+	}
+	sock, devs := startRelay(t, fmt.Sprintf("%d\n", os.Getuid()))
+	for _, p := range []string{filepath.Dir(filepath.Dir(filepath.Dir(sock))), filepath.Dir(filepath.Dir(sock))} {
+		os.Chmod(p, 0o755)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exeDir, err := os.MkdirTemp("", "tpm-fido-relay-peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(exeDir) })
+	os.Chmod(exeDir, 0o755)
+	exe = filepath.Join(exeDir, "relay.test")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := func() string {
+		cmd := exec.Command(exe, "-test.run=^TestRelayOtherUserProcess$")
+		cmd.Env = append(os.Environ(), "TPM_FIDO_TEST_RELAY="+sock)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if out := run(); !strings.Contains(out, "uid 65534 may not use the relay") {
+		t.Fatalf("uid 65534 not in the list:\n%s", out)
+	}
+	if devs.count() != 0 {
+		t.Fatal("a device was made for uid 65534")
+	}
+	users := filepath.Join(filepath.Dir(filepath.Dir(sock)), "relay-users")
+	if err := os.WriteFile(users, []byte("65534\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(); !strings.Contains(out, "served") {
+		t.Fatalf("uid 65534 in the list:\n%s", out)
+	}
+	waitClosed(t, devs, 0)
+}

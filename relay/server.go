@@ -1,0 +1,340 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+)
+
+// Device is the HID device the relay keeps while a daemon is connected:
+// uhid's in production, a fake in tests.
+type Device interface {
+	ctaphid.ReportDevice
+	Close() error
+}
+
+// Config configures Listen.
+type Config struct {
+	Socket string // DefaultSocket when empty
+	// UsersFile names the users (or numeric uids) whose daemons are
+	// served, one per line, '#' comments. Read again at every connection,
+	// so a change needs no restart. Empty: only Allow.
+	UsersFile string
+	Allow     []string // more users or uids, from the command line
+	// OpenDevice creates the device. The relay alone decides what it is.
+	OpenDevice func() (Device, error)
+	Logger     *slog.Logger
+}
+
+// Server is the relay's listening side.
+type Server struct {
+	cfg Config
+	ln  *net.UnixListener
+	log *slog.Logger
+
+	mu     sync.Mutex
+	active *session // the connected daemon, if any
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type session struct {
+	uid, pid int
+	conn     *net.UnixConn
+	dev      Device
+}
+
+// Listen creates the relay's socket: mode 0666, since every local user
+// may ask and the relay decides by the asker's uid (SO_PEERCRED). Its
+// directory is created 0755 when missing (systemd's RuntimeDirectory=
+// makes it). A socket a live relay serves is never replaced.
+func Listen(cfg Config) (*Server, error) {
+	if cfg.Socket == "" {
+		cfg.Socket = DefaultSocket
+	}
+	if cfg.OpenDevice == nil {
+		return nil, errors.New("relay: Config.OpenDevice is nil")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	if fi, err := os.Lstat(cfg.Socket); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("relay: %s exists and is not a socket", cfg.Socket)
+		}
+		if c, err := net.DialTimeout("unixpacket", cfg.Socket, time.Second); err == nil {
+			pid := -1
+			if cred, err := peerCred(c.(*net.UnixConn)); err == nil {
+				pid = int(cred.Pid)
+			}
+			c.Close()
+			return nil, fmt.Errorf("relay: another relay (pid %d) serves %s", pid, cfg.Socket)
+		}
+		if err := os.Remove(cfg.Socket); err != nil {
+			return nil, fmt.Errorf("relay: removing a stale socket: %w", err)
+		}
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", cfg.Socket, os.Getpid())
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("relay: listening on %s: %w", cfg.Socket, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	// Bound under a temporary name, opened to everyone, then moved into
+	// place (the mode is not left to the umask).
+	err = os.Chmod(tmp, 0o666)
+	if err == nil {
+		err = os.Rename(tmp, cfg.Socket)
+	}
+	if err != nil {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	log.Info("relay listening", "socket", cfg.Socket, "users-file", cfg.UsersFile, "allow", cfg.Allow)
+	return &Server{cfg: cfg, ln: ln, log: log}, nil
+}
+
+// Serve accepts daemons until ctx is done, then destroys the device and
+// removes the socket.
+func (s *Server) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.shutdown() })
+	defer stop()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			s.shutdown()
+			s.wg.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("relay: accept: %w", err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(c)
+		}()
+	}
+}
+
+func (s *Server) shutdown() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	a := s.active
+	s.mu.Unlock()
+	s.ln.Close()
+	os.Remove(s.cfg.Socket)
+	if a != nil {
+		a.conn.Close() // the session ends and destroys the device
+	}
+}
+
+// allowed reports whether uid may use the relay, reading the users file.
+func (s *Server) allowed(uid int) (bool, error) {
+	names := append([]string(nil), s.cfg.Allow...)
+	if s.cfg.UsersFile != "" {
+		f, err := os.Open(s.cfg.UsersFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return false, err
+		default:
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				line, _, _ := strings.Cut(sc.Text(), "#")
+				if line = strings.TrimSpace(line); line != "" {
+					names = append(names, line)
+				}
+			}
+			f.Close()
+			if err := sc.Err(); err != nil {
+				return false, err
+			}
+		}
+	}
+	for _, n := range names {
+		if id, err := strconv.Atoi(n); err == nil {
+			if id == uid {
+				return true, nil
+			}
+			continue
+		}
+		if u, err := user.Lookup(n); err == nil && u.Uid == strconv.Itoa(uid) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func reply(c *net.UnixConn, msg string) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write([]byte(msg))
+}
+
+func (s *Server) handle(c *net.UnixConn) {
+	defer c.Close()
+	cred, err := peerCred(c)
+	if err != nil {
+		s.log.Warn("relay: no peer credentials; connection closed", "err", err)
+		return
+	}
+	uid, pid := int(cred.Uid), int(cred.Pid)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, maxHello)
+	n, err := c.Read(buf)
+	if err != nil {
+		s.log.Debug("relay: no hello", "uid", uid, "pid", pid, "err", err)
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	hello := string(buf[:n])
+	if hello != helloServe && hello != helloProbe {
+		s.log.Warn("relay: unknown hello; connection closed", "uid", uid, "pid", pid)
+		reply(c, "refused unknown hello (this relay speaks tpm-fido-relay/1)")
+		return
+	}
+	ok, err := s.allowed(uid)
+	if err != nil {
+		s.log.Error("relay: reading the allowed users", "file", s.cfg.UsersFile, "err", err)
+		reply(c, "refused the relay cannot read its list of users: "+err.Error())
+		return
+	}
+	if !ok {
+		s.log.Warn("relay: refused a daemon of a user that is not allowed", "uid", uid, "pid", pid)
+		reply(c, fmt.Sprintf("refused uid %d may not use the relay; an administrator adds the user to %s (sudo tpm-fido setup --allow-user NAME)", uid, s.cfg.UsersFile))
+		return
+	}
+	s.mu.Lock()
+	busy, closed := s.active, s.closed
+	if hello == helloProbe {
+		s.mu.Unlock()
+		if busy != nil {
+			reply(c, fmt.Sprintf("ok uid %d is allowed; the key is served by uid %d (pid %d)", uid, busy.uid, busy.pid))
+		} else {
+			reply(c, fmt.Sprintf("ok uid %d is allowed; no daemon is connected", uid))
+		}
+		return
+	}
+	if busy != nil || closed {
+		s.mu.Unlock()
+		msg := "refused the relay is stopping"
+		if busy != nil {
+			msg = fmt.Sprintf("refused the key is already served by uid %d (pid %d)", busy.uid, busy.pid)
+		}
+		s.log.Warn("relay: "+strings.TrimPrefix(msg, "refused "), "uid", uid, "pid", pid)
+		reply(c, msg)
+		return
+	}
+	sess := &session{uid: uid, pid: pid, conn: c}
+	s.active = sess
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.active = nil
+		s.mu.Unlock()
+	}()
+	dev, err := s.cfg.OpenDevice()
+	if err != nil {
+		s.log.Error("relay: creating the device", "err", err)
+		reply(c, "refused the relay cannot create the device: "+err.Error())
+		return
+	}
+	sess.dev = dev
+	s.log.Info("relay: device created for a daemon", "uid", uid, "pid", pid)
+	reply(c, "ok device created")
+	s.pump(sess)
+	if err := dev.Close(); err != nil {
+		s.log.Warn("relay: destroying the device", "err", err)
+	}
+	s.log.Info("relay: daemon gone, device destroyed", "uid", uid, "pid", pid)
+}
+
+// pump moves reports until either side ends: the client's packets become
+// input reports, the device's output reports go to the client.
+func (s *Server) pump(sess *session) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, reportSize+1)
+		for {
+			n, err := sess.conn.Read(buf)
+			if err != nil || n == 0 {
+				return
+			}
+			if n > reportSize {
+				s.log.Warn("relay: oversized report from the daemon dropped", "len", n)
+				continue
+			}
+			if err := sess.dev.WriteReport(buf[:n]); err != nil {
+				s.log.Warn("relay: writing to the device", "err", err)
+				return
+			}
+		}
+	}()
+	out := make(chan []byte)
+	go func() {
+		defer close(out)
+		for {
+			buf := make([]byte, reportSize)
+			n, err := sess.dev.ReadReport(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case out <- buf[:n]:
+			case <-done:
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			// The daemon went: closing the device ends ReadReport.
+			sess.dev.Close()
+			for range out {
+			}
+			return
+		case r, ok := <-out:
+			if !ok {
+				sess.conn.Close()
+				<-done
+				return
+			}
+			// A daemon that stops reading must not hold the device.
+			sess.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := sess.conn.Write(r); err != nil {
+				s.log.Warn("relay: writing to the daemon; disconnecting it", "err", err)
+				sess.conn.Close()
+				sess.dev.Close()
+				<-done
+				for range out {
+				}
+				return
+			}
+		}
+	}
+}
