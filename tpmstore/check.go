@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -26,7 +25,15 @@ import (
 var ErrStateUnreadable = errors.New("tpmstore: state cannot be read")
 
 // ErrStateInUse: another process (the daemon) holds the state database.
+// Open, ReadUsage and DiscardState fail with an error wrapping it, so
+// callers need not know the database's own errors.
 var ErrStateInUse = errors.New("tpmstore: state is in use by another process")
+
+// inUse is the error for the database at path held by another process;
+// cause (bbolt's lock timeout) stays wrapped too.
+func inUse(path string, cause error) error {
+	return fmt.Errorf("tpmstore: %s is in use by another process: %w (%w)", path, ErrStateInUse, cause)
+}
 
 // StateError says what is wrong with the state and where. It matches
 // ErrCorruptState (damaged: truncated, altered, empty, not a directory)
@@ -85,7 +92,7 @@ func CheckState(dir string) (StateStatus, error) { return checkState(dir, false)
 func CheckStateDeep(dir string) (StateStatus, error) { return checkState(dir, true) }
 
 func checkState(dir string, deep bool) (StateStatus, error) {
-	path := filepath.Join(dir, stateFile)
+	path := StatePath(dir)
 	st := StateStatus{Path: path}
 	fi, err := os.Stat(dir)
 	switch {
@@ -571,7 +578,7 @@ func DiscardState(dir string) error {
 	if !fi.IsDir() {
 		if fi.Mode().Type() == fs.ModeSymlink {
 			if t, err := os.Stat(dir); err == nil && t.IsDir() {
-				return discardDB(filepath.Join(dir, stateFile))
+				return discardDB(StatePath(dir))
 			}
 		}
 		if err := os.Remove(dir); err != nil {
@@ -579,7 +586,7 @@ func DiscardState(dir string) error {
 		}
 		return nil
 	}
-	return discardDB(filepath.Join(dir, stateFile))
+	return discardDB(StatePath(dir))
 }
 
 // DiscardStateTPM is DiscardState that first removes the TPM objects the
@@ -612,7 +619,7 @@ func releaseTPMObjects(cfg Config) string {
 				err = fmt.Errorf("%v", r)
 			}
 		}()
-		db, err := bolt.Open(filepath.Join(cfg.Dir, stateFile), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		db, err := bolt.Open(StatePath(cfg.Dir), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 		if err != nil {
 			return err
 		}

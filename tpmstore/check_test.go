@@ -167,6 +167,9 @@ func TestCheckStateInUse(t *testing.T) {
 	if d := time.Since(start); d < time.Second {
 		t.Errorf("Open gave up after %v, before its 2 s wait", d)
 	}
+	if _, err := ReadUsage(dir); !errors.Is(err, ErrStateInUse) || !strings.Contains(err.Error(), StatePath(dir)) {
+		t.Fatalf("ReadUsage: %v, want ErrStateInUse naming %s", err, StatePath(dir))
+	}
 }
 
 // TestOpenDamagedFaultInjection: Open on copies of a real database,

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -839,16 +838,16 @@ type Usage struct {
 
 // ReadUsage reads Usage from the state in dir without the TPM and
 // without writing (a version-1 state is counted, not upgraded). It fails
-// with an error wrapping bbolt's ErrTimeout when another process, such as
-// the daemon, holds the state, and with fs.ErrNotExist when there is none.
+// with an error wrapping ErrStateInUse when another process, such as the
+// daemon, holds the state, and with fs.ErrNotExist when there is none.
 func ReadUsage(dir string) (Usage, error) {
-	path := filepath.Join(dir, stateFile)
+	path := StatePath(dir)
 	// A damaged file must be reported, not mapped (see CheckState).
 	switch st, err := CheckState(dir); {
 	case err != nil:
 		return Usage{}, err
 	case st.InUse:
-		return Usage{}, fmt.Errorf("tpmstore: %s is in use by another process: %w", path, berrors.ErrTimeout)
+		return Usage{}, inUse(path, berrors.ErrTimeout)
 	}
 	if _, err := os.Stat(path); err != nil {
 		return Usage{}, fmt.Errorf("tpmstore: %w", err)
@@ -856,7 +855,7 @@ func ReadUsage(dir string) (Usage, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 500 * time.Millisecond})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return Usage{}, fmt.Errorf("tpmstore: %s is in use by another process: %w", path, err)
+			return Usage{}, inUse(path, err)
 		}
 		return Usage{}, fmt.Errorf("%w: %s: %w", ErrCorruptState, path, err)
 	}

@@ -39,6 +39,11 @@ const DefaultMaxLoaded = 3
 // stateFile is the bbolt database in the state directory.
 const stateFile = "state.db"
 
+// StatePath is the path of the state database in the state directory
+// dir: the file to name to the user, to back up or to restore. Only
+// tpmstore opens it.
+func StatePath(dir string) string { return filepath.Join(dir, stateFile) }
+
 // stateVersion is the layout this build writes. Versions 1 (a residents
 // bucket without indexes) and 2 (the same records, indexes of IDs) are
 // upgraded in place at Open.
@@ -209,7 +214,7 @@ func open(cfg Config, allowStale bool) (*Store, error) {
 	if err := prepareDir(cfg.Dir, s.log); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(cfg.Dir, stateFile)
+	path := StatePath(cfg.Dir)
 	if !st.Exists {
 		if err := createDB(path); err != nil {
 			return nil, err
@@ -225,7 +230,7 @@ func open(cfg Config, allowStale bool) (*Store, error) {
 	if err != nil {
 		switch {
 		case errors.Is(err, berrors.ErrTimeout):
-			return nil, fmt.Errorf("tpmstore: %s is in use by another process: %w", path, err)
+			return nil, inUse(path, err)
 		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
 			errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
 			return nil, fmt.Errorf("%w: %s: %w", ErrCorruptState, path, err)
@@ -251,7 +256,7 @@ func checkStateWait(dir string, timeout time.Duration) (StateStatus, error) {
 			return st, err
 		}
 		if time.Now().After(deadline) {
-			return st, fmt.Errorf("tpmstore: %s is in use by another process: %w (%w)", st.Path, ErrStateInUse, berrors.ErrTimeout)
+			return st, inUse(st.Path, berrors.ErrTimeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

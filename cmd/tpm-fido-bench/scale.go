@@ -119,12 +119,12 @@ func measureScale(ctx context.Context, spec, dir string, n, rps int, o options, 
 			return nil, err
 		}
 	}
-	fi, err := os.Stat(filepath.Join(stateDir, "state.db"))
+	fi, err := os.Stat(tpmstore.StatePath(stateDir))
 	if err != nil {
 		return nil, err
 	}
 	r.StateBytes = fi.Size()
-	db, err := bolt.Open(filepath.Join(stateDir, "state.db"), 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	db, err := bolt.Open(tpmstore.StatePath(stateDir), 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
 	if err != nil {
 		return nil, err
 	}

@@ -135,7 +135,7 @@ func TestResetStaleState(t *testing.T) {
 	}
 	addResident(t, s, "ssh:", "openssh")
 	s.Close()
-	snap, err := os.ReadFile(dir + "/state.db")
+	snap, err := os.ReadFile(tpmstore.StatePath(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestResetStaleState(t *testing.T) {
 	if _, e, rc := runCmd(t, "reset", sd); rc != 0 {
 		t.Fatalf("reset: %s", e)
 	}
-	if err := os.WriteFile(dir+"/state.db", snap, 0o600); err != nil {
+	if err := os.WriteFile(tpmstore.StatePath(dir), snap, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, e, rc := runCmd(t, "list", sd)

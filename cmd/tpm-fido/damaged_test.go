@@ -83,7 +83,7 @@ func realState(t *testing.T) (dir string, db []byte) {
 		}
 	}
 	s.Close()
-	db, err = os.ReadFile(filepath.Join(dir, stateDBName))
+	db, err = os.ReadFile(tpmstore.StatePath(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestDamagedStateFaultInjection(t *testing.T) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, stateDBName)
+	path := tpmstore.StatePath(dir)
 	var refused, same, differed, warned, settings, doctorOnly int
 	var differences []string
 	for _, v := range variants {
@@ -280,16 +280,16 @@ func TestDamagedStateReset(t *testing.T) {
 		setup func(dir string) error
 	}{
 		{"truncated to 16384 bytes", func(dir string) error {
-			return os.WriteFile(filepath.Join(dir, stateDBName), db[:16384], 0o600)
+			return os.WriteFile(tpmstore.StatePath(dir), db[:16384], 0o600)
 		}},
-		{"empty", func(dir string) error { return os.WriteFile(filepath.Join(dir, stateDBName), nil, 0o600) }},
+		{"empty", func(dir string) error { return os.WriteFile(tpmstore.StatePath(dir), nil, 0o600) }},
 		{"both header pages flipped", func(dir string) error {
 			d := bytes.Clone(db)
 			d[16] ^= 1
 			d[4096+16] ^= 1
-			return os.WriteFile(filepath.Join(dir, stateDBName), d, 0o600)
+			return os.WriteFile(tpmstore.StatePath(dir), d, 0o600)
 		}},
-		{"a directory", func(dir string) error { return os.Mkdir(filepath.Join(dir, stateDBName), 0o700) }},
+		{"a directory", func(dir string) error { return os.Mkdir(tpmstore.StatePath(dir), 0o700) }},
 		{"wrapping-key check altered (only the TPM can tell)", func(dir string) error {
 			d := bytes.Clone(db)
 			i := bytes.Index(d, []byte("wrap.check"))
@@ -297,7 +297,7 @@ func TestDamagedStateReset(t *testing.T) {
 				return fmt.Errorf("no wrap.check in the database")
 			}
 			d[i+len("wrap.check")+3] ^= 0x10 // in a leaf page the value follows its key
-			return os.WriteFile(filepath.Join(dir, stateDBName), d, 0o600)
+			return os.WriteFile(tpmstore.StatePath(dir), d, 0o600)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -314,16 +314,16 @@ func TestDamagedStateReset(t *testing.T) {
 			if rc != 1 || !strings.Contains(e, "not confirmed") {
 				t.Fatalf("reset without YES: exit %d\n%s", rc, e)
 			}
-			if _, err := os.Lstat(filepath.Join(dir, stateDBName)); err != nil {
+			if _, err := os.Lstat(tpmstore.StatePath(dir)); err != nil {
 				t.Fatal("reset removed the state without a YES")
 			}
 			_, e, rc = runCmd(t, "list", sd)
-			if rc != 1 || !strings.Contains(e, filepath.Join(dir, stateDBName)) || !strings.Contains(e, "tpm-fido reset") {
+			if rc != 1 || !strings.Contains(e, tpmstore.StatePath(dir)) || !strings.Contains(e, "tpm-fido reset") {
 				t.Errorf("list on it: exit %d\n%s", rc, e)
 			}
 			withStdin(t, "YES\n")
 			o, e, rc := runCmd(t, "reset", sd)
-			if rc != 0 || !strings.Contains(e, "Type YES") || !(strings.Contains(o, "removed "+filepath.Join(dir, stateDBName)) || strings.Contains(o, "stale state was reset")) {
+			if rc != 0 || !strings.Contains(e, "Type YES") || !(strings.Contains(o, "removed "+tpmstore.StatePath(dir)) || strings.Contains(o, "stale state was reset")) {
 				t.Fatalf("reset with YES: exit %d\n%s%s", rc, o, e)
 			}
 			t.Logf("reset: %s", strings.TrimSpace(o))
@@ -400,7 +400,7 @@ func TestStateUnreadable(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, stateDBName)
+	path := tpmstore.StatePath(dir)
 	if err := os.WriteFile(path, db, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestStateUnreadable(t *testing.T) {
 }
 
 func unreadableChild(t *testing.T, dir string) {
-	path := filepath.Join(dir, stateDBName)
+	path := tpmstore.StatePath(dir)
 	before, _ := os.Lstat(path)
 	sd := "--state-dir=" + dir
 	for _, args := range [][]string{{"list", sd}, {"pin", "status", sd}, {"delete", sd, "AAAA"}} {

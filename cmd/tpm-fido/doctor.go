@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
-	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/presence"
@@ -346,7 +345,7 @@ func (e doctorEnv) checkStateDir() check {
 		if c, bad := e.checkStoreOpens(sf); bad {
 			return c
 		}
-		return check{checkOK, what, e.stateDir + " (0700, yours; " + stateDBName + " is intact)", ""}
+		return check{checkOK, what, e.stateDir + " (0700, yours; " + filepath.Base(tpmstore.StatePath(e.stateDir)) + " is intact)", ""}
 	}
 	return check{checkOK, what, e.stateDir + " (0700, yours)", ""}
 }
@@ -360,7 +359,7 @@ func (e doctorEnv) checkResidents() check {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return check{checkOK, what, fmt.Sprintf("none yet (capacity %d resident credentials)", tpmstore.DefaultMaxResidents), ""}
-	case errors.Is(err, berrors.ErrTimeout):
+	case errors.Is(err, tpmstore.ErrStateInUse):
 		return check{checkOK, what, "the running daemon holds the state, so it cannot be counted here; `fido2-token -I DEVICE` shows the remaining resident credentials", ""}
 	case err != nil:
 		return check{checkFail, what, err.Error(), "keep a copy of " + e.stateDir + " before changing anything; `tpm-fido serve` says what it cannot read"}
@@ -416,7 +415,7 @@ func (e doctorEnv) checkStoreOpens(sf storeFlags) (check, bool) {
 	case errors.Is(err, tpmstore.ErrStaleState):
 		return check{checkFail, what, detail, sf.resetCommand() + "   # asks before it removes anything"}, true
 	case errors.Is(err, tpmstore.ErrCorruptState):
-		return check{checkFail, what, filepath.Join(e.stateDir, stateDBName) + ": " + detail,
+		return check{checkFail, what, tpmstore.StatePath(e.stateDir) + ": " + detail,
 			"restore it from a backup if you have one, or start afresh (every credential made with this key is lost):\n" + sf.resetCommand() + "   # asks before it removes anything"}, true
 	}
 	return check{}, false

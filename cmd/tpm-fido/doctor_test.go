@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/tpm-fido/tpm-fido/relay"
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
 // TestDoctorThisMachine runs doctor with the real paths. On a machine
@@ -138,7 +139,7 @@ func TestDoctorOlderState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "state.db")
+	path := tpmstore.StatePath(dir)
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}

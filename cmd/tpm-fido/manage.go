@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/google/go-tpm/tpm2/transport"
-	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/tpmstore"
@@ -24,9 +23,8 @@ import (
 // directly. They share these seams so tests can use the TPM simulator and
 // feed answers on stdin.
 var (
-	openTPM               = func(spec string) (transport.TPMCloser, error) { return tpmstore.OpenTPM(spec) }
-	stdin       io.Reader = os.Stdin
-	stateDBName           = "state.db" // tpmstore's database file in the state directory
+	openTPM           = func(spec string) (transport.TPMCloser, error) { return tpmstore.OpenTPM(spec) }
+	stdin   io.Reader = os.Stdin
 )
 
 // errDaemonRunning: the state database is locked by a running daemon.
@@ -91,7 +89,7 @@ func (sf *storeFlags) explain(err error) error {
 // explainState adds the way out to an error about damaged or unreadable
 // state in dir.
 func explainState(err error, dir, reset string) error {
-	db := filepath.Join(dir, stateDBName)
+	db := tpmstore.StatePath(dir)
 	switch {
 	case errors.Is(err, tpmstore.ErrStateUnreadable):
 		return fmt.Errorf("%w\nNothing was changed. If the state is yours, give it back to your user: sudo chown -R \"$USER\": %s && chmod 700 %s\nTo start afresh instead (every credential made with this key is lost): %s", err, dir, dir, reset)
@@ -116,7 +114,7 @@ func (sf *storeFlags) open() (*tpmstore.Store, func(), error) {
 	s, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: sf.stateDir})
 	if err != nil {
 		tpm.Close()
-		if errors.Is(err, berrors.ErrTimeout) {
+		if errors.Is(err, tpmstore.ErrStateInUse) {
 			return nil, nil, errDaemonRunning
 		}
 		return nil, nil, sf.explain(err)
@@ -320,7 +318,7 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 
 // resetUnusable removes state that cannot be opened, after asking.
 func resetUnusable(sf *storeFlags, bad *tpmstore.StateError, stdout, stderr io.Writer) int {
-	what := filepath.Join(sf.stateDir, stateDBName)
+	what := tpmstore.StatePath(sf.stateDir)
 	if bad.Path == sf.stateDir {
 		what = sf.stateDir
 	}
@@ -334,7 +332,7 @@ func resetUnusable(sf *storeFlags, bad *tpmstore.StateError, stdout, stderr io.W
 // discard removes unusable state, and the TPM objects it recorded when
 // they can be named and proven to be its own.
 func discard(sf *storeFlags, why string, stdout, stderr io.Writer) int {
-	what := filepath.Join(sf.stateDir, stateDBName)
+	what := tpmstore.StatePath(sf.stateDir)
 	if fi, err := os.Lstat(sf.stateDir); err == nil && !fi.IsDir() {
 		what = sf.stateDir
 	}

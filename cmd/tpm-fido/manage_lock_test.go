@@ -1,22 +1,24 @@
+//go:build cgo
+
 package main
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2/transport"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
 func TestStoreCommandsDaemonRunning(t *testing.T) {
-	dir := t.TempDir()
-	// Hold the database as the daemon would.
-	db, err := bolt.Open(filepath.Join(dir, stateDBName), 0o600, nil)
+	dir, tpm := withSimulator(t)
+	// Hold the state as the daemon does: an open key store.
+	s, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer s.Close()
 	old := openTPM
 	openTPM = func(string) (transport.TPMCloser, error) {
 		t.Error("the TPM was opened although the state is locked")

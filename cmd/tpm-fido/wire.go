@@ -46,7 +46,7 @@ func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid
 			return nil, nil, sf.explain(err)
 		}
 		if errors.Is(err, tpmstore.ErrStaleState) {
-			return nil, nil, fmt.Errorf("%w; the files were left untouched: put back the newer state.db, or run `tpm-fido reset --state-dir %s` with the daemon stopped", err, cfg.StateDir)
+			return nil, nil, fmt.Errorf("%w; the files were left untouched: put back the newer %s, or run `tpm-fido reset --state-dir %s` with the daemon stopped", err, tpmstore.StatePath(cfg.StateDir), cfg.StateDir)
 		}
 		return nil, nil, fmt.Errorf("opening the state in %s: %w", cfg.StateDir, err)
 	}
