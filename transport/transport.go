@@ -135,10 +135,3 @@ func parseSpec(spec string) (parsedSpec, error) {
 	}
 	return parsedSpec{}, fmt.Errorf("%w: %q", ErrBadSpec, spec)
 }
-
-// IsTest reports whether spec names a socket transport for tests rather
-// than a kernel HID device (uhid directly or through the relay).
-func IsTest(spec string) bool {
-	sp, err := parseSpec(spec)
-	return err != nil || (sp.kind != "uhid" && sp.kind != "relay")
-}

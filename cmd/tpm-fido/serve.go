@@ -32,8 +32,6 @@ type serveConfig struct {
 	InsecureTestMode bool          // allow a fixed presence answer etc. (tests only)
 	MaxResidents     int           // resident credential capacity
 	LogLevel         slog.Level
-	// TestTransport is true when Transport is a socket, not the kernel device.
-	TestTransport bool
 }
 
 // presenceChoices are the --presence values for real use; the fixed test
@@ -76,7 +74,6 @@ func parseServeFlags(args []string) (serveConfig, *flagSet, error) {
 	if cfg.StateDir == "" {
 		return cfg, fl, fmt.Errorf("no --state-dir and no home directory to derive it from")
 	}
-	cfg.TestTransport = transport.IsTest(cfg.Transport)
 	return cfg, fl, nil
 }
 
@@ -130,7 +127,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	// transport opens: only a daemon that can answer creates the device
 	// or says it listens, and the device exists before systemd hears
 	// READY.
-	h, closeHandler, err := newHandler(ctx, cfg, log)
+	h, closeHandler, err := newHandler(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -302,14 +302,14 @@ func TestParseServeFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Transport != "relay" || cfg.TPM != "/dev/tpmrm0" || cfg.StateDir != "/xdg/tpm-fido" ||
-		cfg.Presence != "auto" || cfg.PromptTimeout != 30*time.Second || cfg.InsecureTestMode || cfg.TestTransport {
+		cfg.Presence != "auto" || cfg.PromptTimeout != 30*time.Second || cfg.InsecureTestMode {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	cfg, _, err = parseServeFlags([]string{"--transport", "unix:/x", "--log-level", "debug", "--insecure-test-mode"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !cfg.TestTransport || !cfg.InsecureTestMode || cfg.LogLevel.String() != "DEBUG" {
+	if cfg.Transport != "unix:/x" || !cfg.InsecureTestMode || cfg.LogLevel.String() != "DEBUG" {
 		t.Errorf("parsed: %+v", cfg)
 	}
 	if _, _, err := parseServeFlags([]string{"--prompt-timeout", "0s"}); err == nil {

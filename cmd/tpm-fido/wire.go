@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,7 +18,7 @@ import (
 // connection, the key store, the presence prompter, and the CTAP2 and U2F
 // handlers routed by a ctap.Mux. The returned function releases the store
 // and the TPM in that order.
-func newHandler(ctx context.Context, cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() error, error) {
+func newHandler(cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() error, error) {
 	prompter, err := presence.New(cfg.Presence, presence.Options{
 		Timeout:          cfg.PromptTimeout,
 		InsecureTestMode: cfg.InsecureTestMode,
