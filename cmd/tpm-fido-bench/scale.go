@@ -94,7 +94,7 @@ func runScale(ctx context.Context, o options, daemonBin string, out io.Writer, l
 		}
 	}
 	reportScale(out, o, results)
-	return measureAB(ctx, dir, o, out, log)
+	return measureAB(ctx, dir, o, daemonBin, out, log)
 }
 
 func measureScale(ctx context.Context, spec, dir string, n, rps int, o options, daemonBin string, log *slog.Logger) (*scaleResult, error) {

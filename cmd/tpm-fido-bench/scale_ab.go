@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
@@ -17,28 +19,48 @@ import (
 	hidtransport "github.com/tpm-fido/tpm-fido/transport"
 )
 
+func medianInt(v []int) int {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 // abSide is one of the two stores an interleaved comparison alternates
 // between: its own swtpm, seeded state, in-process stack and client.
 type abSide struct {
-	n     int
-	c     *scaleClient
-	st    *inproc.Stack
-	close []func()
-	user  int
-	disc  []time.Duration
-	mk    []time.Duration
+	n         int
+	spec      string // its swtpm
+	dir       string
+	stateDir  string
+	capacity  int
+	c         *scaleClient
+	st        *inproc.Stack
+	close     []func() // the in-process stack and its client
+	stopTPM   func()
+	user      int
+	disc      []time.Duration
+	mk        []time.Duration
+	starts    []time.Duration
+	rssIdleKB []int
 }
 
-func (s *abSide) shut() {
+// stopStack closes the in-process stack (the swtpm keeps running).
+func (s *abSide) stopStack() {
 	for i := len(s.close) - 1; i >= 0; i-- {
 		s.close[i]()
 	}
+	s.close = nil
+}
+
+func (s *abSide) shut() {
+	s.stopStack()
+	s.stopTPM()
 }
 
 // openABSide seeds n credentials over rps RPs on a new swtpm and serves
 // them in process.
 func openABSide(ctx context.Context, dir string, n, rps int, log *slog.Logger) (*abSide, error) {
-	s := &abSide{n: n}
+	s := &abSide{n: n, dir: dir}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -46,9 +68,10 @@ func openABSide(ctx context.Context, dir string, n, rps int, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	s.close = append(s.close, stopTPM)
+	s.spec, s.stopTPM = spec, stopTPM
 	stateDir := filepath.Join(dir, "state")
 	capacity := 2 * max(n, 10000)
+	s.stateDir, s.capacity = stateDir, capacity
 	if err := seedScale(spec, stateDir, n, min(rps, n), capacity); err != nil {
 		s.shut()
 		return nil, err
@@ -104,11 +127,26 @@ func (s *abSide) round() error {
 	return s.st.Store.DeleteResident(ad.CredID)
 }
 
+// start times one start of the daemon binary on this side's state, to
+// the first INIT answered, and reads its memory once it is idle.
+func (s *abSide) start(bin string) error {
+	d, took, err := startDaemon(bin, s.spec, s.stateDir, filepath.Join(s.dir, "d.sock"), "--max-residents", strconv.Itoa(s.capacity))
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	s.starts = append(s.starts, took)
+	time.Sleep(200 * time.Millisecond)
+	kb, err := vmRSS(d.cmd.Process.Pid)
+	s.rssIdleKB = append(s.rssIdleKB, kb)
+	return err
+}
+
 // measureAB compares the smallest and the largest count of each spread
 // with the two stores open side by side and the operations alternated
 // between them, so that the load of a shared machine weighs on both
 // alike; the ratios of the goals come from these figures.
-func measureAB(ctx context.Context, dir string, o options, out io.Writer, log *slog.Logger) error {
+func measureAB(ctx context.Context, dir string, o options, daemonBin string, out io.Writer, log *slog.Logger) error {
 	lo, hi := o.ScaleCounts[0], o.ScaleCounts[len(o.ScaleCounts)-1]
 	for _, c := range o.ScaleCounts {
 		lo, hi = min(lo, c), max(hi, c)
@@ -117,9 +155,9 @@ func measureAB(ctx context.Context, dir string, o options, out io.Writer, log *s
 		return nil
 	}
 	fmt.Fprintf(out, "#### Interleaved: %d against %d credentials\n\n", hi, lo)
-	fmt.Fprintf(out, "Both stores open at once (each on its own swtpm), one discovery and one makeCredential rk on each in turn, the order swapped every round, %d rounds after one warm-up round; medians.\n\n", o.N)
-	fmt.Fprintln(out, "| spread | discovery at "+fmt.Sprint(lo)+" / "+fmt.Sprint(hi)+" | ratio | makeCredential rk at "+fmt.Sprint(lo)+" / "+fmt.Sprint(hi)+" | ratio |")
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|")
+	fmt.Fprintf(out, "Both stores open at once (each on its own swtpm), one discovery and one makeCredential rk on each in turn, the order swapped every round, %d rounds after one warm-up round; then the daemon started %d times on each state in turn; medians.\n\n", o.N, max(o.Starts, 2))
+	fmt.Fprintf(out, "| spread | discovery at %d / %d | ratio | makeCredential rk | ratio | daemon start to ready | ratio | RSS idle after start | ratio |\n", lo, hi)
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, rps := range o.ScaleRPs {
 		a, err := openABSide(ctx, filepath.Join(dir, fmt.Sprintf("ab-%d-%d", lo, rps)), lo, rps, log)
 		if err != nil {
@@ -143,6 +181,23 @@ func measureAB(ctx context.Context, dir string, o options, out io.Writer, log *s
 					return err
 				}
 			}
+			a.stopStack()
+			b.stopStack()
+			if daemonBin == "" {
+				return nil
+			}
+			for i := range max(o.Starts, 2) {
+				first, second := a, b
+				if i%2 == 1 {
+					first, second = b, a
+				}
+				if err := first.start(daemonBin); err != nil {
+					return err
+				}
+				if err := second.start(daemonBin); err != nil {
+					return err
+				}
+			}
 			return nil
 		}()
 		b.shut()
@@ -152,7 +207,13 @@ func measureAB(ctx context.Context, dir string, o options, out io.Writer, log *s
 		}
 		ma, mb := median(a.disc[1:]), median(b.disc[1:])
 		ka, kb := median(a.mk[1:]), median(b.mk[1:])
-		fmt.Fprintf(out, "| %d RP(s) | %s / %s | %.2f× | %s / %s | %.2f× |\n", rps, ms(ma), ms(mb), float64(mb)/float64(ma), ms(ka), ms(kb), float64(kb)/float64(ka))
+		startCols := "— | — | — | —"
+		if len(a.starts) > 0 {
+			sa, sb := median(a.starts), median(b.starts)
+			ra, rb := medianInt(a.rssIdleKB), medianInt(b.rssIdleKB)
+			startCols = fmt.Sprintf("%s / %s | %.2f× | %d / %d kB | %.2f×", ms(sa), ms(sb), float64(sb)/float64(sa), ra, rb, float64(rb)/float64(ra))
+		}
+		fmt.Fprintf(out, "| %d RP(s) | %s / %s | %.2f× | %s / %s | %.2f× | %s |\n", rps, ms(ma), ms(mb), float64(mb)/float64(ma), ms(ka), ms(kb), float64(kb)/float64(ka), startCols)
 	}
 	fmt.Fprintln(out)
 	return nil
