@@ -29,11 +29,10 @@ func newHandler(cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() erro
 		return nil, nil, fmt.Errorf("presence backend %q: %w", cfg.Presence, err)
 	}
 
-	// Damaged or unreadable state is reported before the TPM is touched.
+	// Damaged or unreadable state is reported by Open before any TPM
+	// command (it examines the file before bbolt maps it), so the state
+	// is checked once per start, not twice.
 	sf := storeFlags{tpm: cfg.TPM, stateDir: cfg.StateDir}
-	if _, err := tpmstore.CheckState(cfg.StateDir); err != nil {
-		return nil, nil, sf.explain(err)
-	}
 	tpm, err := openTPM(cfg.TPM)
 	if err != nil {
 		return nil, nil, err
