@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -329,4 +332,149 @@ func TestRelayOtherUserProcess(t *testing.T) {
 		t.Fatalf("uid 65534 in the list:\n%s", out)
 	}
 	waitClosed(t, devs, 0)
+}
+
+// lockedBuffer is a bytes.Buffer safe for a child's output and the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// lowFDRelay is TestRelaySurvivesFDExhaustion's child: a relay serving
+// this uid with room for three more file descriptors, until stdin
+// closes.
+func lowFDRelay(sock string) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	srv, err := relay.Listen(relay.Config{Socket: sock, Allow: []string{strconv.Itoa(os.Getuid())}, OpenDevice: newDevices().open, Logger: log})
+	if err != nil {
+		fmt.Println("listen:", err)
+		os.Exit(1)
+	}
+	ents, err := os.ReadDir("/proc/self/fd") // counts its own, closed again
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	lim.Cur = uint64(len(ents) + 2)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		fmt.Println("setrlimit:", err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	fmt.Println("ready")
+	if err := srv.Serve(ctx); err != nil {
+		fmt.Println("serve:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// TestRelaySurvivesFDExhaustion: every local user may connect to the
+// relay, so one that opens connections until the relay runs out of file
+// descriptors must not end the service: the relay waits, accepts again
+// once they are closed, and serves the next daemon.
+func TestRelaySurvivesFDExhaustion(t *testing.T) {
+	if sock := os.Getenv("TPM_FIDO_TEST_RELAY_LOWFD"); sock != "" {
+		lowFDRelay(sock)
+		return
+	}
+	sock := filepath.Join(t.TempDir(), "relay.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRelaySurvivesFDExhaustion$")
+	cmd.Env = append(os.Environ(), "TPM_FIDO_TEST_RELAY_LOWFD="+sock)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var out []byte
+	go func() {
+		out, _ = io.ReadAll(stdout)
+		cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i == 500 {
+			t.Fatalf("the relay did not start:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // past the Setrlimit
+
+	// Connections that never say hello, more than the relay has room for.
+	var flood []net.Conn
+	for i := range 20 {
+		c, err := net.Dial("unixpacket", sock)
+		if err != nil {
+			t.Fatalf("flood connection %d: %v: the relay stopped listening\n%s", i, err, stderr.String())
+		}
+		flood = append(flood, c)
+	}
+	for i := 0; !strings.Contains(stderr.String(), "too many open files"); i++ {
+		if i == 500 {
+			t.Fatalf("the relay never ran out of file descriptors:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, c := range flood {
+		c.Close()
+	}
+	var c *relay.Conn
+	for i := 0; ; i++ {
+		if c, err = relay.Dial(sock); err == nil || i == 100 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		select {
+		case <-exited:
+			t.Fatalf("the relay ended: %s%s", out, stderr.String())
+		default:
+		}
+		t.Fatalf("a daemon after the flood: %v\n%s", err, stderr.String())
+	}
+	c.Close()
+	stdin.Close()
+	select {
+	case <-exited:
+		if cmd.ProcessState.ExitCode() != 0 {
+			t.Fatalf("relay exit %d: %s%s", cmd.ProcessState.ExitCode(), out, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not stop")
+	}
 }

@@ -118,9 +118,23 @@ func Listen(cfg Config) (*Server, error) {
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.shutdown() })
 	defer stop()
+	var delay time.Duration
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
+			if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				// Every local user may connect, so running out of file
+				// descriptors (or memory) must not end the service, and
+				// the device of the daemon it serves with it: wait, and
+				// accept again as the connections that hold them end.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("relay: accept failed; retrying", "err", err, "in", delay)
+				select {
+				case <-time.After(delay):
+					continue
+				case <-ctx.Done():
+				}
+			}
 			s.shutdown()
 			s.wg.Wait()
 			if ctx.Err() != nil {
@@ -128,6 +142,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("relay: accept: %w", err)
 		}
+		delay = 0
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
