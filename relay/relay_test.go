@@ -478,3 +478,64 @@ func TestRelaySurvivesFDExhaustion(t *testing.T) {
 		t.Fatal("the relay did not stop")
 	}
 }
+
+// TestRelayBoundsWaitingConnections: connections that have not said
+// hello yet are bounded per user, so no local user can make the relay
+// hold a descriptor and a goroutine for every connection it opens; the
+// bound frees up as hellos come, and a daemon is served again once the
+// flood ends.
+func TestRelayBoundsWaitingConnections(t *testing.T) {
+	sock, devs := startRelay(t, fmt.Sprintf("%d\n", os.Getuid()))
+	const n = 12
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("unixpacket", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	time.Sleep(300 * time.Millisecond)
+	var held []net.Conn
+	buf := make([]byte, 512)
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, err := c.Read(buf)
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			held = append(held, c) // still waiting for its hello
+		case !errors.Is(err, io.EOF):
+			t.Fatalf("silent connection: %v", err)
+		}
+	}
+	t.Logf("%d silent connections: the relay holds %d, closed %d", n, len(held), n-len(held))
+	if len(held) != 4 {
+		t.Fatalf("the relay holds %d silent connections of one user, want 4", len(held))
+	}
+	// A hello on a held connection is answered as ever.
+	held[0].SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := held[0].Write([]byte("tpm-fido-relay/1 probe")); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := held[0].Read(buf); err != nil || !strings.HasPrefix(string(buf[:k]), "ok uid") {
+		t.Fatalf("probe on a held connection: %q %v", buf[:k], err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	var c *relay.Conn
+	var err error
+	for i := 0; ; i++ {
+		if c, err = relay.Dial(sock); err == nil || i == 50 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("a daemon after the flood: %v", err)
+	}
+	c.Close()
+	waitClosed(t, devs, 0)
+}

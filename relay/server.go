@@ -48,7 +48,44 @@ type Server struct {
 	mu     sync.Mutex
 	active *session // the connected daemon, if any
 	closed bool
-	wg     sync.WaitGroup
+	// waiting counts, per uid, the connections whose hello has not come
+	// yet (maxWaitingPerUID).
+	waiting map[int]int
+	wg      sync.WaitGroup
+}
+
+// maxWaitingPerUID bounds the connections of one user that wait for
+// their hello (each up to helloTimeout): every local user may connect,
+// and without a bound one could make the relay hold a descriptor, a
+// goroutine and a buffer for each of as many connections as it opens.
+// A daemon needs one; more are closed at once.
+const maxWaitingPerUID = 4
+
+// helloTimeout is how long a connection may take to say hello.
+const helloTimeout = 5 * time.Second
+
+// admit counts a connection of uid that waits for its hello, unless uid
+// has maxWaitingPerUID of them already.
+func (s *Server) admit(uid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting[uid] >= maxWaitingPerUID {
+		return false
+	}
+	if s.waiting == nil {
+		s.waiting = map[int]int{}
+	}
+	s.waiting[uid]++
+	return true
+}
+
+// helloDone ends what admit counted.
+func (s *Server) helloDone(uid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting[uid]--; s.waiting[uid] <= 0 {
+		delete(s.waiting, uid)
+	}
 }
 
 type session struct {
@@ -217,9 +254,14 @@ func (s *Server) handle(c *net.UnixConn) {
 		return
 	}
 	uid, pid := int(cred.Uid), int(cred.Pid)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if !s.admit(uid) {
+		s.log.Debug("relay: too many connections of one user waiting to say hello; closed", "uid", uid, "pid", pid)
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(helloTimeout))
 	buf := make([]byte, maxHello)
 	n, err := c.Read(buf)
+	s.helloDone(uid)
 	if err != nil {
 		s.log.Debug("relay: no hello", "uid", uid, "pid", pid, "err", err)
 		return
