@@ -10,14 +10,18 @@ import (
 	"encoding/asn1"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
 // thief is someone who holds a copy of the state directory and can send
@@ -314,4 +318,82 @@ func TestPINChangeKeepsBoundCredentials(t *testing.T) {
 
 func flushHandle(tpm transport.TPM, h tpm2.TPMHandle) {
 	_, _ = tpm2.FlushContext{FlushHandle: h}.Execute(tpm)
+}
+
+// TestPINGuessingNeedsLockoutAuth: the TPM's dictionary-attack counter
+// limits how fast a thief (the state directory and the TPM) can guess
+// the PIN of a credProtect-3 credential only while the TPM's lockout
+// password is set. With it empty — as manufactured, and on most PCs set
+// up without Windows — TPM2_DictionaryAttackLockReset needs no secret,
+// so the thief resets the counter before it would lock and guesses on at
+// the TPM's speed. With a lockout password the reset is refused and the
+// thief is held to the policy (here 3 failures, one forgiven per 1000 s).
+func TestPINGuessingNeedsLockoutAuth(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tpm := b.openDefault(t)
+			dir := t.TempDir()
+			s := openStore(t, tpm, dir)
+			rp := rpHash("ssh:")
+			const pin = "0150"
+			if err := s.SetPIN(pinHash(pin)); err != nil {
+				t.Fatal(err)
+			}
+			c3, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			th := newThief(t, tpm, dir)
+			k3 := th.loadKey(rp, c3.ID)
+			d := sha256.Sum256([]byte("ssh login"))
+
+			// Empty lockout password: every guess of 0000..0199 is made.
+			start := time.Now()
+			found, resets, guesses := "", 0, 0
+			for i := 0; i < 200 && found == ""; i++ {
+				guess := fmt.Sprintf("%04d", i)
+				guesses++
+				if sig, err := th.sign(k3, th.pinSession(guess), d[:]); err == nil {
+					if !ecdsa.VerifyASN1(c3.PublicKey, d[:], sig) {
+						t.Fatal("bad signature")
+					}
+					found = guess
+					break
+				}
+				if !readDA(t, tpm).SafeToTry() {
+					if err := tpmtest.DALockReset(tpm, nil); err != nil {
+						t.Fatalf("DA lock reset with the empty lockout password: %v", err)
+					}
+					resets++
+				}
+			}
+			if found != pin || resets == 0 {
+				t.Fatalf("thief found %q after %d DA lock resets, want %q", found, resets, pin)
+			}
+			t.Logf("empty lockout password: the thief signs with the credProtect 3 key after guessing the PIN (%d guesses, %d DA lock resets, %s)",
+				guesses, resets, time.Since(start).Round(time.Millisecond))
+
+			// A lockout password: the reset is refused, the policy holds.
+			if _, err := (tpm2.HierarchyChangeAuth{
+				AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHLockout, Auth: tpm2.PasswordAuth(nil)},
+				NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("lockout password")},
+			}).Execute(tpm); err != nil {
+				t.Fatalf("set the lockout password: %v", err)
+			}
+			for i := 0; readDA(t, tpm).SafeToTry(); i++ {
+				if _, err := th.sign(k3, th.pinSession(fmt.Sprintf("9%03d", i)), d[:]); !errors.Is(err, tpm2.TPMRCAuthFail) {
+					t.Fatalf("wrong guess: %v", err)
+				}
+			}
+			err = tpmtest.DALockReset(tpm, nil)
+			if !errors.Is(err, tpm2.TPMRCAuthFail) && !errors.Is(err, tpm2.TPMRCBadAuth) && !errors.Is(err, tpm2.TPMRCLockout) {
+				t.Fatalf("DA lock reset without the lockout password: %v, want it refused", err)
+			}
+			t.Logf("lockout password set: the thief's DA lock reset is refused (%v); %s", err, readDA(t, tpm))
+			if readDA(t, tpm).SafeToTry() {
+				t.Fatal("the refused reset lowered the counter")
+			}
+		})
+	}
 }
