@@ -10,19 +10,32 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
 // BootConfig describes one boot of the guest.
 type BootConfig struct {
 	Tools     Tools
-	Kernel    *Kernel
+	Kernel    *Kernel // the cloud kernel; or set Vmlinuz
+	Vmlinuz   string  // a kernel image, when Kernel is nil
 	Initrd    string
 	TPMDir    string // swtpm state; keep it to simulate a reboot with the same TPM
 	StateDisk string // raw ext2 image the guest mounts at /state
 	Phase     string // passed as e2e.phase=PHASE; selects /e2e/phase-PHASE.sh
 	Timeout   time.Duration
 	Console   io.Writer // if set, receives the serial console as it arrives
+
+	MemoryMB int      // guest memory; 0 means 1024
+	Shares   []Share  // host directories shared over virtio-9p
+	Append   []string // more kernel command line arguments
+}
+
+// Share is a host directory the guest mounts over virtio-9p by its tag.
+type Share struct {
+	Tag      string
+	Path     string
+	ReadOnly bool
 }
 
 // ErrTimeout is returned by Boot when the guest did not power off in time.
@@ -93,10 +106,19 @@ func Boot(ctx context.Context, cfg BootConfig) ([]byte, error) {
 		}
 	}
 
-	args := []string{"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2", "-m", "1024",
+	vmlinuz := cfg.Vmlinuz
+	if cfg.Kernel != nil {
+		vmlinuz = cfg.Kernel.Vmlinuz
+	}
+	mem := cfg.MemoryMB
+	if mem == 0 {
+		mem = 1024
+	}
+	cmdline := append([]string{"console=ttyS0", "rdinit=/init", "panic=-1", "quiet", "loglevel=4", "e2e.phase=" + cfg.Phase}, cfg.Append...)
+	args := []string{"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2", "-m", strconv.Itoa(mem),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", cfg.Kernel.Vmlinuz, "-initrd", cfg.Initrd,
-		"-append", "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4 e2e.phase=" + cfg.Phase,
+		"-kernel", vmlinuz, "-initrd", cfg.Initrd,
+		"-append", strings.Join(cmdline, " "),
 		"-chardev", "socket,id=chrtpm,path=" + sock,
 		"-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
 		"-device", "tpm-tis,tpmdev=tpm0",
@@ -104,6 +126,14 @@ func Boot(ctx context.Context, cfg BootConfig) ([]byte, error) {
 	if cfg.StateDisk != "" {
 		args = append(args, "-drive", "file="+cfg.StateDisk+",format=raw,if=none,id=state",
 			"-device", "nvme,drive=state,serial=e2estate")
+	}
+	for i, sh := range cfg.Shares {
+		id := "share" + strconv.Itoa(i)
+		fsdev := "local,id=" + id + ",path=" + sh.Path + ",security_model=none,multidevs=remap"
+		if sh.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		args = append(args, "-fsdev", fsdev, "-device", "virtio-9p-pci,fsdev="+id+",mount_tag="+sh.Tag)
 	}
 	var log bytes.Buffer
 	qemu := exec.CommandContext(ctx, cfg.Tools["qemu-system-x86_64"], args...)

@@ -7,10 +7,11 @@ import (
 	"strings"
 )
 
-// Result is one guest scenario's marker: E2E-RESULT NAME PASS|FAIL DETAIL.
+// Result is one guest scenario's marker: E2E-RESULT NAME PASS|FAIL|SKIP DETAIL.
 type Result struct {
 	Name   string
 	Pass   bool
+	Skip   bool // SKIP: the scenario could not run, for the reason in Detail
 	Detail string
 	Log    []string // the E2E-LOG lines the guest printed for it
 }
@@ -37,7 +38,7 @@ func Parse(log []byte) *Report {
 		f := strings.SplitN(line[i:], " ", 4)
 		switch {
 		case f[0] == "E2E-RESULT" && len(f) >= 3:
-			res := &Result{Name: f[1], Pass: f[2] == "PASS"}
+			res := &Result{Name: f[1], Pass: f[2] == "PASS", Skip: f[2] == "SKIP"}
 			if len(f) == 4 {
 				res.Detail = f[3]
 			}

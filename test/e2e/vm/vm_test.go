@@ -158,3 +158,47 @@ func TestHostProgramsInPackageList(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadOrder: every module comes after those it depends on; a missing
+// dependency or a cycle is an error.
+func TestLoadOrder(t *testing.T) {
+	deps := map[string][]string{
+		"9p": {"9pnet", "fscache", "netfs"}, "9pnet": nil, "fscache": {"netfs"}, "netfs": nil,
+		"virtio_pci": {"virtio_ring", "virtio"}, "virtio": {"virtio_ring"}, "virtio_ring": nil,
+	}
+	order, err := loadOrder(deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[string]int{}
+	for i, m := range order {
+		pos[m] = i
+	}
+	if len(order) != len(deps) {
+		t.Fatalf("order %v has %d modules, want %d", order, len(order), len(deps))
+	}
+	for m, ds := range deps {
+		for _, d := range ds {
+			if pos[d] > pos[m] {
+				t.Errorf("%s loads before its dependency %s: %v", m, d, order)
+			}
+		}
+	}
+	if _, err := loadOrder(map[string][]string{"a": {"b"}}); err == nil {
+		t.Error("a missing dependency was accepted")
+	}
+	if _, err := loadOrder(map[string][]string{"a": {"b"}, "b": {"a"}}); err == nil {
+		t.Error("a cycle was accepted")
+	}
+	if modName("hid-generic.ko") != "hid_generic" {
+		t.Errorf("modName(hid-generic.ko) = %q", modName("hid-generic.ko"))
+	}
+}
+
+func TestParseSkip(t *testing.T) {
+	r := Parse([]byte("E2E-RESULT firefox-b SKIP firefox-esr is not installed\nE2E-LOG firefox-b: why\n"))
+	res := r.Results["firefox-b"]
+	if res == nil || res.Pass || !res.Skip || res.Detail != "firefox-esr is not installed" || len(res.Log) != 1 {
+		t.Fatalf("parsed %+v", res)
+	}
+}
