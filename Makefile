@@ -70,7 +70,7 @@ fuzz: need-go
 # TPM_FIDO_E2E=require: a VM test that cannot run fails instead of skipping.
 e2e: need-go
 	@echo "== VM end-to-end"
-	TPM_FIDO_E2E=require $(if $(TPM_FIDO_VM_LOCK),flock $(TPM_FIDO_VM_LOCK)) $(GO) test -count=1 -v -timeout 15m ./test/e2e/
+	TPM_FIDO_E2E=require $(if $(TPM_FIDO_VM_LOCK),flock $(TPM_FIDO_VM_LOCK)) $(GO) test -count=1 -v -timeout 25m ./test/e2e/
 
 demo:
 	./test/e2e/demo.sh
