@@ -31,13 +31,18 @@ var chromiumStep = regexp.MustCompile(`FIDO: [A-Z]+: \S+ UI step: (k\w+)`)
 
 // ChromiumFlags keep Chromium off the network (the guest has none) and
 // quiet: no first-run UI, no sync, component updates, background
-// requests, crash reports or keyring.
+// requests, crash reports or keyring; they let its child processes wait
+// for the busy browser process, and turn on its FIDO log.
 var ChromiumFlags = []string{
 	"--no-first-run", "--no-default-browser-check", "--disable-background-networking",
 	"--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
 	"--disable-breakpad", "--disable-domain-reliability", "--disable-client-side-phishing-detection",
 	"--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication",
 	"--password-store=basic", "--metrics-recording-only",
+	// A child process gives up after 15 s without a connection from the
+	// browser process, which a busy emulated guest can take at start-up
+	// (then the network service restarts and the first page stays blank).
+	"--ipc-connection-timeout=180",
 	"--window-position=0,0", "--window-size=1200,850",
 	"--enable-logging=stderr", "--v=0", "--vmodule=device_event_log_impl=1",
 }

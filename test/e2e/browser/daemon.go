@@ -31,11 +31,12 @@ type Daemon struct {
 }
 
 // StartDaemon starts binary as the session user with a fresh state
-// directory and the desktop notification presence backend, and waits for
-// its hidraw node to appear and become usable by the user.
+// directory and the desktop notification presence backend, its device
+// made by the relay (the system service that alone may open /dev/uhid),
+// and waits for its hidraw node to appear and become usable by the user.
 func StartDaemon(ctx context.Context, d *Desktop, binary, stateDir, logName, fault string) (*Daemon, error) {
 	before, _ := filepath.Glob("/dev/hidraw*")
-	args := []string{binary, "serve", "--transport", "uhid", "--tpm", "/dev/tpmrm0",
+	args := []string{binary, "serve", "--transport", "relay", "--tpm", "/dev/tpmrm0",
 		"--state-dir", stateDir, "--presence", "notification", "--log-level", "debug"}
 	switch fault {
 	case "":

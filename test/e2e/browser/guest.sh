@@ -19,14 +19,14 @@ echo "E2E-BOOT phase=browsers kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/up
 log() { echo "E2E-INFO guest: $*"; }
 step() { "$@" >>/e2e/out/setup.log 2>&1 || log "failed ($?): $*"; }
 
-# The desktop user, as a desktop install has it: in the uhid group (may
-# create the virtual key) and tss (may use the TPM), and the owner of the
-# security key's hidraw node through the seat (see the stand-in rule below).
+# Installed as the README says (tpm-fido setup, systemd-sysusers, udev,
+# the relay as its system user): the desktop user "e2e" is in group tss
+# (may use the TPM) and has no right on /dev/uhid; its daemon gets the
+# key's device from the relay.
 getent group tss >/dev/null || step groupadd -r tss
-step groupadd -r uhid
-step useradd -m -u 1500 -U -G uhid,tss -s /bin/sh e2e
-# tpm-fido's udev rules, then Debian's udevd with them and systemd's.
-step /e2e/tpm-fido setup --root / --binary /e2e/tpm-fido
+step useradd -m -u 1500 -U -G tss -s /bin/sh e2e
+step /e2e/tpm-fido setup --root / --allow-user e2e --binary /e2e/tpm-fido
+step systemd-sysusers /etc/sysusers.d/tpm-fido.conf
 # Stand-in for logind: there is no seat, so systemd's uaccess builtin grants
 # nothing; hand a hidraw node the rules tagged "uaccess" to the user, as
 # logind does for the user at the seat.
@@ -39,7 +39,17 @@ if [ "$(stat -c %G /dev/tpmrm0)" != tss ]; then
 	chgrp tss /dev/tpmrm0 && chmod 0660 /dev/tpmrm0
 	log "tpmrm0 given to group tss by hand (no tpm-udev rules)"
 fi
-log "$(ls -l /dev/uhid /dev/tpmrm0 | tr -s ' ' | cut -d' ' -f1,3,4,10 | tr '\n' ' ')"
+# The relay, as tpm-fido-relay.service runs it (RuntimeDirectory=tpm-fido,
+# User=tpm-fido-relay, in group uhid).
+mkdir -p /run/tpm-fido
+chown tpm-fido-relay:tpm-fido-relay /run/tpm-fido
+chmod 0755 /run/tpm-fido
+timeout 1000 setpriv --reuid=tpm-fido-relay --regid=tpm-fido-relay --init-groups \
+	/e2e/tpm-fido relay --log-level debug >/e2e/out/relay.log 2>&1 &
+i=0
+while [ ! -S /run/tpm-fido/relay.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+[ -S /run/tpm-fido/relay.sock ] || log "the relay made no socket in 10 s: $(tail -n 3 /e2e/out/relay.log)"
+log "$(id e2e); $(ls -l /dev/uhid /dev/tpmrm0 | tr -s ' ' | cut -d' ' -f1,3,4,10 | tr '\n' ' ')"
 mkdir -p /run/user/1500
 chown e2e:e2e /run/user/1500
 chmod 0700 /run/user/1500
