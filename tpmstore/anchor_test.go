@@ -428,3 +428,44 @@ func TestUpgradeToAnchor(t *testing.T) {
 		})
 	}
 }
+
+// TestResetWithForeignObject: on a TPM without a resource manager
+// (swtpm, the simulator, /dev/tpm0) another process may have left a
+// transient object loaded. Reset must still complete: making room for the
+// old anchor key (a persistent object the TPM loads into a free slot)
+// flushes the other process's object, never the new anchor key that is
+// about to take the old one's place.
+func TestResetWithForeignObject(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tpm := b.open(t)
+			dir := t.TempDir()
+			s := openStore(t, tpm, dir)
+			rp := rpHash("example.org")
+			old, err := s.CreateCredential(rp, CredentialOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Another process's object, left in the TPM.
+			if _, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}).Execute(tpm); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Reset(); err != nil {
+				t.Fatalf("Reset with another process's object in the TPM: %v", err)
+			}
+			if _, err := s.OpenCredential(rp, old.ID); !errors.Is(err, ErrCredentialInvalid) {
+				t.Fatalf("old ID after the reset: %v", err)
+			}
+			s.Close()
+			s = openStore(t, tpm, dir) // not stale: the new anchor key is in place
+			c, err := s.CreateCredential(rp, CredentialOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := sha256.Sum256([]byte("after the reset"))
+			if sig, err := s.Sign(c, d[:]); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+				t.Fatalf("sign after the reset: %v", err)
+			}
+		})
+	}
+}

@@ -520,6 +520,11 @@ func (s *Store) reset() error {
 	if err != nil {
 		return err
 	}
+	// Until it is persistent, the new key is a transient object outside
+	// the slot cache: making room for the old anchor key (a persistent
+	// object the TPM loads into a free slot) must not flush it.
+	s.held = t.Handle
+	defer func() { s.held = 0 }()
 	anchor.handle = s.anchor.handle
 	key, err := s.anchorHMAC(tpmObject{handle: t.Handle, name: t.Name.Buffer, auth: anchor.auth}, wrapKeyInput(salt))
 	if err != nil {

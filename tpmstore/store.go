@@ -133,6 +133,9 @@ type Store struct {
 	wrapKey   []byte // 32 bytes, derived with the anchor key at Open
 	wrapKeyV1 []byte // version-1 credential IDs' wrapping key, or nil
 	slots     slotCache
+	// held is a transient object the store uses outside the slot cache
+	// (a new anchor key during Reset), which flushForeign must leave.
+	held tpm2.TPMHandle
 
 	anchor     tpmObject // persistent anchor key (anchor.go)
 	counterIdx tpmObject // NV counter index

@@ -229,6 +229,9 @@ func (s *Store) flushForeign() error {
 		return fmt.Errorf("tpmstore: list transient handles: %w", err)
 	}
 	ours := map[tpm2.TPMHandle]bool{s.srk.Handle: true}
+	if s.held != 0 {
+		ours[s.held] = true
+	}
 	for _, e := range s.slots.entries {
 		ours[e.handle.Handle] = true
 	}
