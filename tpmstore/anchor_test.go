@@ -469,3 +469,45 @@ func TestResetWithForeignObject(t *testing.T) {
 		})
 	}
 }
+
+// TestResetDoesNotRevokeUnwrappedKeys: what reset cannot undo. Credential
+// keys are children of the storage primary key, which reset does not
+// change (only clearing the TPM does). Reset makes every credential ID
+// impossible to unwrap, but whoever held the state directory and the TPM
+// before the reset, and kept the wrapping key it derived then, still
+// unwraps an ID (from an old copy of the state, or the one an RP or
+// ~/.ssh holds), loads its key and signs after the reset.
+func TestResetDoesNotRevokeUnwrappedKeys(t *testing.T) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tpm := b.open(t)
+			dir := t.TempDir()
+			s := openStore(t, tpm, dir)
+			rp := rpHash("ssh:")
+			c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			kept := bytes.Clone(newThief(t, tpm, dir).wrap) // before the reset
+
+			s = openStore(t, tpm, dir)
+			if err := s.Reset(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.OpenCredential(rp, c.ID); !errors.Is(err, ErrCredentialInvalid) {
+				t.Fatalf("the daemon after the reset: %v, want ErrCredentialInvalid", err)
+			}
+			s.Close()
+			th := newThief(t, tpm, dir)
+			th.wrap = kept
+			k := th.loadKey(rp, c.ID)
+			d := sha256.Sum256([]byte("after the reset"))
+			sig, err := th.sign(k, tpm2.PasswordAuth(nil), d[:])
+			if err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+				t.Fatalf("a key unwrapped before the reset, after it: %v; docs/threat-model.md says it still signs", err)
+			}
+			t.Logf("a key unwrapped before the reset still signs after it")
+		})
+	}
+}
