@@ -65,18 +65,21 @@ func TestUnix(t *testing.T) {
 	}
 	serve(t, dev)
 	a, b := dialUnix(t, path), dialUnix(t, path)
+	// b's own INIT answer shows that the server has accepted b's
+	// connection (a dial returns before that), so b gets every report
+	// from now on.
+	cidB, err := b.Init()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cidA, err := a.Init()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Every report reaches every client, like hidraw: b sees a's INIT
-	// answer on the broadcast channel, then its own.
-	if f, err := b.Recv(); err != nil || f.Cmd != ctaphid.CmdInit {
+	// answer on the broadcast channel.
+	if f, err := b.Recv(); err != nil || f.Cmd != ctaphid.CmdInit || f.CID != ctaphid.BroadcastCID {
 		t.Fatalf("second client did not see the broadcast answer: %v %v", f, err)
-	}
-	cidB, err := b.Init()
-	if err != nil {
-		t.Fatal(err)
 	}
 	if cidA == cidB {
 		t.Fatalf("both clients got channel %08x", cidA)
