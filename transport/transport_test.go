@@ -42,12 +42,12 @@ func sockPath(t *testing.T) string {
 
 func dialUnix(t *testing.T, path string) *ctaphidtest.Client {
 	t.Helper()
-	c, err := net.Dial("unixpacket", path)
+	c, err := ctaphidtest.DialUnix(path, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &ctaphidtest.Client{Conn: ctaphidtest.NetConn(c, 5*time.Second)}
+	return c
 }
 
 func TestUnix(t *testing.T) {
@@ -140,31 +140,17 @@ func TestUnixCloseRemovesSocket(t *testing.T) {
 	}
 }
 
-func freeUDPPort(t *testing.T) string {
-	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := c.LocalAddr().String()
-	c.Close()
-	return addr
-}
-
 func TestUDP(t *testing.T) {
-	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	spec, c, err := ctaphidtest.LoopbackUDP(5 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	listen := freeUDPPort(t)
-	dev, err := Open("udp:"+listen+","+client.LocalAddr().String(), nil)
+	defer c.Close()
+	dev, err := Open(spec, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	serve(t, dev)
-	raddr, _ := net.ResolveUDPAddr("udp", listen)
-	c := &ctaphidtest.Client{Conn: udpConn{client, raddr}}
 	cid, err := c.Init()
 	if err != nil {
 		t.Fatal(err)
@@ -174,18 +160,6 @@ func TestUDP(t *testing.T) {
 	if err != nil || !bytes.Equal(f.Payload, data) {
 		t.Fatalf("PING over udp: %v len %d", err, len(f.Payload))
 	}
-}
-
-type udpConn struct {
-	c  *net.UDPConn
-	to *net.UDPAddr
-}
-
-func (u udpConn) WriteReport(p []byte) error { _, err := u.c.WriteToUDP(p, u.to); return err }
-func (u udpConn) ReadReport(p []byte) (int, error) {
-	u.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, _, err := u.c.ReadFromUDP(p)
-	return n, err
 }
 
 func TestUDPLoopbackOnly(t *testing.T) {

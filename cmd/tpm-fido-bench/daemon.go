@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,12 +107,12 @@ func startDaemon(bin, spec, stateDir, sock string, extra ...string) (*daemon, ti
 
 // answersInit reports whether the socket answers a CTAPHID INIT.
 func answersInit(sock string) bool {
-	c, err := net.Dial("unixpacket", sock)
+	c, err := ctaphidtest.DialUnix(sock, 2*time.Second)
 	if err != nil {
 		return false
 	}
 	defer c.Close()
-	_, err = (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(c, 2*time.Second)}).Init()
+	_, err = c.Init()
 	return err == nil
 }
 
@@ -166,24 +165,19 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 		return nil, err
 	}
 
-	conn, err := net.Dial("unixpacket", sock)
+	ch, err := ctaphidtest.DialChannel(sock, 30*time.Second)
 	if err != nil {
-		return nil, err
-	}
-	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)}).OpenChannel()
-	if err != nil {
-		conn.Close()
 		return nil, err
 	}
 	cdh := sha256.Sum256([]byte("load"))
 	ad, err := ch.MakeCredential(ctaphidtest.MakeCredentialParams("load.example", []byte("u"), cdh[:], false, false, nil))
 	if err != nil {
-		conn.Close()
+		ch.Close()
 		return nil, err
 	}
 	before, err := sampleProc(pid)
 	if err != nil {
-		conn.Close()
+		ch.Close()
 		return nil, err
 	}
 	t0 := time.Now()
@@ -194,7 +188,7 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 			_, err = ch.GetAssertion(ctaphidtest.GetAssertionParams("load.example", cdh[:], false, ad.CredID))
 		}
 		if err != nil {
-			conn.Close()
+			ch.Close()
 			return nil, fmt.Errorf("load request %d: %w", i, err)
 		}
 	}
@@ -202,13 +196,13 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 	res.LoadN = o.Load
 	after, err := sampleProc(pid)
 	if err != nil {
-		conn.Close()
+		ch.Close()
 		return nil, err
 	}
 	for tid, n := range after.switches {
 		res.LoadSwitches += n - before.switches[tid]
 	}
-	conn.Close()
+	ch.Close()
 	time.Sleep(time.Second)
 	if res.RSSLoadKB, err = vmRSS(pid); err != nil {
 		return nil, err

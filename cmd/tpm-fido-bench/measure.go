@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -107,15 +106,11 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 	}
 	stop := st.Serve(ctx, dev)
 	defer stop()
-	conn, err := net.Dial("unixpacket", sock)
+	ch, err := ctaphidtest.DialChannel(sock, 30*time.Second)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)}).OpenChannel()
-	if err != nil {
-		return err
-	}
+	defer ch.Close()
 	m := &meter{ct: st.Counting, n: o.N}
 	cdh := sha256.Sum256([]byte("bench"))
 	const rp = "bench.example"

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -250,15 +249,11 @@ func measureScaleOps(ctx context.Context, spec, dir, stateDir string, r *scaleRe
 	}
 	stop := st.Serve(ctx, dev)
 	defer stop()
-	conn, err := net.Dial("unixpacket", sock)
+	ch, err := ctaphidtest.DialChannel(sock, 60*time.Second)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)}).OpenChannel()
-	if err != nil {
-		return err
-	}
+	defer ch.Close()
 	c := &scaleClient{ch: ch, cdh: sha256.New().Sum([]byte("scale"))[:32]}
 	ct := st.Counting
 	// sample times f n times after one warm-up; f returns the time of
@@ -442,15 +437,11 @@ func measureScaleCLI(bin, spec, dir, stateDir string, r *scaleResult, o options)
 	}
 	// Busy: discoveries and a whole enumerateCredentials of the target
 	// RP (every one of its records read), then the memory again.
-	conn, err := net.Dial("unixpacket", sock)
+	ch, err := ctaphidtest.DialChannel(sock, 60*time.Second)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)}).OpenChannel()
-	if err != nil {
-		return err
-	}
+	defer ch.Close()
 	c := &scaleClient{ch: ch, cdh: sha256.New().Sum([]byte("busy"))[:32]}
 	for range 200 {
 		if _, err := c.discover(); err != nil {

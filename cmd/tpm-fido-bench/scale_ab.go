@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -94,17 +93,12 @@ func openABSide(ctx context.Context, dir string, n, rps int, log *slog.Logger) (
 		return nil, err
 	}
 	s.close = append(s.close, s.st.Serve(ctx, dev))
-	conn, err := net.Dial("unixpacket", sock)
+	ch, err := ctaphidtest.DialChannel(sock, 60*time.Second)
 	if err != nil {
 		s.shut()
 		return nil, err
 	}
-	s.close = append(s.close, func() { conn.Close() })
-	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 60*time.Second)}).OpenChannel()
-	if err != nil {
-		s.shut()
-		return nil, err
-	}
+	s.close = append(s.close, func() { ch.Close() })
 	s.c = &scaleClient{ch: ch, cdh: sha256.New().Sum([]byte("ab"))[:32]}
 	return s, nil
 }

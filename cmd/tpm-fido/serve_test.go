@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+	"github.com/tpm-fido/tpm-fido/test/daemontest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
@@ -31,13 +30,6 @@ func serveTestArgs(t *testing.T) []string {
 	return append(args, strings.Fields(os.Getenv("TPM_FIDO_SERVE_TEST_ARGS"))...)
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
 // TestMain also lets the test binary act as the tpm-fido command for the
 // testscripts (script_test.go).
 func TestMain(m *testing.M) {
@@ -46,85 +38,24 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// removeBuild runs the tests, then removes the daemon daemonBinary built.
+// removeBuild runs the tests, then removes the daemon daemontest built.
 type removeBuild struct{ m *testing.M }
 
 func (r removeBuild) Run() int {
 	code := r.m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	daemontest.Cleanup()
 	return code
 }
 
-// daemonBinary builds ./cmd/tpm-fido once per test run.
-func daemonBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not found: cannot build the daemon")
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tpm-fido-serve-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "tpm-fido")
-		buildOut, buildErr = exec.Command(goTool, "build", "-o", binPath, ".").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("go build: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
+// daemonBinary is the tpm-fido binary (daemontest.Binary).
+func daemonBinary(t *testing.T) string { return daemontest.Binary(t) }
 
-// startDaemon runs `tpm-fido serve` with args and waits for its
-// READY=1 on a NOTIFY_SOCKET the test owns.
+// startDaemon runs `tpm-fido serve` with args until READY=1
+// (daemontest.Start); stop ends it and returns its exit code and
+// standard error.
 func startDaemon(t *testing.T, args ...string) (stop func() (exitCode int, stderr string)) {
 	t.Helper()
-	bin := daemonBinary(t)
-	notifyPath := filepath.Join(t.TempDir(), "notify")
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	var once sync.Once
-	stop = func() (int, string) {
-		once.Do(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-exited
-				t.Errorf("daemon ignored SIGTERM")
-			}
-		})
-		return cmd.ProcessState.ExitCode(), stderr.String()
-	}
-	t.Cleanup(func() { stop() })
-	notify.SetReadDeadline(time.Now().Add(20 * time.Second))
-	buf := make([]byte, 256)
-	n, err := notify.Read(buf)
-	if err != nil {
-		code, out := stop()
-		t.Fatalf("no READY=1 from the daemon (%v); exit %d, stderr:\n%s", err, code, out)
-	}
-	if got := string(buf[:n]); got != "READY=1" {
-		t.Fatalf("sd_notify sent %q, want READY=1", got)
-	}
-	return stop
+	return daemontest.Start(t, args...).Stop
 }
 
 // probe runs the transport probes the acceptance list names.
@@ -176,12 +107,12 @@ func probe(t *testing.T, c *ctaphidtest.Client) {
 func TestServeUnix(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "run", "s")
 	stop := startDaemon(t, append([]string{"--transport", "unix:" + sock}, serveTestArgs(t)...)...)
-	conn, err := net.Dial("unixpacket", sock)
+	c, err := ctaphidtest.DialUnix(sock, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	probe(t, &ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 10*time.Second)})
+	defer c.Close()
+	probe(t, c)
 	code, stderr := stop()
 	if code != 0 {
 		t.Errorf("exit code %d after SIGTERM, stderr:\n%s", code, stderr)
@@ -231,35 +162,16 @@ func TestServeUnixInUse(t *testing.T) {
 }
 
 func TestServeUDP(t *testing.T) {
-	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	spec, c, err := ctaphidtest.LoopbackUDP(10 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := l.LocalAddr().(*net.UDPAddr)
-	l.Close()
-	spec := "udp:" + listen.String() + "," + client.LocalAddr().String()
+	defer c.Close()
 	stop := startDaemon(t, append([]string{"--transport", spec}, serveTestArgs(t)...)...)
-	probe(t, &ctaphidtest.Client{Conn: udpConn{client, listen}})
+	probe(t, c)
 	if code, stderr := stop(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, stderr:\n%s", code, stderr)
 	}
-}
-
-type udpConn struct {
-	c  *net.UDPConn
-	to *net.UDPAddr
-}
-
-func (u udpConn) WriteReport(p []byte) error { _, err := u.c.WriteToUDP(p, u.to); return err }
-func (u udpConn) ReadReport(p []byte) (int, error) {
-	u.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	n, _, err := u.c.ReadFromUDP(p)
-	return n, err
 }
 
 func TestServeStartupErrors(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
-	"net"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -39,32 +38,24 @@ func TestWaitingForTouch(t *testing.T) {
 		sock := filepath.Join(t.TempDir(), "run", "s")
 		startDaemon(t, append([]string{"--transport", "unix:" + sock}, args()...)...)
 		dial := func() *ctaphidtest.Client {
-			c, err := net.Dial("unixpacket", sock)
+			c, err := ctaphidtest.DialUnix(sock, 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { c.Close() })
-			return &ctaphidtest.Client{Conn: ctaphidtest.NetConn(c, 10*time.Second)}
+			return c
 		}
 		// Two connections: two programs with the device open.
 		checkWaiting(t, dial(), dial())
 	})
 	t.Run("udp", func(t *testing.T) {
-		client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		spec, c, err := ctaphidtest.LoopbackUDP(10 * time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer client.Close()
-		l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		listen := l.LocalAddr().(*net.UDPAddr)
-		l.Close()
-		spec := "udp:" + listen.String() + "," + client.LocalAddr().String()
+		defer c.Close()
 		startDaemon(t, append([]string{"--transport", spec}, args()...)...)
 		// UDP has one reply address: both channels share the socket.
-		c := &ctaphidtest.Client{Conn: udpConn{client, listen}}
 		checkWaiting(t, c, c)
 	})
 }

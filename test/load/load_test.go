@@ -7,21 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/test/daemontest"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/transport"
 )
@@ -89,12 +87,11 @@ func runLoad(ctx context.Context, t *testing.T, sock string, assertions, creds i
 }
 
 func client(ctx context.Context, id int, sock string, na, nc int, st *stats) error {
-	conn, err := net.Dial("unixpacket", sock)
+	c, err := ctaphidtest.DialUnix(sock, 30*time.Second)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	c := &ctaphidtest.Client{Conn: ctaphidtest.NetConn(conn, 30*time.Second)}
+	defer c.Close()
 	var ch *ctaphidtest.Channel
 	if err := retry(ctx, st, func() error {
 		var err error
@@ -174,10 +171,16 @@ func retry(ctx context.Context, st *stats, f func() error) error {
 	}
 }
 
+// TestMain removes the daemon binary daemontest built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	daemontest.Cleanup()
+	os.Exit(code)
+}
+
 // TestLoadDaemon runs the load against the real daemon binary and checks
 // its resident memory.
 func TestLoadDaemon(t *testing.T) {
-	bin := daemonBinary(t)
 	dir := t.TempDir()
 	spec := "simulator"
 	if s, err := inproc.StartSwtpm(mkdir(t, dir, "swtpm")); err == nil {
@@ -187,31 +190,18 @@ func TestLoadDaemon(t *testing.T) {
 		t.Logf("swtpm unavailable (%v); using the daemon's simulator", err)
 	}
 	sock := filepath.Join(dir, "run", "hid.sock")
-	cmd := exec.Command(bin, "serve", "--transport", "unix:"+sock, "--tpm", spec, "--state-dir", filepath.Join(dir, "state"),
+	d := daemontest.Start(t, "--transport", "unix:"+sock, "--tpm", spec, "--state-dir", filepath.Join(dir, "state"),
 		"--presence", "always-allow", "--insecure-test-mode", "--log-level", "warn")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("daemon stderr:\n%s", stderr.String())
-		}
-	})
-	waitReady(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
 	assertions, creds := size()
 	warm := runLoad(ctx, t, sock, assertions/10, max(creds/10, clients))
 	t.Logf("warm-up: %v", warm)
-	before := rss(t, cmd.Process.Pid)
+	before := rss(t, d.Pid())
 	st := runLoad(ctx, t, sock, assertions, creds)
 	time.Sleep(500 * time.Millisecond)
-	after := rss(t, cmd.Process.Pid)
+	after := rss(t, d.Pid())
 	t.Logf("load (daemon, TPM %s): %v", strings.SplitN(spec, ":", 2)[0], st)
 	t.Logf("daemon VmRSS: %d kB after warm-up, %d kB after the load (%+d kB)", before, after, after-before)
 	if got, want := st.assertions.Load(), int64(assertions); got != want {
@@ -286,8 +276,8 @@ func waitReady(t *testing.T, sock string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("unixpacket", sock); err == nil {
-			_, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(c, 2*time.Second)}).Init()
+		if c, err := ctaphidtest.DialUnix(sock, 2*time.Second); err == nil {
+			_, err := c.Init()
 			c.Close()
 			if err == nil {
 				return
@@ -296,24 +286,6 @@ func waitReady(t *testing.T, sock string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("%s did not answer INIT within 30 s", sock)
-}
-
-// daemonBinary builds cmd/tpm-fido (or takes TPM_FIDO_DAEMON).
-func daemonBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("TPM_FIDO_DAEMON"); p != "" {
-		return p
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go tool to build the daemon (set TPM_FIDO_DAEMON): %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "tpm-fido")
-	out, err := exec.Command(goBin, "build", "-o", bin, "github.com/tpm-fido/tpm-fido/cmd/tpm-fido").CombinedOutput()
-	if err != nil {
-		t.Fatalf("building the daemon: %v\n%s", err, out)
-	}
-	return bin
 }
 
 func rss(t *testing.T, pid int) int {

@@ -79,6 +79,9 @@ func initOn(c *Client, cid uint32) ([]byte, error) {
 	}
 }
 
+// Close closes the client's connection.
+func (ch *Channel) Close() error { return ch.C.Close() }
+
 // Resync sends INIT on the channel and discards every frame before its
 // answer. The server handles a channel's reports in order and always
 // answers INIT, so afterwards no stale frame (such as a second

@@ -144,6 +144,15 @@ type Client struct {
 	OnKeepalive func(Frame)
 }
 
+// Close closes the client's connection when it can be closed (a Pipe's
+// Host, DialUnix's socket, LoopbackUDP's socket).
+func (c *Client) Close() error {
+	if cl, ok := c.Conn.(interface{ Close() error }); ok {
+		return cl.Close()
+	}
+	return nil
+}
+
 // Send frames payload as one message on cid.
 func (c *Client) Send(cid uint32, cmd byte, payload []byte) error {
 	for _, p := range ctaphid.EncodeMessage(cid, cmd, payload) {
@@ -238,36 +247,4 @@ func (c *Client) Init() (uint32, error) {
 			return binary.BigEndian.Uint32(f.Payload[8:12]), nil
 		}
 	}
-}
-
-// NetConn adapts a connected socket carrying one report per packet
-// (SOCK_SEQPACKET, or UDP) to Conn, with a read timeout (zero means five
-// seconds).
-func NetConn(c net.Conn, timeout time.Duration) Conn {
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
-	return &netConn{c: c, timeout: timeout}
-}
-
-type netConn struct {
-	c       net.Conn
-	timeout time.Duration
-}
-
-func (n *netConn) WriteReport(p []byte) error {
-	_, err := n.c.Write(p)
-	return err
-}
-
-func (n *netConn) ReadReport(p []byte) (int, error) {
-	if err := n.c.SetReadDeadline(time.Now().Add(n.timeout)); err != nil {
-		return 0, err
-	}
-	k, err := n.c.Read(p)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return 0, fmt.Errorf("%w: %w", ErrTimeout, err)
-	}
-	return k, err
 }
