@@ -9,10 +9,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -38,11 +38,12 @@ func restoreState(t *testing.T, dir string, b []byte) {
 	}
 }
 
-// metaOf reads the anchor key and salt a state.db copy records, as an
-// attacker holding the copy would.
-func metaOf(t *testing.T, db []byte) (anchor tpmObject, salt []byte) {
+// stolenMeta reads the meta bucket of a copy of state.db as an attacker
+// holding the copy would: from the bytes, through bbolt, not with the
+// store's code.
+func stolenMeta(t *testing.T, db []byte) map[string][]byte {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "copy.db")
+	p := filepath.Join(t.TempDir(), "stolen.db")
 	if err := os.WriteFile(p, db, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -51,15 +52,23 @@ func metaOf(t *testing.T, db []byte) (anchor tpmObject, salt []byte) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	meta := map[string][]byte{}
 	d.View(func(tx *bolt.Tx) error {
-		m := tx.Bucket(bucketMeta)
-		anchor.handle = tpm2.TPMHandle(binary.BigEndian.Uint32(m.Get(keyAnchorHandle)))
-		anchor.name = bytes.Clone(m.Get(keyAnchorName))
-		anchor.auth = bytes.Clone(m.Get(keyAnchorAuth))
-		salt = bytes.Clone(m.Get(keyWrapSalt))
-		return nil
+		return tx.Bucket(bucketMeta).ForEach(func(k, v []byte) error {
+			meta[string(k)] = bytes.Clone(v)
+			return nil
+		})
 	})
-	return anchor, salt
+	return meta
+}
+
+// stolenAnchor is the anchor key a stolen meta bucket names.
+func stolenAnchor(meta map[string][]byte) tpmObject {
+	return tpmObject{
+		handle: tpm2.TPMHandle(binary.BigEndian.Uint32(meta[string(keyAnchorHandle)])),
+		name:   meta[string(keyAnchorName)],
+		auth:   meta[string(keyAnchorAuth)],
+	}
 }
 
 // TestResetIsFinal: a copy of state.db taken before a reset and put back
@@ -68,125 +77,90 @@ func metaOf(t *testing.T, db []byte) (anchor tpmObject, salt []byte) {
 // derive its wrapping key (the TPM refuses the HMAC); after
 // RecoverStale, the old credential IDs are rejected.
 func TestResetIsFinal(t *testing.T) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			dir := t.TempDir()
-			s := openStore(t, tpm, dir)
-			rp := rpHash("example.org")
-			plain, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := s.CreateCredential(rp, CredentialOptions{Resident: true, CredProtect: 2})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.PutResident(testResident(t, res, "alice", time.Unix(1, 0))); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.SetPIN(pinHash("1234")); err != nil {
-				t.Fatal(err)
-			}
-			s.Close()
-			snap := snapshot(t, dir)
-			anchor, salt := metaOf(t, snap)
+	eachBackend(t, func(t *testing.T, tpm transport.TPM, dir string, s *Store) {
+		rp := rpHash("example.org")
+		plain, err := s.CreateCredential(rp, CredentialOptions{HMACSecret: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := residentAndPIN(t, s, rp, CredentialOptions{CredProtect: 2})
+		s.Close()
+		snap := snapshot(t, dir)
+		meta := stolenMeta(t, snap)
+		anchor, salt := stolenAnchor(meta), meta[string(keyWrapSalt)]
 
-			s = openStore(t, tpm, dir)
-			if err := s.Reset(); err != nil {
-				t.Fatalf("Reset: %v", err)
-			}
-			s.Close()
-			restoreState(t, dir, snap)
+		s = openStore(t, tpm, dir)
+		if err := s.Reset(); err != nil {
+			t.Fatalf("Reset: %v", err)
+		}
+		s.Close()
+		restoreState(t, dir, snap)
 
-			_, err = Open(Config{TPM: tpm, Dir: dir})
-			t.Logf("Open of the pre-reset copy: %v", err)
-			if !errors.Is(err, ErrStaleState) {
-				t.Fatalf("Open of the pre-reset copy: %v, want ErrStaleState", err)
-			}
-			// The attacker's seat: the copy and the TPM, no daemon.
-			_, err = tpm2.Hmac{Handle: anchor.authHandle(), Buffer: tpm2.TPM2BMaxBuffer{Buffer: wrapKeyInput(salt)}, HashAlg: tpm2.TPMAlgSHA256}.Execute(tpm)
-			var rc tpm2.TPMRC
-			if !errors.As(err, &rc) {
-				t.Fatalf("TPM2_HMAC with the copy's anchor key and authValue: %v, want a TPM refusal", err)
-			}
-			t.Logf("TPM2_HMAC with the pre-reset anchor authValue at 0x%08x: TPM response code 0x%03x (%v)", uint32(anchor.handle), uint32(rc), err)
+		_, err = Open(Config{TPM: tpm, Dir: dir})
+		t.Logf("Open of the pre-reset copy: %v", err)
+		if !errors.Is(err, ErrStaleState) {
+			t.Fatalf("Open of the pre-reset copy: %v, want ErrStaleState", err)
+		}
+		// The attacker's seat: the copy and the TPM, no daemon.
+		_, err = tpm2.Hmac{Handle: anchor.authHandle(), Buffer: tpm2.TPM2BMaxBuffer{Buffer: wrapKeyInput(salt)}, HashAlg: tpm2.TPMAlgSHA256}.Execute(tpm)
+		var rc tpm2.TPMRC
+		if !errors.As(err, &rc) {
+			t.Fatalf("TPM2_HMAC with the copy's anchor key and authValue: %v, want a TPM refusal", err)
+		}
+		t.Logf("TPM2_HMAC with the pre-reset anchor authValue at 0x%08x: TPM response code 0x%03x (%v)", uint32(anchor.handle), uint32(rc), err)
 
-			if err := RecoverStale(Config{TPM: tpm, Dir: dir}); err != nil {
-				t.Fatalf("RecoverStale: %v", err)
-			}
-			s = openStore(t, tpm, dir)
-			for _, c := range []*Credential{plain, res} {
-				if _, err := s.OpenCredential(rp, c.ID); !errors.Is(err, ErrCredentialInvalid) {
-					t.Fatalf("old credential ID after the restore: %v, want ErrCredentialInvalid", err)
-				}
-			}
-			if n, _ := s.ResidentCount(); n != 0 || s.PINIsSet() {
-				t.Fatalf("after recovery: %d residents, PIN set %v", n, s.PINIsSet())
-			}
-			c, err := s.CreateCredential(rp, CredentialOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := sha256.Sum256([]byte("x"))
-			if sig, err := s.Sign(c, d[:]); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatalf("new credential after recovery: %v", err)
-			}
-			if got := countHandles(t, tpm, anchorHandleFirst, anchorHandleLast); got != 1 {
-				t.Errorf("%d anchor keys in the TPM, want 1 (reset must replace, not add)", got)
-			}
-		})
-	}
+		if err := RecoverStale(Config{TPM: tpm, Dir: dir}); err != nil {
+			t.Fatalf("RecoverStale: %v", err)
+		}
+		s = openStore(t, tpm, dir)
+		checkWiped(t, s, rp, "after the restore and recovery", plain, res)
+		c, err := s.CreateCredential(rp, CredentialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		signVerify(t, s, c, "x", "new credential after recovery")
+		if got := countHandles(t, tpm, anchorHandleFirst, anchorHandleLast); got != 1 {
+			t.Errorf("%d anchor keys in the TPM, want 1 (reset must replace, not add)", got)
+		}
+	})
 }
 
 // TestCounterNoRollback: a copy of state.db taken before 1000
 // assertions and put back afterwards does not send the signature
 // counter back: the next value is above every value handed out.
 func TestCounterNoRollback(t *testing.T) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			dir := t.TempDir()
-			s := openStore(t, tpm, dir)
-			c, err := s.CreateCredential(rpHash("example.org"), CredentialOptions{})
-			if err != nil {
+	eachBackend(t, func(t *testing.T, tpm transport.TPM, dir string, s *Store) {
+		c, err := s.CreateCredential(rpHash("example.org"), CredentialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := s.NextCounter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		snap := snapshot(t, dir)
+		s = openStore(t, tpm, dir)
+		d := sha256.Sum256([]byte("x"))
+		var max uint32
+		for i := range 1000 {
+			max = nextCounterAbove(t, s, max, fmt.Sprintf("assertion %d", i))
+			if _, err := s.Sign(c, d[:]); err != nil {
 				t.Fatal(err)
 			}
-			first, err := s.NextCounter()
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.Close()
-			snap := snapshot(t, dir)
-			s = openStore(t, tpm, dir)
-			d := sha256.Sum256([]byte("x"))
-			var max uint32
-			for i := range 1000 {
-				n, err := s.NextCounter()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if n <= max {
-					t.Fatalf("assertion %d: counter %d after %d", i, n, max)
-				}
-				max = n
-				if _, err := s.Sign(c, d[:]); err != nil {
-					t.Fatal(err)
-				}
-			}
-			s.Close()
-			restoreState(t, dir, snap)
-			s = openStore(t, tpm, dir)
-			next, err := s.NextCounter()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("counter %d at the snapshot, %d after 1000 assertions, %d after restoring the snapshot", first, max, next)
-			if next <= max {
-				t.Fatalf("counter after restoring the snapshot: %d, not above %d", next, max)
-			}
-		})
-	}
+		}
+		s.Close()
+		restoreState(t, dir, snap)
+		s = openStore(t, tpm, dir)
+		next, err := s.NextCounter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("counter %d at the snapshot, %d after 1000 assertions, %d after restoring the snapshot", first, max, next)
+		if next <= max {
+			t.Fatalf("counter after restoring the snapshot: %d, not above %d", next, max)
+		}
+	})
 }
 
 func countHandles(t *testing.T, tpm transport.TPM, first, last tpm2.TPMHandle) int {

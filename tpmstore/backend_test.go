@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
+
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )

@@ -241,11 +241,7 @@ func TestFirstOpenLeavesNoEmptyFile(t *testing.T) {
 // storage key is reported as damage, not as "another TPM", because the
 // state's keys still load in this TPM.
 func TestDamagedFingerprintIsNotForeign(t *testing.T) {
-	tpm := openSimulator(t)
-	dir := t.TempDir()
-	s := openStore(t, tpm, dir)
-	s.Close()
-	path := filepath.Join(dir, stateFile)
+	tpm, dir, path := closedState(t)
 	bdb, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -192,14 +192,7 @@ func TestCrash(t *testing.T) {
 		if k%25 == 0 || k == kills-1 {
 			checkResidentLayout(t, s)
 		}
-		c, err := s.NextCounter()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c <= maxCounter {
-			t.Fatalf("kill %d: counter after reopen %d, not above %d", k, c, maxCounter)
-		}
-		maxCounter = c
+		maxCounter = nextCounterAbove(t, s, maxCounter, fmt.Sprintf("kill %d: after reopen", k))
 		// Back to 9,999, so that the next child adds the 10,000th again.
 		for _, id := range present {
 			if err := s.DeleteResident(id); err != nil {

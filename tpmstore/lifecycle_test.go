@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -28,29 +29,12 @@ func TestResetKillsOldIDs(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			s := openStore(t, b.open(t), t.TempDir())
 			rp := rpHash("example.org")
-			c, err := s.CreateCredential(rp, CredentialOptions{Resident: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.PutResident(testResident(t, c, "alice", time.Unix(1, 0))); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.SetPIN(pinHash("1234")); err != nil {
-				t.Fatal(err)
-			}
+			c := residentAndPIN(t, s, rp, CredentialOptions{})
 			c1, _ := s.NextCounter()
 			if err := s.Reset(); err != nil {
 				t.Fatalf("Reset: %v", err)
 			}
-			if _, err := s.OpenCredential(rp, c.ID); !errors.Is(err, ErrCredentialInvalid) {
-				t.Fatalf("old ID after reset: err = %v", err)
-			}
-			if n, _ := s.ResidentCount(); n != 0 {
-				t.Fatalf("%d residents after reset", n)
-			}
-			if s.PINIsSet() || s.PINRetries() != 8 {
-				t.Fatalf("PIN after reset: set=%v retries=%d", s.PINIsSet(), s.PINRetries())
-			}
+			checkWiped(t, s, rp, "after reset", c)
 			if c2, _ := s.NextCounter(); c2 <= c1 {
 				t.Fatalf("counter went from %d to %d across reset", c1, c2)
 			}
@@ -67,83 +51,78 @@ func TestResetKillsOldIDs(t *testing.T) {
 }
 
 func TestPIN(t *testing.T) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			dir := t.TempDir()
-			s := openStore(t, tpm, dir)
-			good, bad := pinHash("1234"), pinHash("0000")
-			if err := s.VerifyPIN(good); !errors.Is(err, ErrPINNotSet) {
-				t.Fatalf("no PIN: err = %v", err)
+	eachBackend(t, func(t *testing.T, tpm transport.TPM, dir string, s *Store) {
+		good, bad := pinHash("1234"), pinHash("0000")
+		if err := s.VerifyPIN(good); !errors.Is(err, ErrPINNotSet) {
+			t.Fatalf("no PIN: err = %v", err)
+		}
+		if err := s.SetPIN(good); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetPIN(good); !errors.Is(err, ErrPINAlreadySet) {
+			t.Fatalf("second SetPIN: %v", err)
+		}
+		if err := s.VerifyPIN(good); err != nil {
+			t.Fatalf("right PIN: %v", err)
+		}
+		// Wrong PIN decrements; 3 in a row block until reopen.
+		for i, want := range []error{ErrPINInvalid, ErrPINInvalid, ErrPINAuthBlocked} {
+			if err := s.VerifyPIN(bad); !errors.Is(err, want) {
+				t.Fatalf("wrong PIN %d: err = %v, want %v", i+1, err, want)
 			}
-			if err := s.SetPIN(good); err != nil {
-				t.Fatal(err)
+			if r := s.PINRetries(); r != 8-(i+1) {
+				t.Fatalf("retries after %d wrong: %d", i+1, r)
 			}
-			if err := s.SetPIN(good); !errors.Is(err, ErrPINAlreadySet) {
-				t.Fatalf("second SetPIN: %v", err)
+		}
+		if err := s.VerifyPIN(good); !errors.Is(err, ErrPINAuthBlocked) {
+			t.Fatalf("right PIN while auth-blocked: %v", err)
+		}
+		if r := s.PINRetries(); r != 5 {
+			t.Fatalf("blocked attempt consumed a retry: %d", r)
+		}
+		s.Close()
+		// Reopen: the PIN and the retry count survive.
+		s = openStore(t, tpm, dir)
+		if !s.PINIsSet() || s.PINRetries() != 5 {
+			t.Fatalf("after reopen: set=%v retries=%d", s.PINIsSet(), s.PINRetries())
+		}
+		if err := s.VerifyPIN(good); err != nil {
+			t.Fatalf("right PIN after reopen: %v", err)
+		}
+		if r := s.PINRetries(); r != 8 {
+			t.Fatalf("retries not restored on success: %d", r)
+		}
+		// ChangePIN verifies the current PIN.
+		if err := s.ChangePIN(bad, pinHash("5678")); !errors.Is(err, ErrPINInvalid) {
+			t.Fatalf("ChangePIN with wrong current: %v", err)
+		}
+		if err := s.ChangePIN(good, pinHash("5678")); err != nil {
+			t.Fatalf("ChangePIN: %v", err)
+		}
+		if err := s.VerifyPIN(good); !errors.Is(err, ErrPINInvalid) {
+			t.Fatalf("old PIN after change: %v", err)
+		}
+		if err := s.VerifyPIN(pinHash("5678")); err != nil {
+			t.Fatalf("new PIN: %v", err)
+		}
+		// 8 wrong in total (with reopens in between) block for good.
+		var err error
+		for i := 0; i < 8; i++ {
+			if i%3 == 0 {
+				s.Close()
+				s = openStore(t, tpm, dir)
 			}
-			if err := s.VerifyPIN(good); err != nil {
-				t.Fatalf("right PIN: %v", err)
-			}
-			// Wrong PIN decrements; 3 in a row block until reopen.
-			for i, want := range []error{ErrPINInvalid, ErrPINInvalid, ErrPINAuthBlocked} {
-				if err := s.VerifyPIN(bad); !errors.Is(err, want) {
-					t.Fatalf("wrong PIN %d: err = %v, want %v", i+1, err, want)
-				}
-				if r := s.PINRetries(); r != 8-(i+1) {
-					t.Fatalf("retries after %d wrong: %d", i+1, r)
-				}
-			}
-			if err := s.VerifyPIN(good); !errors.Is(err, ErrPINAuthBlocked) {
-				t.Fatalf("right PIN while auth-blocked: %v", err)
-			}
-			if r := s.PINRetries(); r != 5 {
-				t.Fatalf("blocked attempt consumed a retry: %d", r)
-			}
-			s.Close()
-			// Reopen: the PIN and the retry count survive.
-			s = openStore(t, tpm, dir)
-			if !s.PINIsSet() || s.PINRetries() != 5 {
-				t.Fatalf("after reopen: set=%v retries=%d", s.PINIsSet(), s.PINRetries())
-			}
-			if err := s.VerifyPIN(good); err != nil {
-				t.Fatalf("right PIN after reopen: %v", err)
-			}
-			if r := s.PINRetries(); r != 8 {
-				t.Fatalf("retries not restored on success: %d", r)
-			}
-			// ChangePIN verifies the current PIN.
-			if err := s.ChangePIN(bad, pinHash("5678")); !errors.Is(err, ErrPINInvalid) {
-				t.Fatalf("ChangePIN with wrong current: %v", err)
-			}
-			if err := s.ChangePIN(good, pinHash("5678")); err != nil {
-				t.Fatalf("ChangePIN: %v", err)
-			}
-			if err := s.VerifyPIN(good); !errors.Is(err, ErrPINInvalid) {
-				t.Fatalf("old PIN after change: %v", err)
-			}
-			if err := s.VerifyPIN(pinHash("5678")); err != nil {
-				t.Fatalf("new PIN: %v", err)
-			}
-			// 8 wrong in total (with reopens in between) block for good.
-			var err error
-			for i := 0; i < 8; i++ {
-				if i%3 == 0 {
-					s.Close()
-					s = openStore(t, tpm, dir)
-				}
-				err = s.VerifyPIN(bad)
-			}
-			if !errors.Is(err, ErrPINBlocked) || s.PINRetries() != 0 {
-				t.Fatalf("after 8 wrong: err = %v retries = %d", err, s.PINRetries())
-			}
-			s.Close()
-			s = openStore(t, tpm, dir)
-			if err := s.VerifyPIN(pinHash("5678")); !errors.Is(err, ErrPINBlocked) {
-				t.Fatalf("right PIN when blocked: %v", err)
-			}
-		})
-	}
+			err = s.VerifyPIN(bad)
+		}
+		if !errors.Is(err, ErrPINBlocked) || s.PINRetries() != 0 {
+			t.Fatalf("after 8 wrong: err = %v retries = %d", err, s.PINRetries())
+		}
+		s.Close()
+		s = openStore(t, tpm, dir)
+		if err := s.VerifyPIN(pinHash("5678")); !errors.Is(err, ErrPINBlocked) {
+			t.Fatalf("right PIN when blocked: %v", err)
+		}
+	})
 }
 
 // lockBeforeUnseal is another program that fails its own DA-protected
@@ -257,11 +236,7 @@ func equalSnapshots(a, b map[string][]byte) bool {
 }
 
 func TestCorruptState(t *testing.T) {
-	tpm := openSimulator(t)
-	dir := t.TempDir()
-	s := openStore(t, tpm, dir)
-	s.Close()
-	path := filepath.Join(dir, stateFile)
+	tpm, dir, path := closedState(t)
 	garbage := bytes.Repeat([]byte("not a database "), 1000)
 	if err := os.WriteFile(path, garbage, 0o600); err != nil {
 		t.Fatal(err)
@@ -299,6 +274,41 @@ func TestModes(t *testing.T) {
 	}
 }
 
+// residentAndPIN makes a resident credential (opts, made resident) for
+// rp, stores alice's record for it, and sets the PIN 1234.
+func residentAndPIN(t testing.TB, s *Store, rp [32]byte, opts CredentialOptions) *Credential {
+	t.Helper()
+	opts.Resident = true
+	c, err := s.CreateCredential(rp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutResident(testResident(t, c, "alice", time.Unix(1, 0))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetPIN(pinHash("1234")); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// checkWiped checks what a reset leaves: none of the old credential IDs
+// opens, no resident credential, no PIN and all 8 retries.
+func checkWiped(t testing.TB, s *Store, rp [32]byte, when string, old ...*Credential) {
+	t.Helper()
+	for _, c := range old {
+		if _, err := s.OpenCredential(rp, c.ID); !errors.Is(err, ErrCredentialInvalid) {
+			t.Fatalf("old credential ID %s: %v, want ErrCredentialInvalid", when, err)
+		}
+	}
+	if n, _ := s.ResidentCount(); n != 0 {
+		t.Fatalf("%d residents %s", n, when)
+	}
+	if s.PINIsSet() || s.PINRetries() != 8 {
+		t.Fatalf("PIN %s: set=%v retries=%d", when, s.PINIsSet(), s.PINRetries())
+	}
+}
+
 func testResident(t testing.TB, c *Credential, user string, created time.Time) Resident {
 	t.Helper()
 	return Resident{
@@ -313,24 +323,17 @@ func testResident(t testing.TB, c *Credential, user string, created time.Time) R
 	}
 }
 
+// fakeResident is genResident with credProtect 2 and a key of its own,
+// so that a round trip that mixed up records shows.
 func fakeResident(t testing.TB, rp string, user string) Resident {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := make([]byte, 64)
-	rand.Read(id)
-	return Resident{
-		CredentialID: id,
-		RPID:         rp,
-		RPIDHash:     rpHash(rp),
-		RPName:       "Name of " + rp,
-		User:         User{ID: []byte("id-" + user), Name: user},
-		PublicKey:    &k.PublicKey,
-		CredProtect:  2,
-		Created:      time.Unix(1700000000, 0),
-	}
+	r := genResident(rp, user, 2)
+	r.PublicKey = &k.PublicKey
+	return r
 }
 
 func TestResidents(t *testing.T) {
@@ -416,14 +419,7 @@ func TestCounterAcrossReopen(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		s := openStore(t, tpm, dir)
 		for i := 0; i < 300; i++ {
-			c, err := s.NextCounter()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c <= last {
-				t.Fatalf("round %d: counter %d after %d", round, c, last)
-			}
-			last = c
+			last = nextCounterAbove(t, s, last, fmt.Sprintf("round %d", round))
 		}
 		s.Close()
 	}

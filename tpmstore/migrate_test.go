@@ -416,11 +416,7 @@ func TestMigrateLarge(t *testing.T) {
 // TestStateVersionTooNew: a state written by a newer layout is refused
 // untouched.
 func TestStateVersionTooNew(t *testing.T) {
-	tpm := openSimulator(t)
-	dir := t.TempDir()
-	s := openStore(t, tpm, dir)
-	s.Close()
-	path := filepath.Join(dir, stateFile)
+	tpm, dir, path := closedState(t)
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -110,14 +110,7 @@ func TestRecoverLostObjects(t *testing.T) {
 			if n := flushAllTransient(t, tpm); n < 1 {
 				t.Fatalf("flushed %d objects, want at least the SRK", n)
 			}
-			d := sha256.Sum256([]byte("x"))
-			sig, err := s.Sign(c, d[:])
-			if err != nil {
-				t.Fatalf("Sign after the TPM lost the objects: %v", err)
-			}
-			if !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatal("bad signature after recovery")
-			}
+			signVerify(t, s, c, "x", "after the TPM lost the objects")
 			flushAllTransient(t, tpm)
 			r2, err := s.CredRandom(c, false)
 			if err != nil || !bytes.Equal(r1, r2) {

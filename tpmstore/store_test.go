@@ -24,6 +24,56 @@ func openStore(t testing.TB, tpm transport.TPM, dir string) *Store {
 
 func rpHash(rp string) [32]byte { return sha256.Sum256([]byte(rp)) }
 
+// eachBackend runs f as a subtest on every TPM backend, with a new
+// state directory and the store open on it.
+func eachBackend(t *testing.T, f func(t *testing.T, tpm transport.TPM, dir string, s *Store)) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tpm := b.open(t)
+			dir := t.TempDir()
+			f(t, tpm, dir, openStore(t, tpm, dir))
+		})
+	}
+}
+
+// closedState makes a new state on the simulator and closes it, for tests
+// that alter the database file: the TPM, the directory and the file.
+func closedState(t *testing.T) (tpm transport.TPM, dir, path string) {
+	t.Helper()
+	tpm = openSimulator(t)
+	dir = t.TempDir()
+	openStore(t, tpm, dir).Close()
+	return tpm, dir, StatePath(dir)
+}
+
+// nextCounterAbove takes the next signature counter value, which must be
+// above last; what says where, in the failure.
+func nextCounterAbove(t testing.TB, s *Store, last uint32, what string) uint32 {
+	t.Helper()
+	c, err := s.NextCounter()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if c <= last {
+		t.Fatalf("%s: counter %d, not above %d", what, c, last)
+	}
+	return c
+}
+
+// signVerify signs a digest of msg with c and verifies the signature
+// with c's public key.
+func signVerify(t testing.TB, s *Store, c *Credential, msg, what string) {
+	t.Helper()
+	d := sha256.Sum256([]byte(msg))
+	sig, err := s.Sign(c, d[:])
+	if err != nil {
+		t.Fatalf("%s: Sign: %v", what, err)
+	}
+	if !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+		t.Fatalf("%s: the signature does not verify with the credential's public key", what)
+	}
+}
+
 func TestCredentialRoundTrip(t *testing.T) {
 	for _, b := range backends(t) {
 		t.Run(b.name, func(t *testing.T) {
@@ -38,14 +88,7 @@ func TestCredentialRoundTrip(t *testing.T) {
 			if len(c.ID) > 255 {
 				t.Fatalf("credential ID %d bytes > 255", len(c.ID))
 			}
-			d := sha256.Sum256([]byte("attestation"))
-			sig, err := s.Sign(c, d[:])
-			if err != nil {
-				t.Fatalf("Sign: %v", err)
-			}
-			if !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatal("signature does not verify with the returned public key")
-			}
+			signVerify(t, s, c, "attestation", "new credential")
 			o, err := s.OpenCredential(rp, c.ID)
 			if err != nil {
 				t.Fatalf("OpenCredential: %v", err)

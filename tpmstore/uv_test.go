@@ -12,14 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
@@ -39,33 +36,10 @@ type thief struct {
 
 func newThief(t *testing.T, tpm transport.TPM, dir string) *thief {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "stolen.db")
-	if err := os.WriteFile(p, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	db, err := bolt.Open(p, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	th := &thief{t: t, tpm: tpm, meta: map[string][]byte{}}
-	db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).ForEach(func(k, v []byte) error {
-			th.meta[string(k)] = bytes.Clone(v)
-			return nil
-		})
-	})
+	th := &thief{t: t, tpm: tpm, meta: stolenMeta(t, snapshot(t, dir))}
 	// The wrapping key: TPM2_HMAC with the anchor key and its authValue,
 	// both named in the state.
-	anchor := tpmObject{
-		handle: tpm2.TPMHandle(binary.BigEndian.Uint32(th.meta[string(keyAnchorHandle)])),
-		name:   th.meta[string(keyAnchorName)],
-		auth:   th.meta[string(keyAnchorAuth)],
-	}
+	anchor := stolenAnchor(th.meta)
 	in := append([]byte{0}, "tpm-fido credential-id wrapping key"...)
 	r, err := tpm2.Hmac{Handle: anchor.authHandle(), Buffer: tpm2.TPM2BMaxBuffer{Buffer: append(in, th.meta[string(keyWrapSalt)]...)}, HashAlg: tpm2.TPMAlgSHA256}.Execute(tpm)
 	if err != nil {
@@ -267,53 +241,48 @@ func TestVerifyRequiredNeedsPINInTPM(t *testing.T) {
 // signs with the new PIN (also after a restart), and no longer with the
 // old one.
 func TestPINChangeKeepsBoundCredentials(t *testing.T) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			dir := t.TempDir()
-			s := openStore(t, tpm, dir)
-			rp := rpHash("ssh:")
-			if err := s.SetPIN(pinHash("1234")); err != nil {
-				t.Fatal(err)
-			}
-			pub := bytes.Clone(s.pinPub)
-			c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 3})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.ChangePIN(pinHash("0000"), pinHash("5678")); !errors.Is(err, ErrPINInvalid) {
-				t.Fatalf("ChangePIN with a wrong current PIN: %v", err)
-			}
-			if err := s.ChangePIN(pinHash("1234"), pinHash("5678")); err != nil {
-				t.Fatalf("ChangePIN: %v", err)
-			}
-			if !bytes.Equal(pub, s.pinPub) {
-				t.Fatal("the PIN object's public area (its name) changed")
-			}
-			d := sha256.Sum256([]byte("after the change"))
-			if sig, err := s.SignWithPIN(c, d[:], pinHash("5678")); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatalf("credential made before the change, new PIN: %v", err)
-			}
-			if _, err := s.SignWithPIN(c, d[:], pinHash("1234")); !errors.Is(err, tpm2.TPMRCAuthFail) {
-				t.Fatalf("old PIN after the change: %v, want TPM_RC_AUTH_FAIL", err)
-			}
-			if err := s.VerifyPIN(pinHash("1234")); !errors.Is(err, ErrPINInvalid) {
-				t.Fatalf("VerifyPIN old PIN: %v", err)
-			}
-			s.Close()
-			s = openStore(t, tpm, dir)
-			o, err := s.OpenCredential(rp, c.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.VerifyPIN(pinHash("5678")); err != nil {
-				t.Fatalf("VerifyPIN new PIN after restart: %v", err)
-			}
-			if sig, err := s.SignWithPIN(o, d[:], pinHash("5678")); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatalf("after a restart, new PIN: %v", err)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, tpm transport.TPM, dir string, s *Store) {
+		rp := rpHash("ssh:")
+		if err := s.SetPIN(pinHash("1234")); err != nil {
+			t.Fatal(err)
+		}
+		pub := bytes.Clone(s.pinPub)
+		c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ChangePIN(pinHash("0000"), pinHash("5678")); !errors.Is(err, ErrPINInvalid) {
+			t.Fatalf("ChangePIN with a wrong current PIN: %v", err)
+		}
+		if err := s.ChangePIN(pinHash("1234"), pinHash("5678")); err != nil {
+			t.Fatalf("ChangePIN: %v", err)
+		}
+		if !bytes.Equal(pub, s.pinPub) {
+			t.Fatal("the PIN object's public area (its name) changed")
+		}
+		d := sha256.Sum256([]byte("after the change"))
+		if sig, err := s.SignWithPIN(c, d[:], pinHash("5678")); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+			t.Fatalf("credential made before the change, new PIN: %v", err)
+		}
+		if _, err := s.SignWithPIN(c, d[:], pinHash("1234")); !errors.Is(err, tpm2.TPMRCAuthFail) {
+			t.Fatalf("old PIN after the change: %v, want TPM_RC_AUTH_FAIL", err)
+		}
+		if err := s.VerifyPIN(pinHash("1234")); !errors.Is(err, ErrPINInvalid) {
+			t.Fatalf("VerifyPIN old PIN: %v", err)
+		}
+		s.Close()
+		s = openStore(t, tpm, dir)
+		o, err := s.OpenCredential(rp, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.VerifyPIN(pinHash("5678")); err != nil {
+			t.Fatalf("VerifyPIN new PIN after restart: %v", err)
+		}
+		if sig, err := s.SignWithPIN(o, d[:], pinHash("5678")); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+			t.Fatalf("after a restart, new PIN: %v", err)
+		}
+	})
 }
 
 func flushHandle(tpm transport.TPM, h tpm2.TPMHandle) {
