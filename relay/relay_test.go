@@ -22,6 +22,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/relay"
+	"github.com/tpm-fido/tpm-fido/test/otheruser"
 	"github.com/tpm-fido/tpm-fido/transport"
 )
 
@@ -293,29 +294,9 @@ func TestRelayOtherUserProcess(t *testing.T) {
 	for _, p := range []string{filepath.Dir(filepath.Dir(filepath.Dir(sock))), filepath.Dir(filepath.Dir(sock))} {
 		os.Chmod(p, 0o755)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exeDir, err := os.MkdirTemp("", "tpm-fido-relay-peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(exeDir) })
-	os.Chmod(exeDir, 0o755)
-	exe = filepath.Join(exeDir, "relay.test")
-	if err := os.WriteFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	peer := otheruser.Copy(t)
 	run := func() string {
-		cmd := exec.Command(exe, "-test.run=^TestRelayOtherUserProcess$")
-		cmd.Env = append(os.Environ(), "TPM_FIDO_TEST_RELAY="+sock)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		out, _ := cmd.CombinedOutput()
+		out, _ := peer.Run("TestRelayOtherUserProcess", "TPM_FIDO_TEST_RELAY="+sock)
 		return string(out)
 	}
 	if out := run(); !strings.Contains(out, "uid 65534 may not use the relay") {

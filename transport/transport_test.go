@@ -8,16 +8,15 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+	"github.com/tpm-fido/tpm-fido/test/otheruser"
 )
 
 func serve(t *testing.T, dev ctaphid.ReportDevice) {
@@ -423,32 +422,7 @@ func TestUnixOtherUserProcess(t *testing.T) {
 	if err := os.Chmod(path, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	// A copy of the test binary that uid 65534 may run (the build
-	// directory is private).
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exeDir, err := os.MkdirTemp("", "tpm-fido-peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(exeDir) })
-	if err := os.Chmod(exeDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	exe = filepath.Join(exeDir, "transport.test")
-	if err := os.WriteFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestUnixOtherUserProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "TPM_FIDO_TEST_PEER_SOCKET="+path)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
+	out, err := otheruser.Copy(t).Run("TestUnixOtherUserProcess", "TPM_FIDO_TEST_PEER_SOCKET="+path)
 	if err != nil || !strings.Contains(string(out), "refused") {
 		t.Fatalf("client as uid 65534: %v\n%s", err, out)
 	}

@@ -9,13 +9,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/pinuv"
+	"github.com/tpm-fido/tpm-fido/test/otheruser"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
 
@@ -418,31 +417,10 @@ func TestStateUnreadable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.Chown(dir, 65534, 65534); err != nil {
+	if err := os.Chown(dir, otheruser.UID, otheruser.UID); err != nil {
 		t.Fatal(err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exeDir, err := os.MkdirTemp("", "tpm-fido-unreadable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(exeDir) })
-	os.Chmod(exeDir, 0o755)
-	exe = filepath.Join(exeDir, "tpm-fido.test")
-	if err := os.WriteFile(exe, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestStateUnreadable$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "TPM_FIDO_UNREADABLE_CHILD="+dir, "HOME="+exeDir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
+	out, err := otheruser.Copy(t).Run("TestStateUnreadable", "TPM_FIDO_UNREADABLE_CHILD="+dir)
 	t.Logf("as uid 65534:\n%s", out)
 	if err != nil || !strings.Contains(string(out), "--- PASS") {
 		t.Fatalf("child: %v", err)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tpm-fido/tpm-fido/test/otheruser"
 )
 
 // TestNotDumpable: the binary makes itself non-dumpable at start
@@ -37,13 +39,13 @@ func TestNotDumpable(t *testing.T) {
 	if err := os.WriteFile(exe, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var cred *syscall.Credential
+	attr := &syscall.SysProcAttr{}
 	if os.Getuid() == 0 {
-		cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+		attr = otheruser.SysProcAttr()
 	}
 	start := func(name string, args ...string) *exec.Cmd {
 		cmd := exec.Command(name, args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.SysProcAttr = attr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -55,7 +57,7 @@ func TestNotDumpable(t *testing.T) {
 	}
 	readEnviron := func(pid int) error {
 		cmd := exec.Command("head", "-c", "1", "/proc/"+strconv.Itoa(pid)+"/environ")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.SysProcAttr = attr
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
