@@ -16,7 +16,6 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
-	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
 )
 
 const cCredMgmt = 0x0A
@@ -47,19 +46,7 @@ const (
 // credential, CreateCredential (the TPM) for the 105 the test signs with.
 func newScaleEnv(t *testing.T) *scaleEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("10,000 resident credentials: skipped in -short mode")
-	}
-	sim, err := tpmsim.Open()
-	if err != nil {
-		t.Skipf("TPM simulator unavailable: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	store, err := tpmstore.Open(tpmstore.Config{TPM: sim, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store, _ := simulatorStore(t, "10,000 resident credentials:")
 	if store.MaxResidents() != 10000 {
 		t.Fatalf("default capacity %d", store.MaxResidents())
 	}

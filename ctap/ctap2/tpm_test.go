@@ -17,11 +17,13 @@ import (
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
 
-// TestWithTPMSimulator runs the authenticator on the real TPM store over
-// the in-process TPM simulator.
-func TestWithTPMSimulator(t *testing.T) {
+// simulatorStore opens the real TPM store on the in-process TPM simulator,
+// behind a command counter, in a new state directory; both close when
+// the test ends. It skips what in -short mode.
+func simulatorStore(t *testing.T, what string) (*tpmstore.Store, *tpmtest.CountingTPM) {
+	t.Helper()
 	if testing.Short() {
-		t.Skip("TPM simulator test skipped in -short mode")
+		t.Skip(what + " skipped in -short mode")
 	}
 	sim, err := tpmsim.Open()
 	if err != nil {
@@ -34,6 +36,13 @@ func TestWithTPMSimulator(t *testing.T) {
 		t.Fatalf("tpmstore.Open: %v", err)
 	}
 	t.Cleanup(func() { store.Close() })
+	return store, counting
+}
+
+// TestWithTPMSimulator runs the authenticator on the real TPM store over
+// the in-process TPM simulator.
+func TestWithTPMSimulator(t *testing.T) {
+	store, counting := simulatorStore(t, "TPM simulator test")
 	e := newEnvWithStore(t, store)
 
 	plain := e.makeCredential(mcOpts{user: "plain"})
@@ -133,20 +142,7 @@ func TestWithTPMSimulator(t *testing.T) {
 // PIN hash the token was issued with; the store refuses a plain Sign;
 // after a PIN change it signs with the new PIN.
 func TestVerifyRequiredOnTPM(t *testing.T) {
-	if testing.Short() {
-		t.Skip("TPM simulator test skipped in -short mode")
-	}
-	sim, err := tpmsim.Open()
-	if err != nil {
-		t.Skipf("TPM simulator unavailable: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	counting := tpmtest.NewCountingTPM(sim)
-	store, err := tpmstore.Open(tpmstore.Config{TPM: counting, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("tpmstore.Open: %v", err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store, counting := simulatorStore(t, "TPM simulator test")
 	e := newEnvWithStore(t, store)
 
 	st, _ := e.call(cMakeCredential, mcRequest(mcOpts{rp: "ssh:", credProtect: 3}, cdh("mc")))
