@@ -59,34 +59,40 @@ func parseParams(raw []byte) (params, error) {
 	return p, nil
 }
 
-// The typed accessors return ok=false when the key is absent, and
-// CTAP2_ERR_CBOR_UNEXPECTED_TYPE when it holds the wrong CBOR type.
-
-func (p params) bytes(k uint64) ([]byte, bool, error) {
-	r, ok := p[k]
+// need decodes m[k] with as (asText, asBytes, ...): a missing key is
+// CTAP2_ERR_MISSING_PARAMETER, the wrong CBOR type
+// CTAP2_ERR_CBOR_UNEXPECTED_TYPE.
+func need[K comparable, T any](m map[K]cbor.RawMessage, k K, as func(cbor.RawMessage) (T, error)) (T, error) {
+	v, ok := m[k]
 	if !ok {
-		return nil, false, nil
+		var zero T
+		return zero, ctap.StatusMissingParameter
 	}
-	b, err := asBytes(r)
-	return b, true, err
+	return as(v)
 }
 
-func (p params) text(k uint64) (string, bool, error) {
-	r, ok := p[k]
+// opt decodes m[k] with as into *dst when the key is present; it reports
+// whether it was.
+func opt[K comparable, T any](m map[K]cbor.RawMessage, k K, as func(cbor.RawMessage) (T, error), dst *T) (bool, error) {
+	v, ok := m[k]
 	if !ok {
-		return "", false, nil
+		return false, nil
 	}
-	s, err := asText(r)
-	return s, true, err
+	var err error
+	*dst, err = as(v)
+	return true, err
 }
 
-func (p params) uint(k uint64) (uint64, bool, error) {
-	r, ok := p[k]
-	if !ok {
-		return 0, false, nil
+// requireKeys is CTAP2_ERR_MISSING_PARAMETER unless m holds every key:
+// where a structure's members are all checked for presence before any is
+// type-checked.
+func requireKeys[K comparable](m map[K]cbor.RawMessage, keys ...K) error {
+	for _, k := range keys {
+		if _, ok := m[k]; !ok {
+			return ctap.StatusMissingParameter
+		}
 	}
-	u, err := asUint(r)
-	return u, true, err
+	return nil
 }
 
 // as decodes r into a T after checking that its major type is one of
@@ -133,4 +139,28 @@ func asTextMap(r cbor.RawMessage) (map[string]cbor.RawMessage, error) {
 // asIntMap decodes a map whose keys must all be integers.
 func asIntMap(r cbor.RawMessage) (map[int64]cbor.RawMessage, error) {
 	return as[map[int64]cbor.RawMessage](r, majMap)
+}
+
+// eachStruct decodes an array of maps with text keys (WebAuthn
+// dictionaries) and calls f on each in turn, after checking that it holds
+// every one of members: a wrong type is CTAP2_ERR_CBOR_UNEXPECTED_TYPE, a
+// missing member CTAP2_ERR_MISSING_PARAMETER, found entry by entry.
+func eachStruct(r cbor.RawMessage, members []string, f func(m map[string]cbor.RawMessage) error) error {
+	arr, err := asArray(r)
+	if err != nil {
+		return err
+	}
+	for _, e := range arr {
+		m, err := asTextMap(e)
+		if err != nil {
+			return err
+		}
+		if err := requireKeys(m, members...); err != nil {
+			return err
+		}
+		if err := f(m); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -37,10 +37,10 @@ func (p params) pinUvAuth(paramKey, protoKey uint64) (pinUvAuth, error) {
 		v   pinUvAuth
 		err error
 	)
-	if v.param, v.present, err = p.bytes(paramKey); err != nil {
+	if v.present, err = opt(p, paramKey, asBytes, &v.param); err != nil {
 		return v, err
 	}
-	if v.protocol, v.protoSet, err = p.uint(protoKey); err != nil {
+	if v.protoSet, err = opt(p, protoKey, asUint, &v.protocol); err != nil {
 		return v, err
 	}
 	return v, nil
@@ -142,32 +142,24 @@ type descriptor struct {
 // parseDescriptors parses an allowList/excludeList: an array of maps with
 // "type" (text) and "id" (bytes); "transports" is ignored.
 func parseDescriptors(r cbor.RawMessage) ([]descriptor, error) {
-	arr, err := asArray(r)
+	var out []descriptor
+	err := eachStruct(r, []string{"type", "id"}, func(m map[string]cbor.RawMessage) error {
+		var d descriptor
+		var err error
+		if d.typ, err = asText(m["type"]); err != nil {
+			return err
+		}
+		if d.id, err = asBytes(m["id"]); err != nil {
+			return err
+		}
+		out = append(out, d)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]descriptor, 0, len(arr))
-	for _, e := range arr {
-		m, err := asTextMap(e)
-		if err != nil {
-			return nil, err
-		}
-		rt, ok := m["type"]
-		if !ok {
-			return nil, ctap.StatusMissingParameter
-		}
-		ri, ok := m["id"]
-		if !ok {
-			return nil, ctap.StatusMissingParameter
-		}
-		var d descriptor
-		if d.typ, err = asText(rt); err != nil {
-			return nil, err
-		}
-		if d.id, err = asBytes(ri); err != nil {
-			return nil, err
-		}
-		out = append(out, d)
+	if out == nil {
+		out = []descriptor{}
 	}
 	return out, nil
 }
@@ -183,6 +175,21 @@ func (a *Authenticator) openCredential(rpIDHash [32]byte, id []byte) *tpmstore.C
 		if !errors.Is(err, tpmstore.ErrCredentialInvalid) {
 			a.log.Warn("credential ID check failed", "err", err)
 		}
+		return nil
+	}
+	return c
+}
+
+// listedCredential is the credential an allowList or excludeList entry
+// names, if the request may use it: of type public-key, made by this
+// store for this RP (checked in software), and, for a credProtect 3
+// credential, asked for by a verified user. Otherwise nil.
+func (a *Authenticator) listedCredential(rpIDHash [32]byte, d descriptor, uv bool) *tpmstore.Credential {
+	if d.typ != credTypePublicKy {
+		return nil
+	}
+	c := a.openCredential(rpIDHash, d.id)
+	if c == nil || (credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv) {
 		return nil
 	}
 	return c

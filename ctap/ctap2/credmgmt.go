@@ -197,21 +197,32 @@ func (a *Authenticator) cmBeginRPs(perm pinuv.Permission) ([]byte, error) {
 func (a *Authenticator) cmNextRP() ([]byte, error) {
 	w := a.cm.rps
 	a.cm.creds = nil
+	list := func(after tpmstore.Cursor) ([]tpmstore.RP, tpmstore.Cursor, error) {
+		return a.cfg.Store.ListResidentRPs(after, 1)
+	}
+	return cmStep(a, w, list, "RPs", cmEncodeRP)
+}
+
+// cmStep answers the next entry of walk w: list gives the entry after a
+// cursor and the cursor after it, encode the answer. No walk, a walk
+// whose announced total is reached, or one that finds no more entries
+// is CTAP2_ERR_NOT_ALLOWED; those and a store failure end every walk.
+func cmStep[T any](a *Authenticator, w *cmWalk, list func(tpmstore.Cursor) ([]T, tpmstore.Cursor, error), what string, encode func(T, *int) ([]byte, error)) ([]byte, error) {
 	if w == nil || w.remaining <= 0 {
 		a.cm = credMgmtState{}
 		return nil, ctap.StatusNotAllowed
 	}
-	rps, next, err := a.cfg.Store.ListResidentRPs(w.after, 1)
+	entries, next, err := list(w.after)
 	if err != nil {
 		a.cm = credMgmtState{}
-		return nil, fmt.Errorf("credentialManagement: listing RPs: %w", err)
+		return nil, fmt.Errorf("credentialManagement: listing %s: %w", what, err)
 	}
-	if len(rps) == 0 {
+	if len(entries) == 0 {
 		a.cm = credMgmtState{}
 		return nil, ctap.StatusNotAllowed
 	}
 	w.after, w.remaining = next, w.remaining-1
-	return cmEncodeRP(rps[0], nil)
+	return encode(entries[0], nil)
 }
 
 func cmEncodeRP(rp tpmstore.RP, total *int) ([]byte, error) {
@@ -259,21 +270,10 @@ func (a *Authenticator) cmBeginCredentials(perm pinuv.Permission, params *cmPara
 func (a *Authenticator) cmNextCredential() ([]byte, error) {
 	w := a.cm.creds
 	a.cm.rps = nil
-	if w == nil || w.remaining <= 0 {
-		a.cm = credMgmtState{}
-		return nil, ctap.StatusNotAllowed
+	list := func(after tpmstore.Cursor) ([]tpmstore.Resident, tpmstore.Cursor, error) {
+		return a.cfg.Store.ListResidents(a.cm.rpIDHash, tpmstore.AllResidents, after, 1)
 	}
-	creds, next, err := a.cfg.Store.ListResidents(a.cm.rpIDHash, tpmstore.AllResidents, w.after, 1)
-	if err != nil {
-		a.cm = credMgmtState{}
-		return nil, fmt.Errorf("credentialManagement: listing credentials: %w", err)
-	}
-	if len(creds) == 0 {
-		a.cm = credMgmtState{}
-		return nil, ctap.StatusNotAllowed
-	}
-	w.after, w.remaining = next, w.remaining-1
-	return cmEncodeCredential(creds[0], nil)
+	return cmStep(a, w, list, "credentials", cmEncodeCredential)
 }
 
 func cmEncodeCredential(r tpmstore.Resident, total *int) ([]byte, error) {

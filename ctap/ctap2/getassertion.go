@@ -90,38 +90,25 @@ func parseGetAssertion(raw []byte) (*getAssertionRequest, error) {
 		return nil, err
 	}
 	r := &getAssertionRequest{options: map[string]bool{}}
-	var ok bool
-	if r.rpID, ok, err = p.text(gaRPID); err != nil {
+	if r.rpID, err = need(p, gaRPID, asText); err != nil {
 		return nil, err
-	} else if !ok {
-		return nil, ctap.StatusMissingParameter
 	}
-	if r.clientDataHash, ok, err = p.bytes(gaClientDataHash); err != nil {
+	if r.clientDataHash, err = need(p, gaClientDataHash, asBytes); err != nil {
 		return nil, err
-	} else if !ok {
-		return nil, ctap.StatusMissingParameter
 	}
-	if v, ok := p[gaAllowList]; ok {
-		if r.allowList, err = parseDescriptors(v); err != nil {
-			return nil, err
-		}
-		r.hasAllowList = len(r.allowList) > 0
+	if _, err := opt(p, gaAllowList, parseDescriptors, &r.allowList); err != nil {
+		return nil, err
 	}
-	if v, ok := p[gaExtensions]; ok {
-		ext, err := asTextMap(v)
-		if err != nil {
-			return nil, err
-		}
-		if hs, ok := ext["hmac-secret"]; ok {
-			if r.hmacSecret, err = parseHMACSecretInput(hs); err != nil {
-				return nil, err
-			}
-		}
+	r.hasAllowList = len(r.allowList) > 0
+	var ext map[string]cbor.RawMessage
+	if _, err := opt(p, gaExtensions, asTextMap, &ext); err != nil {
+		return nil, err
 	}
-	if v, ok := p[gaOptions]; ok {
-		if r.options, err = parseOptions(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(ext, "hmac-secret", parseHMACSecretInput, &r.hmacSecret); err != nil {
+		return nil, err
+	}
+	if _, err := opt(p, gaOptions, parseOptions, &r.options); err != nil {
+		return nil, err
 	}
 	if r.pua, err = p.pinUvAuth(gaPinUvAuthParam, gaPinUvAuthProtocol); err != nil {
 		return nil, err
@@ -136,26 +123,21 @@ func parseHMACSecretInput(raw cbor.RawMessage) (*hmacSecretInput, error) {
 	if err != nil {
 		return nil, err
 	}
-	kaRaw, ok1 := m[1]
-	seRaw, ok2 := m[2]
-	saRaw, ok3 := m[3]
-	if !ok1 || !ok2 || !ok3 {
-		return nil, ctap.StatusMissingParameter
+	if err := requireKeys(m, 1, 2, 3); err != nil {
+		return nil, err
 	}
 	in := &hmacSecretInput{protocol: 1}
-	if in.keyAgreement, err = parseCOSEKey(kaRaw); err != nil {
+	if in.keyAgreement, err = parseCOSEKey(m[1]); err != nil {
 		return nil, err
 	}
-	if in.saltEnc, err = asBytes(seRaw); err != nil {
+	if in.saltEnc, err = asBytes(m[2]); err != nil {
 		return nil, err
 	}
-	if in.saltAuth, err = asBytes(saRaw); err != nil {
+	if in.saltAuth, err = asBytes(m[3]); err != nil {
 		return nil, err
 	}
-	if v, ok := m[4]; ok {
-		if in.protocol, err = asUint(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(m, 4, asUint, &in.protocol); err != nil {
+		return nil, err
 	}
 	return in, nil
 }
@@ -168,10 +150,8 @@ func parseCOSEKey(raw cbor.RawMessage) (cose.Key, error) {
 	if err != nil {
 		return k, err
 	}
-	for _, label := range []int64{1, 3, -1, -2, -3} {
-		if _, ok := m[label]; !ok {
-			return k, ctap.StatusMissingParameter
-		}
+	if err := requireKeys(m, 1, 3, -1, -2, -3); err != nil {
+		return k, err
 	}
 	if k.Kty, err = asInt(m[1]); err != nil {
 		return k, err
@@ -327,14 +307,8 @@ func (a *Authenticator) getNextAssertion(raw []byte) ([]byte, error) {
 // for the RP that the request may use (credProtect 3 needs UV), or none.
 func (a *Authenticator) allowListCredential(r *getAssertionRequest, hash [32]byte, uv bool) (assertionCred, error) {
 	for _, d := range r.allowList {
-		if d.typ != credTypePublicKy {
-			continue
-		}
-		c := a.openCredential(hash, d.id)
+		c := a.listedCredential(hash, d, uv)
 		if c == nil {
-			continue
-		}
-		if credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv {
 			continue
 		}
 		ac := assertionCred{cred: c}

@@ -49,77 +49,48 @@ func parseMakeCredential(raw []byte) (*makeCredRequest, error) {
 		return nil, err
 	}
 	r := &makeCredRequest{options: map[string]bool{}}
-	var ok bool
-	if r.clientDataHash, ok, err = p.bytes(mcClientDataHash); err != nil {
+	if r.clientDataHash, err = need(p, mcClientDataHash, asBytes); err != nil {
 		return nil, err
-	} else if !ok {
-		return nil, ctap.StatusMissingParameter
 	}
 	// rp: {id: text, name?: text, icon?: text}
-	rpRaw, ok := p[mcRP]
-	if !ok {
-		return nil, ctap.StatusMissingParameter
-	}
-	rp, err := asTextMap(rpRaw)
+	rp, err := need(p, mcRP, asTextMap)
 	if err != nil {
 		return nil, err
 	}
-	if v, ok := rp["id"]; !ok {
-		return nil, ctap.StatusMissingParameter
-	} else if r.rpID, err = asText(v); err != nil {
+	if r.rpID, err = need(rp, "id", asText); err != nil {
 		return nil, err
 	}
-	if v, ok := rp["name"]; ok {
-		if r.rpName, err = asText(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(rp, "name", asText, &r.rpName); err != nil {
+		return nil, err
 	}
 	// user: {id: bytes, name?: text, displayName?: text, icon?: text}
-	userRaw, ok := p[mcUser]
-	if !ok {
-		return nil, ctap.StatusMissingParameter
-	}
-	user, err := asTextMap(userRaw)
+	user, err := need(p, mcUser, asTextMap)
 	if err != nil {
 		return nil, err
 	}
-	if v, ok := user["id"]; !ok {
-		return nil, ctap.StatusMissingParameter
-	} else if r.user.ID, err = asBytes(v); err != nil {
+	if r.user.ID, err = need(user, "id", asBytes); err != nil {
 		return nil, err
 	}
-	if v, ok := user["name"]; ok {
-		if r.user.Name, err = asText(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(user, "name", asText, &r.user.Name); err != nil {
+		return nil, err
 	}
-	if v, ok := user["displayName"]; ok {
-		if r.user.DisplayName, err = asText(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(user, "displayName", asText, &r.user.DisplayName); err != nil {
+		return nil, err
 	}
 	// pubKeyCredParams: [{type: text, alg: int}, ...]
-	pkRaw, ok := p[mcPubKeyCredParams]
-	if !ok {
-		return nil, ctap.StatusMissingParameter
-	}
-	if r.es256, err = parsePubKeyCredParams(pkRaw); err != nil {
+	if r.es256, err = need(p, mcPubKeyCredParams, parsePubKeyCredParams); err != nil {
 		return nil, err
 	}
-	if v, ok := p[mcExcludeList]; ok {
-		if r.exclude, err = parseDescriptors(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(p, mcExcludeList, parseDescriptors, &r.exclude); err != nil {
+		return nil, err
 	}
 	if v, ok := p[mcExtensions]; ok {
 		if err := r.parseExtensions(v); err != nil {
 			return nil, err
 		}
 	}
-	if v, ok := p[mcOptions]; ok {
-		if r.options, err = parseOptions(v); err != nil {
-			return nil, err
-		}
+	if _, err := opt(p, mcOptions, parseOptions, &r.options); err != nil {
+		return nil, err
 	}
 	if r.pua, err = p.pinUvAuth(mcPinUvAuthParam, mcPinUvAuthProtocol); err != nil {
 		return nil, err
@@ -135,37 +106,22 @@ func parseMakeCredential(raw []byte) (*makeCredRequest, error) {
 // ES256 of type "public-key" is offered. Entries of other types are
 // ignored (WebAuthn §5.8.2).
 func parsePubKeyCredParams(r cbor.RawMessage) (bool, error) {
-	arr, err := asArray(r)
-	if err != nil {
-		return false, err
-	}
 	es256 := false
-	for _, e := range arr {
-		m, err := asTextMap(e)
+	err := eachStruct(r, []string{"type", "alg"}, func(m map[string]cbor.RawMessage) error {
+		typ, err := asText(m["type"])
 		if err != nil {
-			return false, err
+			return err
 		}
-		rt, ok := m["type"]
-		if !ok {
-			return false, ctap.StatusMissingParameter
-		}
-		ra, ok := m["alg"]
-		if !ok {
-			return false, ctap.StatusMissingParameter
-		}
-		typ, err := asText(rt)
+		alg, err := asInt(m["alg"])
 		if err != nil {
-			return false, err
-		}
-		alg, err := asInt(ra)
-		if err != nil {
-			return false, err
+			return err
 		}
 		if typ == credTypePublicKy && alg == algES256 {
 			es256 = true
 		}
-	}
-	return es256, nil
+		return nil
+	})
+	return es256, err
 }
 
 // parseExtensions reads the extensions this authenticator supports and
@@ -185,12 +141,8 @@ func (r *makeCredRequest) parseExtensions(raw cbor.RawMessage) error {
 			r.credProtect = uint8(lvl)
 		}
 	}
-	if v, ok := m["hmac-secret"]; ok {
-		if r.hmacSecret, err = asBool(v); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err = opt(m, "hmac-secret", asBool, &r.hmacSecret)
+	return err
 }
 
 // makeCredential handles authenticatorMakeCredential (CTAP 2.1 §6.1.2).
@@ -254,14 +206,7 @@ func (a *Authenticator) makeCredential(ctx context.Context, raw []byte) ([]byte,
 	// Step 12: excludeList. Foreign IDs fail in software; a credProtect=3
 	// credential is only revealed to a verified user.
 	for _, d := range r.exclude {
-		if d.typ != credTypePublicKy {
-			continue
-		}
-		c := a.openCredential(hash, d.id)
-		if c == nil {
-			continue
-		}
-		if credProtectLevel(c.Options.CredProtect) == tpmstore.CredProtectUVRequired && !uv {
+		if a.listedCredential(hash, d, uv) == nil {
 			continue
 		}
 		if err := a.confirmPresence(ctx, prompt); errors.Is(err, ctap.StatusKeepaliveCancel) {
