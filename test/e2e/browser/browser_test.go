@@ -144,7 +144,8 @@ func TestNotifier(t *testing.T) {
 	if err != nil {
 		t.Skip("dbus-daemon not installed")
 	}
-	cmd := exec.Command(path, "--session", "--nofork", "--nopidfile", "--print-address=1")
+	cmd := exec.Command(path, "--session", "--nofork", "--nopidfile", "--print-address=1",
+		"--address=unix:dir="+t.TempDir())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
