@@ -45,9 +45,11 @@ var ErrRefused = errors.New("relay: refused")
 // ErrNotRunning: nothing listens on the relay's socket.
 var ErrNotRunning = errors.New("relay: not running")
 
-// peerCred returns the credentials the kernel recorded for the other end
-// of c (for a client, the listener's).
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+// PeerCred returns the credentials (SO_PEERCRED) the kernel recorded for
+// the other end of c: for a server, the connecting process's; for a
+// client, the listener's. The relay and the unix: transport both check
+// their peers with it.
+func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil, err

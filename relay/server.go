@@ -118,7 +118,7 @@ func Listen(cfg Config) (*Server, error) {
 		}
 		if c, err := net.DialTimeout("unixpacket", cfg.Socket, time.Second); err == nil {
 			pid := -1
-			if cred, err := peerCred(c.(*net.UnixConn)); err == nil {
+			if cred, err := PeerCred(c.(*net.UnixConn)); err == nil {
 				pid = int(cred.Pid)
 			}
 			c.Close()
@@ -248,7 +248,7 @@ func reply(c *net.UnixConn, msg string) {
 
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
-	cred, err := peerCred(c)
+	cred, err := PeerCred(c)
 	if err != nil {
 		s.log.Warn("relay: no peer credentials; connection closed", "err", err)
 		return

@@ -410,38 +410,33 @@ func TestUpgradeToAnchor(t *testing.T) {
 // flushes the other process's object, never the new anchor key that is
 // about to take the old one's place.
 func TestResetWithForeignObject(t *testing.T) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			dir := t.TempDir()
-			s := openStore(t, tpm, dir)
-			rp := rpHash("example.org")
-			old, err := s.CreateCredential(rp, CredentialOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Another process's object, left in the TPM.
-			if _, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}).Execute(tpm); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Reset(); err != nil {
-				t.Fatalf("Reset with another process's object in the TPM: %v", err)
-			}
-			if _, err := s.OpenCredential(rp, old.ID); !errors.Is(err, ErrCredentialInvalid) {
-				t.Fatalf("old ID after the reset: %v", err)
-			}
-			s.Close()
-			s = openStore(t, tpm, dir) // not stale: the new anchor key is in place
-			c, err := s.CreateCredential(rp, CredentialOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := sha256.Sum256([]byte("after the reset"))
-			if sig, err := s.Sign(c, d[:]); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatalf("sign after the reset: %v", err)
-			}
-		})
-	}
+	eachBackend(t, func(t *testing.T, tpm transport.TPM, dir string, s *Store) {
+		rp := rpHash("example.org")
+		old, err := s.CreateCredential(rp, CredentialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another process's object, left in the TPM.
+		if _, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}).Execute(tpm); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Reset(); err != nil {
+			t.Fatalf("Reset with another process's object in the TPM: %v", err)
+		}
+		if _, err := s.OpenCredential(rp, old.ID); !errors.Is(err, ErrCredentialInvalid) {
+			t.Fatalf("old ID after the reset: %v", err)
+		}
+		s.Close()
+		s = openStore(t, tpm, dir) // not stale: the new anchor key is in place
+		c, err := s.CreateCredential(rp, CredentialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := sha256.Sum256([]byte("after the reset"))
+		if sig, err := s.Sign(c, d[:]); err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+			t.Fatalf("sign after the reset: %v", err)
+		}
+	})
 }
 
 // TestResetDoesNotRevokeUnwrappedKeys: what reset cannot undo. Credential
@@ -452,36 +447,31 @@ func TestResetWithForeignObject(t *testing.T) {
 // unwraps an ID (from an old copy of the state, or the one an RP or
 // ~/.ssh holds), loads its key and signs after the reset.
 func TestResetDoesNotRevokeUnwrappedKeys(t *testing.T) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			tpm := b.open(t)
-			dir := t.TempDir()
-			s := openStore(t, tpm, dir)
-			rp := rpHash("ssh:")
-			c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 2})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.Close()
-			kept := bytes.Clone(newThief(t, tpm, dir).wrap) // before the reset
+	eachBackend(t, func(t *testing.T, tpm transport.TPM, dir string, s *Store) {
+		rp := rpHash("ssh:")
+		c, err := s.CreateCredential(rp, CredentialOptions{CredProtect: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		kept := bytes.Clone(newThief(t, tpm, dir).wrap) // before the reset
 
-			s = openStore(t, tpm, dir)
-			if err := s.Reset(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.OpenCredential(rp, c.ID); !errors.Is(err, ErrCredentialInvalid) {
-				t.Fatalf("the daemon after the reset: %v, want ErrCredentialInvalid", err)
-			}
-			s.Close()
-			th := newThief(t, tpm, dir)
-			th.wrap = kept
-			k := th.loadKey(rp, c.ID)
-			d := sha256.Sum256([]byte("after the reset"))
-			sig, err := th.sign(k, tpm2.PasswordAuth(nil), d[:])
-			if err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
-				t.Fatalf("a key unwrapped before the reset, after it: %v; docs/threat-model.md says it still signs", err)
-			}
-			t.Logf("a key unwrapped before the reset still signs after it")
-		})
-	}
+		s = openStore(t, tpm, dir)
+		if err := s.Reset(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.OpenCredential(rp, c.ID); !errors.Is(err, ErrCredentialInvalid) {
+			t.Fatalf("the daemon after the reset: %v, want ErrCredentialInvalid", err)
+		}
+		s.Close()
+		th := newThief(t, tpm, dir)
+		th.wrap = kept
+		k := th.loadKey(rp, c.ID)
+		d := sha256.Sum256([]byte("after the reset"))
+		sig, err := th.sign(k, tpm2.PasswordAuth(nil), d[:])
+		if err != nil || !ecdsa.VerifyASN1(c.PublicKey, d[:], sig) {
+			t.Fatalf("a key unwrapped before the reset, after it: %v; docs/threat-model.md says it still signs", err)
+		}
+		t.Logf("a key unwrapped before the reset still signs after it")
+	})
 }

@@ -660,22 +660,7 @@ func (s *Store) ResidentByUser(rpIDHash [32]byte, userID []byte) (Resident, erro
 // DeleteResident deletes one resident credential; ErrNotFound if absent.
 // Its credential ID stops opening at once (OpenCredential).
 func (s *Store) DeleteResident(credID []byte) error {
-	if err := s.lock(); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	return s.update(func(tx *bolt.Tx) error {
-		t, err := residentTx(tx)
-		if err != nil {
-			return err
-		}
-		rec, err := t.record(credID)
-		if err != nil {
-			return err
-		}
-		if rec == nil {
-			return ErrNotFound
-		}
+	return s.updateRecord(credID, func(t *resTx, rec *residentRecord) error {
 		return t.remove(rec)
 	})
 }
@@ -684,6 +669,18 @@ func (s *Store) DeleteResident(credID []byte) error {
 // credential's user; ErrNotFound if absent. u.ID must be the stored user
 // ID (CTAP 2.1 §6.8.6 only changes the names).
 func (s *Store) UpdateResidentUser(credID []byte, u User) error {
+	return s.updateRecord(credID, func(t *resTx, rec *residentRecord) error {
+		if !bytes.Equal(rec.UserID, u.ID) {
+			return errors.New("tpmstore: UpdateResidentUser: the user ID cannot change")
+		}
+		rec.UserName, rec.UserDisplay = u.Name, u.DisplayName
+		return t.putRecord(rec)
+	})
+}
+
+// updateRecord runs fn on the record of credID in a write transaction;
+// ErrNotFound if there is none.
+func (s *Store) updateRecord(credID []byte, fn func(t *resTx, rec *residentRecord) error) error {
 	if err := s.lock(); err != nil {
 		return err
 	}
@@ -700,11 +697,7 @@ func (s *Store) UpdateResidentUser(credID []byte, u User) error {
 		if rec == nil {
 			return ErrNotFound
 		}
-		if !bytes.Equal(rec.UserID, u.ID) {
-			return errors.New("tpmstore: UpdateResidentUser: the user ID cannot change")
-		}
-		rec.UserName, rec.UserDisplay = u.Name, u.DisplayName
-		return t.putRecord(rec)
+		return fn(t, rec)
 	})
 }
 

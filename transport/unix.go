@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
+	"github.com/tpm-fido/tpm-fido/relay"
 )
 
 // writeTimeout bounds how long one client's full socket buffer may hold
@@ -195,7 +196,7 @@ func servingPID(path string) int {
 		return 0
 	}
 	defer c.Close()
-	cred, err := peerCred(c.(*net.UnixConn))
+	cred, err := relay.PeerCred(c.(*net.UnixConn))
 	if err != nil || cred.Pid <= 0 {
 		return -1
 	}
@@ -210,23 +211,6 @@ func inUse(path string, pid int) error {
 	return fmt.Errorf("%w: %s serves %s; stop it first or choose another path", ErrInUse, who, path)
 }
 
-// peerCred returns the credentials the kernel recorded for the other end
-// of c.
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
-}
-
 func (u *Unix) accept() {
 	defer u.wg.Done()
 	for {
@@ -237,7 +221,7 @@ func (u *Unix) accept() {
 			}
 			return
 		}
-		if cred, err := peerCred(c); err != nil || int(cred.Uid) != u.uid {
+		if cred, err := relay.PeerCred(c); err != nil || int(cred.Uid) != u.uid {
 			uid, pid := -1, -1
 			if err == nil {
 				uid, pid = int(cred.Uid), int(cred.Pid)

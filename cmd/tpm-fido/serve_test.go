@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
-	"golang.org/x/sys/unix"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
+	"github.com/tpm-fido/tpm-fido/relay"
 	"github.com/tpm-fido/tpm-fido/test/daemontest"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
@@ -133,19 +133,11 @@ func TestServeUnixInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	raw, err := conn.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
+	cred, err := relay.PeerCred(conn.(*net.UnixConn))
+	if err != nil || cred.Pid <= 0 {
+		t.Fatalf("no pid for the first daemon: %v", err)
 	}
-	var firstPID int32
-	raw.Control(func(fd uintptr) {
-		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			firstPID = cred.Pid
-		}
-	})
-	if firstPID <= 0 {
-		t.Fatal("no pid for the first daemon")
-	}
+	firstPID := cred.Pid
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, daemonBinary(t), append([]string{"serve", "--transport", "unix:" + sock}, serveTestArgs(t)...)...).CombinedOutput()
