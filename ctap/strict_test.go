@@ -2,7 +2,6 @@ package ctap_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ecdh"
@@ -41,16 +40,7 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	pipe := ctaphidtest.NewPipe()
-	srv := ctaphid.NewServer(pipe.Device(), &ctap.Mux{CBOR: auth}, ctaphid.Config{})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	ctaphidtest.Serve(t, ctaphid.NewServer(pipe.Device(), &ctap.Mux{CBOR: auth}, ctaphid.Config{}))
 	s := &stack{t: t, store: store, c: &ctaphidtest.Client{Conn: pipe.Host(5 * time.Second)}}
 	if s.cid, err = s.c.Init(); err != nil {
 		t.Fatal(err)

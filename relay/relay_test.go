@@ -22,6 +22,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/relay"
+	"github.com/tpm-fido/tpm-fido/test/logbuf"
 	"github.com/tpm-fido/tpm-fido/test/otheruser"
 	"github.com/tpm-fido/tpm-fido/transport"
 )
@@ -84,15 +85,7 @@ func startRelay(t *testing.T, users string) (sock string, devs *devices) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	ctaphidtest.Serve(t, srv)
 	return sock, devs
 }
 
@@ -315,24 +308,6 @@ func TestRelayOtherUserProcess(t *testing.T) {
 	waitClosed(t, devs, 0)
 }
 
-// lockedBuffer is a bytes.Buffer safe for a child's output and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // lowFDRelay is TestRelaySurvivesFDExhaustion's child: a relay serving
 // this uid with room for three more file descriptors, until stdin
 // closes.
@@ -388,7 +363,7 @@ func TestRelaySurvivesFDExhaustion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr logbuf.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

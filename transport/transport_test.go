@@ -2,7 +2,6 @@ package transport
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,16 +20,7 @@ import (
 
 func serve(t *testing.T, dev ctaphid.ReportDevice) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := ctaphid.NewServer(dev, &ctap.Mux{}, ctaphid.Config{})
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	ctaphidtest.Serve(t, ctaphid.NewServer(dev, &ctap.Mux{}, ctaphid.Config{}))
 }
 
 // sockPath is a socket path in a directory ListenUnix creates (0700):
@@ -202,11 +192,7 @@ func BenchmarkUnixPingMax(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := ctaphid.NewServer(dev, &ctap.Mux{}, ctaphid.Config{})
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-errc }()
+	defer ctaphidtest.Serve(b, ctaphid.NewServer(dev, &ctap.Mux{}, ctaphid.Config{}))()
 	conn, err := net.Dial("unixpacket", path)
 	if err != nil {
 		b.Fatal(err)

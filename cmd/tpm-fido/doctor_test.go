@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/relay"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
 )
@@ -171,10 +171,7 @@ func TestDoctorRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer ctaphidtest.Serve(t, srv)()
 	if c := env.checkRelay(); c.status != checkFail || !strings.Contains(c.detail, "may not use the relay") || !strings.Contains(c.fix, "--allow-user") {
 		t.Errorf("not allowed: %+v", c)
 	}

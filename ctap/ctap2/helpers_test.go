@@ -1,7 +1,6 @@
 package ctap2_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,6 +19,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap/ctap2/ctap2test"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
+	"github.com/tpm-fido/tpm-fido/test/logbuf"
 )
 
 // Command bytes, written out here rather than taken from the package.
@@ -66,24 +66,6 @@ func (p *prompter) last() presence.Request {
 	return p.reqs[len(p.reqs)-1]
 }
 
-// logBuf collects log output so tests can check what was logged.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type env struct {
 	ctap2test.Caller // H is the authenticator
 	t                testing.TB
@@ -91,7 +73,7 @@ type env struct {
 	fake             *ctap2test.FakeStore // nil with the TPM store
 	prompt           *prompter
 	clock            *ctap2test.Clock
-	logs             *logBuf
+	logs             *logbuf.Buffer
 }
 
 func newEnv(t testing.TB) *env {
@@ -107,7 +89,7 @@ func newEnv(t testing.TB) *env {
 func newEnvWithStore(t testing.TB, s ctap2.Store) *env {
 	t.Helper()
 	e := &env{t: t, store: s, prompt: &prompter{},
-		clock: ctap2test.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), logs: &logBuf{}}
+		clock: ctap2test.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), logs: &logbuf.Buffer{}}
 	a, err := ctap2.New(ctap2.Config{
 		Store:    s,
 		Presence: e.prompt,

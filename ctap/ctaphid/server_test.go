@@ -51,21 +51,9 @@ func start(t testing.TB, h ctaphid.Handler, cfg ctaphid.Config, prepare func(*ct
 	if prepare != nil {
 		prepare(srv)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ctx) }()
 	host := pipe.Host(5 * time.Second)
 	e := &env{t: t, srv: srv, host: host, client: &ctaphidtest.Client{Conn: host}}
-	var once sync.Once
-	e.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-errc; err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		})
-	}
-	t.Cleanup(e.stop)
+	e.stop = ctaphidtest.Serve(t, srv)
 	return e
 }
 

@@ -1,7 +1,6 @@
 package security_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
+	"github.com/tpm-fido/tpm-fido/test/logbuf"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmsim"
 	"github.com/tpm-fido/tpm-fido/tpmstore/tpmtest"
 )
@@ -50,24 +50,6 @@ func (p *countingPrompter) set(f func(ctx context.Context) error) {
 	p.mu.Unlock()
 }
 
-// syncBuf is a goroutine-safe log sink.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *syncBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncBuf) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]byte(nil), l.b.Bytes()...)
-}
-
 // env is the whole authenticator in process on the TPM simulator, served
 // over an in-memory report pipe.
 type env struct {
@@ -75,7 +57,7 @@ type env struct {
 	tpm    transport.TPMCloser
 	dir    string
 	prompt *countingPrompter
-	logs   *syncBuf
+	logs   *logbuf.Buffer
 	hid    ctaphid.Config
 	stack  *inproc.Stack
 	stop   func()
@@ -129,7 +111,7 @@ var backendNames = []struct {
 
 func newEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, tpm: openTPM(t, o.swtpm), dir: t.TempDir(), prompt: &countingPrompter{}, logs: &syncBuf{}, hid: o.hid}
+	e := &env{t: t, tpm: openTPM(t, o.swtpm), dir: t.TempDir(), prompt: &countingPrompter{}, logs: &logbuf.Buffer{}, hid: o.hid}
 	if o.da != nil {
 		if err := setDAParameters(e.tpm, o.da[0], o.da[1], o.da[2]); err != nil {
 			t.Fatalf("TPM2_DictionaryAttackParameters: %v", err)

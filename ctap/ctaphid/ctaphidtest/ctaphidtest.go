@@ -10,12 +10,14 @@ package ctaphidtest
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid"
@@ -247,4 +249,29 @@ func (c *Client) Init() (uint32, error) {
 			return binary.BigEndian.Uint32(f.Payload[8:12]), nil
 		}
 	}
+}
+
+// Server is what Serve runs: a ctaphid.Server, the relay's server,
+// anything that serves until its context ends.
+type Server interface {
+	Serve(ctx context.Context) error
+}
+
+// Serve runs s in the background until stop is called or the test ends,
+// whichever comes first, and waits for it; an error from s.Serve fails t.
+func Serve(t testing.TB, s Server) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-errc; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
