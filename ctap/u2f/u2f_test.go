@@ -448,7 +448,10 @@ func (c *clock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-func TestPollingClientSeesOnePrompt(t *testing.T) {
+// gatedHandler is the U2F handler with a 5 s approval window over a fake
+// store, a prompter the test answers and a clock it moves.
+func gatedHandler(t *testing.T) (*u2f.Handler, *fakeStore, *gatedPrompter, *clock) {
+	t.Helper()
 	st := newFakeStore()
 	gp := newGatedPrompter()
 	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
@@ -456,6 +459,11 @@ func TestPollingClientSeesOnePrompt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, st, gp, clk
+}
+
+func TestPollingClientSeesOnePrompt(t *testing.T) {
+	h, _, gp, _ := gatedHandler(t)
 	app, ch := sha256.Sum256([]byte("https://example.com")), sha256.Sum256([]byte("c"))
 	reg := extAPDU(1, 0, append(ch[:], app[:]...))
 
@@ -507,18 +515,10 @@ func waitResult(t *testing.T, h *u2f.Handler, req []byte, gp *gatedPrompter) ([]
 	return data, sw
 }
 
-func TestApprovalNotReusedAcrossRequests(t *testing.T) {
-	st := newFakeStore()
-	gp := newGatedPrompter()
-	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	h, err := u2f.New(u2f.Config{Store: st, Presence: gp, Logger: quietLogger(), Now: clk.Now, ApprovalWindow: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, ch := sha256.Sum256([]byte("https://example.com")), sha256.Sum256([]byte("c"))
-	other, ch2 := sha256.Sum256([]byte("https://other.example")), sha256.Sum256([]byte("c2"))
-
-	// Leave an unconsumed approval behind: cancel, then answer yes.
+// abandonRegister starts a registration for app with challenge ch and
+// cancels it, as CTAPHID_CANCEL does, while its prompt is open. It
+// returns once Handle has returned, with the cancelled context.
+func abandonRegister(h ctap.Handler, gp *gatedPrompter, app, ch [32]byte) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -528,6 +528,31 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 	<-gp.opened
 	cancel()
 	<-done
+	return ctx
+}
+
+// deniedRequest sends req, denies the prompt it opens and returns the
+// status word.
+func deniedRequest(t *testing.T, h ctap.Handler, gp *gatedPrompter, req []byte) uint16 {
+	t.Helper()
+	result := make(chan uint16)
+	go func() {
+		resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: req})
+		_, sw := split(t, resp)
+		result <- sw
+	}()
+	<-gp.opened
+	gp.answers <- presence.ErrDenied
+	return <-result
+}
+
+func TestApprovalNotReusedAcrossRequests(t *testing.T) {
+	h, st, gp, clk := gatedHandler(t)
+	app, ch := sha256.Sum256([]byte("https://example.com")), sha256.Sum256([]byte("c"))
+	other, ch2 := sha256.Sum256([]byte("https://other.example")), sha256.Sum256([]byte("c2"))
+
+	// Leave an unconsumed approval behind: cancel, then answer yes.
+	ctx := abandonRegister(h, gp, app, ch)
 	gp.answers <- nil
 
 	for _, tc := range []struct {
@@ -537,15 +562,8 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 		{"other appId", extAPDU(1, 0, append(ch[:], other[:]...))},
 		{"other challenge", extAPDU(1, 0, append(ch2[:], app[:]...))},
 	} {
-		result := make(chan uint16)
-		go func() {
-			resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: tc.req})
-			_, sw := split(t, resp)
-			result <- sw
-		}()
-		<-gp.opened // a fresh prompt: the approval did not carry over
-		gp.answers <- presence.ErrDenied
-		if sw := <-result; sw != u2f.SWConditionsNotSatisfied {
+		// A fresh prompt: the approval did not carry over.
+		if sw := deniedRequest(t, h, gp, tc.req); sw != u2f.SWConditionsNotSatisfied {
 			t.Errorf("%s: %04x, want 6985", tc.name, sw)
 		}
 	}
@@ -563,15 +581,7 @@ func TestApprovalNotReusedAcrossRequests(t *testing.T) {
 	gp.answers <- nil
 	<-clk.called // the answer has been recorded
 	clk.Add(6 * time.Second)
-	result := make(chan uint16)
-	go func() {
-		resp, _ := h.Handle(context.Background(), ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
-		_, sw := split(t, resp)
-		result <- sw
-	}()
-	<-gp.opened
-	gp.answers <- presence.ErrDenied
-	if sw := <-result; sw != u2f.SWConditionsNotSatisfied {
+	if sw := deniedRequest(t, h, gp, extAPDU(1, 0, append(ch[:], app[:]...))); sw != u2f.SWConditionsNotSatisfied {
 		t.Errorf("after the window: %04x, want 6985 (a fresh, denied prompt)", sw)
 	}
 }
@@ -582,16 +592,7 @@ func TestAbandonedPromptIsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, ch := sha256.Sum256([]byte("a")), sha256.Sum256([]byte("c"))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		h.Handle(ctx, ctap.Request{Cmd: ctap.CmdMsg, Payload: extAPDU(1, 0, append(ch[:], app[:]...))})
-		close(done)
-	}()
-	<-gp.opened
-	cancel()
-	<-done
+	abandonRegister(h, gp, sha256.Sum256([]byte("a")), sha256.Sum256([]byte("c")))
 	// Nobody retries: the prompt must be closed (blocks until it is).
 	if err := <-gp.closed; !errors.Is(err, context.Canceled) {
 		t.Errorf("abandoned prompt closed with %v, want context.Canceled", err)
