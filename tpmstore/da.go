@@ -166,7 +166,11 @@ func (d DAStatus) String() string {
 // RelaxCommand is the tpm2-tools command that gives the TPM the policy
 // Windows 10 and later provision (32 failures, one forgiven every 10
 // minutes), keeping its lockout recovery time. It needs the lockout
-// password, empty on most machines (then --auth is left out).
+// password: while none is set (TPMA_PERMANENT.lockoutAuthSet clear) the
+// command has no -p; once one is, it must carry it (-p LOCKOUT_PASSWORD,
+// the placeholder to replace): a try without it, or with a wrong one,
+// blocks every use of the lockout password for the lockout recovery
+// time.
 func (d DAStatus) RelaxCommand() string {
 	rec := uint64(d.LockoutRecovery / time.Second)
 	if rec == 0 {
@@ -174,10 +178,27 @@ func (d DAStatus) RelaxCommand() string {
 	}
 	cmd := fmt.Sprintf("tpm2_dictionarylockout --setup-parameters --max-tries=32 --recovery-time=600 --lockout-recovery-time=%d", rec)
 	if d.LockoutAuthSet {
-		cmd += " --auth=LOCKOUT_PASSWORD"
+		cmd += " -p " + LockoutPasswordPlaceholder
 	}
 	return cmd
 }
+
+// LockoutPasswordPlaceholder stands for the TPM's lockout password in
+// the commands tpm-fido prints.
+const LockoutPasswordPlaceholder = "LOCKOUT_PASSWORD"
+
+// SetLockoutAuthCommand is the tpm2-tools command that sets the TPM's
+// lockout password while it is empty. tpm-fido never runs it: the
+// password is machine-wide and its owner must keep it.
+const SetLockoutAuthCommand = "tpm2_changeauth -c lockout " + LockoutPasswordPlaceholder
+
+// GuessingUnlimited reports whether anyone who can send the TPM commands
+// can reset its dictionary-attack counter (TPM2_DictionaryAttackLockReset
+// needs the lockout password, and none is set), so the TPM does not
+// limit guesses of a PIN that protects a key: whoever holds a copy of
+// the state directory guesses the PIN of a verify-required key at the
+// TPM's speed (TestPINGuessingNeedsLockoutAuth).
+func (d DAStatus) GuessingUnlimited() bool { return !d.LockoutAuthSet }
 
 // DAWaitError says that a PIN was not tried because of the TPM's
 // dictionary-attack state: one more failure could put the TPM into

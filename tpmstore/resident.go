@@ -819,7 +819,8 @@ func upgradeResidents(tx *bolt.Tx) (int, error) {
 	return len(recs), t.meta.Put(keyVersion, []byte{stateVersion})
 }
 
-// Usage is how much of its resident-credential capacity a state holds.
+// Usage is how much of its resident-credential capacity a state holds,
+// and whether a PIN is set.
 type Usage struct {
 	Residents int // resident credentials
 	RPs       int // relying parties they belong to
@@ -827,6 +828,9 @@ type Usage struct {
 	Version   int // state layout version
 	// Older: a layout the daemon upgrades when it next opens the state.
 	Older bool
+	// PINSet: a PIN is set (so credProtect-3 credentials may exist: none
+	// is made without one, and a reset removes both).
+	PINSet bool
 }
 
 // ReadUsage reads Usage from the state in dir without the TPM and
@@ -866,6 +870,7 @@ func ReadUsage(dir string) (Usage, error) {
 		if v := m.Get(keyResMax); len(v) == 4 {
 			u.Max = int(binary.BigEndian.Uint32(v))
 		}
+		u.PINSet = m.Get(keyPINPub) != nil
 		if u.Version == 1 {
 			recs := tx.Bucket(bucketResidents)
 			if recs == nil {

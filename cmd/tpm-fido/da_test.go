@@ -6,9 +6,11 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
@@ -65,45 +67,153 @@ func TestPinStatusAndDA(t *testing.T) {
 // TestDoctorDAPolicy: doctor warns about a policy too strict for CTAP's
 // eight PIN tries and prints the exact tpm2-tools command that relaxes
 // it; running that command on a swtpm gives a policy doctor accepts.
+// With a PIN set and the TPM's lockout password empty, doctor warns
+// that the TPM limits no one's PIN guesses and prints the command that
+// sets one; after it, the relax command doctor prints carries -p, and
+// works with the password put in.
 func TestDoctorDAPolicy(t *testing.T) {
 	tool, err := exec.LookPath("tpm2_dictionarylockout")
 	if err != nil {
 		t.Skip("tpm2-tools not installed (tpm2_dictionarylockout)")
 	}
-	sw, err := inproc.StartSwtpm(t.TempDir())
-	if errors.Is(err, inproc.ErrNoSwtpm) {
-		t.Skip(err)
-	}
+	changeauth, err := exec.LookPath("tpm2_changeauth")
 	if err != nil {
-		t.Fatal(err)
+		t.Skip("tpm2-tools not installed (tpm2_changeauth)")
 	}
-	t.Cleanup(sw.Stop)
-	env := fakeSys(t, "G:uaccess\n")
-	env.tpm = sw.Spec()
-	env.tpmTimeout = 30e9
 	old := openTPM
 	openTPM = func(spec string) (transport.TPMCloser, error) { return tpmstore.OpenTPM(spec) }
 	t.Cleanup(func() { openTPM = old })
+	startSwtpm := func(t *testing.T) (doctorEnv, *inproc.Swtpm) {
+		sw, err := inproc.StartSwtpm(t.TempDir())
+		if errors.Is(err, inproc.ErrNoSwtpm) {
+			t.Skip(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(sw.Stop)
+		env := fakeSys(t, "G:uaccess\n")
+		env.tpm = sw.Spec()
+		env.tpmTimeout = 30e9
+		return env, sw
+	}
+	// runFix runs the first line of a fix against the swtpm, with the
+	// lockout password in place of its placeholder.
+	runFix := func(t *testing.T, sw *inproc.Swtpm, fix, tool, password string) {
+		t.Helper()
+		cmdline := strings.Split(fix, "\n")[0]
+		cmdline, _, _ = strings.Cut(cmdline, "#")
+		args := strings.Fields(cmdline)
+		if args[0] != filepath.Base(tool) {
+			t.Fatalf("fix %q, want %s", cmdline, tool)
+		}
+		for i, a := range args {
+			if a == tpmstore.LockoutPasswordPlaceholder {
+				args[i] = password
+			}
+		}
+		cmd := exec.Command(tool, args[1:]...)
+		cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:path="+sw.Sock)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmdline, err, out)
+		}
+		t.Logf("ran %q", cmdline)
+	}
 
-	c := findCheck(env.checkTPM(), "tpm-da")
-	t.Logf("doctor: %s\n  fix: %s", c.detail, c.fix)
-	if c.status != checkWarn || !strings.Contains(c.detail, "gets 2 tries per 16m40s instead of CTAP's 8") {
-		t.Fatalf("swtpm's default policy: %+v", c)
+	t.Run("no PIN", func(t *testing.T) {
+		env, sw := startSwtpm(t)
+		c := findCheck(env.checkTPM(), "tpm-da")
+		t.Logf("doctor: %s\n  fix: %s", c.detail, c.fix)
+		if c.status != checkWarn || !strings.Contains(c.detail, "gets 2 tries per 16m40s instead of CTAP's 8") ||
+			strings.Contains(strings.Split(c.fix, "\n")[0], " -p ") {
+			t.Fatalf("swtpm's default policy: %+v", c)
+		}
+		if l := findCheck(env.checkTPM(), "lockout"); l.status != checkOK || !strings.Contains(l.detail, "matters once a FIDO PIN is set") {
+			t.Fatalf("no PIN set, no lockout password: %+v", l)
+		}
+		runFix(t, sw, c.fix, tool, "")
+		c = findCheck(env.checkTPM(), "tpm-da")
+		t.Logf("after it: %s", c.detail)
+		if c.status != checkOK || !strings.Contains(c.detail, "0 of 32 failures counted, one forgiven every 10m0s") {
+			t.Fatalf("after the fix: %+v", c)
+		}
+	})
+
+	t.Run("PIN set", func(t *testing.T) {
+		env, sw := startSwtpm(t)
+		tpm, err := tpmstore.OpenTPM(sw.Spec())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: env.stateDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetPIN([16]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		tpm.Close()
+
+		l := findCheck(env.checkTPM(), "lockout")
+		t.Logf("doctor: %s\n  fix: %s", l.detail, l.fix)
+		if l.status != checkWarn || !strings.Contains(l.detail, "a FIDO PIN is set and the TPM's lockout password is empty") ||
+			!strings.Contains(l.fix, "keep it safe") || !strings.Contains(l.fix, "do that first") {
+			t.Fatalf("PIN set, no lockout password: %+v", l)
+		}
+		const password = "correct horse battery staple"
+		runFix(t, sw, l.fix, changeauth, password)
+		if l := findCheck(env.checkTPM(), "lockout"); l.status != checkOK || !strings.Contains(l.detail, "lockout password is set") {
+			t.Fatalf("after setting the lockout password: %+v", l)
+		}
+		c := findCheck(env.checkTPM(), "tpm-da")
+		t.Logf("doctor: %s\n  fix: %s", c.detail, c.fix)
+		if c.status != checkWarn || !strings.HasSuffix(strings.Split(c.fix, "\n")[0], " -p "+tpmstore.LockoutPasswordPlaceholder) {
+			t.Fatalf("strict policy with a lockout password: %+v", c)
+		}
+		runFix(t, sw, c.fix, tool, password)
+		c = findCheck(env.checkTPM(), "tpm-da")
+		t.Logf("after it: %s", c.detail)
+		if c.status != checkOK || !strings.Contains(c.detail, "0 of 32 failures counted, one forgiven every 10m0s") {
+			t.Fatalf("after the fix: %+v", c)
+		}
+	})
+}
+
+// TestPinSetAdvisesLockoutAuth: `pin set` and `pin change` print the
+// one-line advice to set a lockout password while the TPM has none, and
+// not once it has one; doctor, with the PIN set, warns likewise.
+func TestPinSetAdvisesLockoutAuth(t *testing.T) {
+	dir, tpm := withSimulator(t)
+	sd := "--state-dir=" + dir
+	withStdin(t, "1234\n1234\n")
+	out, e, rc := runCmd(t, "pin", "set", sd)
+	t.Logf("pin set: %s", out)
+	if rc != 0 || !strings.Contains(out, lockoutAdvice) || !strings.Contains(out, "tpm2_changeauth -c lockout LOCKOUT_PASSWORD") {
+		t.Fatalf("pin set without a lockout password: rc %d %q %q", rc, out, e)
 	}
-	cmdline := strings.Split(c.fix, "\n")[0]
-	args := strings.Fields(cmdline)
-	if args[0] != "tpm2_dictionarylockout" {
-		t.Fatalf("fix %q", cmdline)
+	withStdin(t, "1234\n5678\n5678\n")
+	if out, e, rc := runCmd(t, "pin", "change", sd); rc != 0 || !strings.Contains(out, lockoutAdvice) {
+		t.Fatalf("pin change without a lockout password: rc %d %q %q", rc, out, e)
 	}
-	cmd := exec.Command(tool, args[1:]...)
-	cmd.Env = append(os.Environ(), "TPM2TOOLS_TCTI=swtpm:path="+sw.Sock)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", cmdline, err, out)
+	env := fakeSys(t, "G:uaccess\n")
+	env.tpm, env.stateDir, env.tpmTimeout = "swtpm:/simulated", dir, 30e9
+	if l := findCheck(env.checkTPM(), "lockout"); l.status != checkWarn || !strings.HasPrefix(l.fix, "tpm2_changeauth -c lockout LOCKOUT_PASSWORD") {
+		t.Fatalf("doctor with a PIN set and no lockout password: %+v", l)
 	}
-	c = findCheck(env.checkTPM(), "tpm-da")
-	t.Logf("after %q: %s", cmdline, c.detail)
-	if c.status != checkOK || !strings.Contains(c.detail, "0 of 32 failures counted, one forgiven every 10m0s") {
-		t.Fatalf("after the fix: %+v", c)
+	if _, err := (tpm2.HierarchyChangeAuth{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHLockout, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("lockout secret")},
+	}).Execute(tpm); err != nil {
+		t.Fatal(err)
+	}
+	withStdin(t, "5678\n1234\n1234\n")
+	out, e, rc = runCmd(t, "pin", "change", sd)
+	if rc != 0 || strings.Contains(out, "lockout") {
+		t.Fatalf("pin change with a lockout password: rc %d %q %q", rc, out, e)
+	}
+	if l := findCheck(env.checkTPM(), "lockout"); l.status != checkOK {
+		t.Fatalf("doctor with a lockout password: %+v", l)
 	}
 }
 

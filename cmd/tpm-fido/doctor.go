@@ -282,7 +282,73 @@ func (e doctorEnv) checkTPM() []check {
 		cs[0] = check{checkFail, what, e.tpm + "'s owner hierarchy has a password: tpm-fido cannot create its storage key under it",
 			"clear the owner password (tpm2_changeauth -c owner -p OLD_PASSWORD), or use another TPM"}
 	}
-	return append(cs, daCheck(r.da))
+	pin, why := e.pinState()
+	return append(cs, daCheck(r.da), lockoutCheck(r.da, pin, why))
+}
+
+// pinKnowledge is what doctor can tell about the state's PIN.
+type pinKnowledge int
+
+const (
+	pinUnknown pinKnowledge = iota // the daemon holds the state, or it cannot be read
+	pinNotSet
+	pinIsSet
+)
+
+// pinState reads whether a PIN is set, without the TPM; when it cannot
+// tell, it says why.
+func (e doctorEnv) pinState() (pinKnowledge, string) {
+	u, err := tpmstore.ReadUsage(e.stateDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return pinNotSet, ""
+	case errors.Is(err, tpmstore.ErrStateInUse):
+		return pinUnknown, "the running daemon holds the state"
+	case err != nil:
+		return pinUnknown, "the state cannot be read"
+	case u.PINSet:
+		return pinIsSet, ""
+	}
+	return pinNotSet, ""
+}
+
+// lockoutAdvice is the one line `pin set` and `pin change` print when
+// the TPM's lockout password is empty.
+const lockoutAdvice = "note: this TPM has no lockout password, so whoever can open it and holds a copy of your state directory can guess this PIN at the TPM's speed; set one (machine-wide) and keep it safe: " +
+	tpmstore.SetLockoutAuthCommand + " (see `tpm-fido doctor`)"
+
+// lockoutCheck says whether the TPM limits guesses of the PIN that
+// verify-required (credProtect 3) keys need: only while its lockout
+// password is set, or anyone who can open the TPM resets its
+// dictionary-attack counter (TPM2_DictionaryAttackLockReset). tpm-fido
+// never sets it (machine-wide); doctor says how.
+func lockoutCheck(st tpmstore.DAStatus, pin pinKnowledge, why string) check {
+	const what = "lockout"
+	if !st.GuessingUnlimited() {
+		return check{checkOK, what, "the TPM's lockout password is set, so its dictionary-attack protection limits guesses of the PIN that verify-required keys need", ""}
+	}
+	const risk = "the TPM's lockout password is empty, so anyone who can open the TPM can reset its dictionary-attack counter (TPM2_DictionaryAttackLockReset) and, with a copy of the state directory, guess the PIN of a verify-required key at the TPM's speed"
+	fix := tpmstore.SetLockoutAuthCommand + "   # choose a long random password and keep it safe (a password manager)\n" +
+		"(machine-wide; tpm-fido never sets it; ending a TPM lockout and changing the dictionary-attack\n" +
+		"policy then need it: tpm2_dictionarylockout ... -p " + tpmstore.LockoutPasswordPlaceholder + ", and a wrong one blocks its use for " + lockoutRecovery(st) + ")"
+	if !st.AllowsCTAPRetries() && st.CanEverTry() {
+		fix += "\nif you also relax the dictionary-attack policy (tpm-da above), do that first: its command needs no -p until a lockout password is set"
+	}
+	switch pin {
+	case pinIsSet:
+		return check{checkWarn, what, "a FIDO PIN is set and " + risk, fix}
+	case pinUnknown:
+		return check{checkWarn, what, risk + " (" + why + ", so doctor cannot tell whether a FIDO PIN is set; without one this does not matter)", fix}
+	}
+	return check{checkOK, what, "the TPM's lockout password is empty; that matters once a FIDO PIN is set (then set one: " + tpmstore.SetLockoutAuthCommand + ")", ""}
+}
+
+// lockoutRecovery is the TPM's lockout recovery time, for messages.
+func lockoutRecovery(st tpmstore.DAStatus) string {
+	if st.LockoutRecovery <= 0 {
+		return "the rest of this boot (lockout recovery time 0)"
+	}
+	return st.LockoutRecovery.String()
 }
 
 // daCheck reports the TPM's dictionary-attack policy and state: whether
@@ -292,7 +358,12 @@ func (e doctorEnv) checkTPM() []check {
 func daCheck(st tpmstore.DAStatus) check {
 	const what = "tpm-da"
 	detail := "dictionary-attack policy: " + st.String()
-	relax := st.RelaxCommand() + "\n(machine-wide; needs the TPM's lockout authorisation; tpm-fido setup never changes it)"
+	relax := st.RelaxCommand() + "\n(machine-wide; tpm-fido setup never changes it; "
+	if st.LockoutAuthSet {
+		relax += tpmstore.LockoutPasswordPlaceholder + " is the TPM's lockout password: a wrong one blocks its use for " + lockoutRecovery(st) + ")"
+	} else {
+		relax += "no password while the TPM's lockout password is empty; once one is set, add -p " + tpmstore.LockoutPasswordPlaceholder + ")"
+	}
 	switch {
 	case !st.CanEverTry():
 		return check{checkFail, what, detail + fmt.Sprintf("; the TPM locks out after %d failure(s), so tpm-fido can never try a FIDO PIN", st.MaxTries), relax}

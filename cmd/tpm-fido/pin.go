@@ -86,9 +86,11 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 		switch {
 		case err == nil && sub == "set":
 			fmt.Fprintln(stdout, "The PIN is set.")
+			adviseLockout(s, stdout)
 			return exitOK
 		case err == nil:
 			fmt.Fprintln(stdout, "The PIN is changed.")
+			adviseLockout(s, stdout)
 			return exitOK
 		case errors.Is(err, tpmstore.ErrPINAlreadySet):
 			return fail(stderr, "pin", errors.New("a PIN is already set; use `tpm-fido pin change`"))
@@ -146,6 +148,15 @@ func pinStatus(sf *storeFlags, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "note: this TPM locks out after %d failures, fewer than the %d PIN tries CTAP allows; see `tpm-fido doctor`\n", st.MaxTries, tpmstore.CTAPPINFailures)
 	}
 	return exitOK
+}
+
+// adviseLockout prints doctor's advice in one line when the TPM's
+// lockout password is empty: the TPM then limits nobody's guesses of the
+// PIN just set (docs/threat-model.md).
+func adviseLockout(s *tpmstore.Store, stdout io.Writer) {
+	if st, _, err := s.DAStatus(); err == nil && st.GuessingUnlimited() {
+		fmt.Fprintln(stdout, lockoutAdvice)
+	}
 }
 
 // readDA reads the TPM's dictionary-attack state with its own TPM

@@ -8,8 +8,10 @@
 # a security token, /dev/uhid 0660 in group uhid, and the test user (in
 # groups uhid and tss, not root) running the daemon, ssh-keygen -t
 # ecdsa-sk, and `tpm-fido doctor` with every check passing (the TPM's
-# strict dictionary-attack policy and the daemon's test-mode presence
-# answer are the expected warnings).
+# strict dictionary-attack policy, its empty lockout password and the
+# daemon's test-mode presence answer are the expected warnings); then,
+# with the daemon stopped, `tpm-fido pin set` and doctor again: both say
+# the PIN needs a lockout password.
 #
 # What stands in for a desktop: there is no logind seat in the guest, so
 # systemd's uaccess builtin grants no ACL. The test rule below gives a
@@ -157,15 +159,34 @@ s_doctor() {
 	bad=$(echo "$out" | grep -E '^(FAIL|WARN)' | head -n 2 | tr '\n' ' ')
 	[ $rc -eq 0 ] || fail "doctor exited $rc: $bad"
 	# The guest's swtpm keeps the reference dictionary-attack policy (3
-	# failures, 1000 s): one expected warning is that a FIDO PIN gets
-	# fewer than CTAP's 8 tries, with the command that relaxes it; the
-	# other, that the daemon's presence answer is a fixed test one.
-	others=$(echo "$out" | grep -E '^(FAIL|WARN)' | grep -v '^WARN  tpm-da:' | grep -v '^WARN  prompt:  --presence always-allow uses always-allow')
+	# failures, 1000 s) and an empty lockout password. Expected warnings:
+	# tpm-da, a FIDO PIN gets fewer than CTAP's 8 tries, with the command
+	# that relaxes the policy; lockout, anyone who can open the TPM can
+	# reset its counter (the running daemon holds the state, so doctor
+	# cannot tell whether a PIN is set); prompt, the daemon's presence
+	# answer is a fixed test one.
+	others=$(echo "$out" | grep -E '^(FAIL|WARN)' | grep -v '^WARN  tpm-da:' | grep -v '^WARN  lockout: ' |
+		grep -v '^WARN  prompt:  --presence always-allow uses always-allow')
 	[ -z "$others" ] || fail "doctor did not pass every check: $others"
 	echo "$out" | grep -q '^WARN  tpm-da: .*[0-9] of 3 failures counted' || fail "doctor does not report the TPM's 3-failure policy"
-	echo "$out" | grep -q 'tpm2_dictionarylockout --setup-parameters --max-tries=32 --recovery-time=600' ||
-		fail "doctor does not print the command that relaxes the policy"
-	note "doctor as user, exit 0: $(echo "$out" | grep -c '^ok') checks ok ($(echo "$out" | sed -n 's/^ok  *\([a-z-]*\):.*/\1/p' | xargs)), tpm-da warns: $(echo "$out" | grep -A1 '^WARN  tpm-da' | tail -n 1 | sed 's/^ *fix: *//')"
+	echo "$out" | grep -q 'tpm2_dictionarylockout --setup-parameters --max-tries=32 --recovery-time=600 --lockout-recovery-time=1000$' ||
+		fail "doctor does not print the command that relaxes the policy (without -p: no lockout password is set)"
+	echo "$out" | grep -q "^WARN  lockout: the TPM's lockout password is empty.*the running daemon holds the state, so doctor cannot tell whether a FIDO PIN is set" ||
+		fail "doctor does not warn that the TPM's lockout password is empty"
+	echo "$out" | grep -q 'fix: *tpm2_changeauth -c lockout LOCKOUT_PASSWORD' || fail "doctor does not print the command that sets a lockout password"
+	# With the daemon stopped, a PIN set with `tpm-fido pin set` (which
+	# gives the same advice in one line): doctor knows the PIN is set.
+	stop_daemon
+	pin=$(as_user "printf '4931\n4931\n' | timeout 60 tpm-fido pin set" 2>&1)
+	echo "$pin"
+	echo "$pin" | grep -q '^The PIN is set' || fail "tpm-fido pin set failed: $pin"
+	echo "$pin" | grep -q '^note: this TPM has no lockout password.*tpm2_changeauth -c lockout LOCKOUT_PASSWORD' ||
+		fail "tpm-fido pin set does not advise a lockout password: $pin"
+	again=$(as_user "timeout 60 tpm-fido doctor --presence always-allow --insecure-test-mode" 2>&1)
+	echo "$again"
+	echo "$again" | grep -q "^WARN  lockout: a FIDO PIN is set and the TPM's lockout password is empty" ||
+		fail "doctor with a PIN set does not warn that the TPM's lockout password is empty"
+	note "doctor as user, exit 0: $(echo "$out" | grep -c '^ok') checks ok ($(echo "$out" | sed -n 's/^ok  *\([a-z-]*\):.*/\1/p' | xargs)), tpm-da warns: $(echo "$out" | grep -A1 '^WARN  tpm-da' | tail -n 1 | sed 's/^ *fix: *//'); after pin set: $(echo "$again" | grep '^WARN  lockout' | cut -c1-80)...; lockout fix: $(echo "$again" | grep -A1 '^WARN  lockout' | tail -n 1 | sed 's/^ *fix: *//')"
 }
 
 if [ -z "$E2E_DEFINE_ONLY" ]; then
