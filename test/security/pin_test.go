@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/tpm-fido/tpm-fido/ctap"
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
@@ -266,6 +271,45 @@ func fullFlow(t *testing.T, e *env) secrets {
 	} else {
 		t.Fatalf("no hmac-secret output in %v", as.AuthData.Extensions)
 	}
+	// verify-required: a credProtect-3 credential, whose TPM key signs
+	// only in a policy session given the PIN hash the daemon holds with
+	// the token.
+	us, err := ch.KeyAgreement()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec["shared secret (verify-required)"] = us.Shared
+	mcTok, err := ch.TokenWith(us, pin, 0x01, "a.example")
+	if err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	sec["token mc (verify-required)"] = mcTok
+	vr := ctaphidtest.MakeCredentialParams("a.example", []byte("bob-user-id"), cdh("mc-uv"), false, false, mcTok)
+	vr[6] = map[string]any{"credProtect": 3}
+	vad, err := ch.MakeCredential(vr)
+	if err != nil {
+		t.Fatalf("makeCredential credProtect 3: %v", err)
+	}
+	gs, err := ch.KeyAgreement()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec["shared secret (verify-required ga)"] = gs.Shared
+	gaTok, err := ch.TokenWith(gs, pin, 0x02, "a.example")
+	if err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	sec["token ga (verify-required)"] = gaTok
+	vga := ctaphidtest.GetAssertionParams("a.example", cdh("ga-uv"), true, vad.CredID)
+	vga[6] = ctaphidtest.Authenticate(2, gaTok, cdh("ga-uv"))
+	vga[7] = 2
+	vas, err := ch.GetAssertion(vga)
+	if err != nil {
+		t.Fatalf("getAssertion of the credProtect-3 credential with UV: %v", err)
+	}
+	if vas.AuthData.Flags&0x04 == 0 {
+		t.Fatalf("the credProtect-3 assertion lacks UV: flags 0x%02x", vas.AuthData.Flags)
+	}
 	cm, err := ch.KeyAgreement()
 	if err != nil {
 		t.Fatal(err)
@@ -288,13 +332,23 @@ func fullFlow(t *testing.T, e *env) secrets {
 // Debug logs of a full flow contain no PIN, PIN hash, token, shared
 // secret, salt or hmac-secret output, in raw, hex, base64 or Go's
 // byte-slice form.
+// The flow includes signing with a verify-required (credProtect 3) key,
+// which hands the PIN hash to the TPM, and the secrets the state keeps
+// for the TPM objects (the anchor key's and the counter index's
+// authValues) are searched for too.
 func TestDebugLogsHoldNoSecrets(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	sec := fullFlow(t, e)
 	e.shutdown()
+	for name, v := range stateSecrets(t, e.dir) {
+		sec[name] = v
+	}
 	logs := e.logs.Bytes()
 	if len(logs) == 0 {
 		t.Fatal("nothing was logged at debug level; the test would prove nothing")
+	}
+	if !bytes.Contains(logs, []byte("signing with a PIN-bound key")) {
+		t.Fatal("the verify-required key was not signed in a TPM policy session; the test would not cover that path")
 	}
 	lower := strings.ToLower(string(logs))
 	found := 0
@@ -314,6 +368,40 @@ func TestDebugLogsHoldNoSecrets(t *testing.T) {
 	}
 }
 
+// stateSecrets reads from the closed state the authValues of the TPM
+// anchor key and counter index, and the wrapping salt.
+func stateSecrets(t *testing.T, dir string) secrets {
+	t.Helper()
+	db, err := bolt.Open(tpmstore.StatePath(dir), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sec := secrets{}
+	err = db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket([]byte("meta"))
+		if m == nil {
+			return errors.New("no meta bucket")
+		}
+		for name, key := range map[string]string{
+			"anchor key authValue":    "anchor.auth",
+			"counter index authValue": "counter.auth",
+			"wrapping salt":           "wrap.salt",
+		} {
+			v := m.Get([]byte(key))
+			if len(v) != 32 {
+				return fmt.Errorf("meta %q: %d bytes, want 32", key, len(v))
+			}
+			sec[name] = bytes.Clone(v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("reading %s: %v", tpmstore.StatePath(dir), err)
+	}
+	return sec
+}
+
 // forms returns the encodings of v's first 8 bytes (or all of v if
 // shorter) as they could appear in a log line.
 func forms(v []byte) map[string]string {
@@ -321,7 +409,11 @@ func forms(v []byte) map[string]string {
 	b64 := base64.StdEncoding.EncodeToString(v)[:8]
 	u64 := base64.RawURLEncoding.EncodeToString(v)[:8]
 	dec := fmt.Sprint(p)
+	// slog's text handler prints a []byte as a Go-quoted string.
+	q := strconv.Quote(string(v))
+	q = q[1 : len(q)-1]
 	return map[string]string{
+		"Go quoted":      q[:min(len(q), 16)],
 		"raw":            string(p),
 		"hex":            hex.EncodeToString(p),
 		"base64":         b64,
