@@ -193,6 +193,43 @@ func TestRelayRefusesUsers(t *testing.T) {
 	c.Close()
 }
 
+// TestRelayUsersByUID: the list's lines are uids with the user's name
+// as a comment, as setup writes them, so users that only NSS knows
+// (LDAP, sssd, systemd-homed; the relay, without cgo, reads only
+// /etc/passwd) are served; a hand-written name that does not resolve is
+// refused, and the relay logs which names it could not resolve.
+func TestRelayUsersByUID(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "run", "relay.sock")
+	users := filepath.Join(dir, "relay-users")
+	var logs logbuf.Buffer
+	srv, err := relay.Listen(relay.Config{Socket: sock, UsersFile: users, OpenDevice: newDevices().open,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctaphidtest.Serve(t, srv)
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(users, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("# written by setup\n70001 # ldapuser\nnosuchuser-tpm-fido   # hand-written\n")
+	if _, err := relay.Probe(sock); !errors.Is(err, relay.ErrRefused) {
+		t.Fatalf("probe of an unlisted uid: %v", err)
+	}
+	if l := logs.String(); !strings.Contains(l, "cannot resolve") || !strings.Contains(l, "nosuchuser-tpm-fido") || strings.Contains(l, "ldapuser") {
+		t.Fatalf("the relay does not name the name it cannot resolve (and only that):\n%s", l)
+	}
+	write(fmt.Sprintf("70001 # ldapuser\n%d # a user only LDAP knows\n", os.Getuid()))
+	c, err := relay.Dial(sock)
+	if err != nil {
+		t.Fatalf("a uid with a comment: %v", err)
+	}
+	c.Close()
+}
+
 // TestRelayTakesNoDeviceFromClient: the relay never takes a device
 // description from its client: anything but the hello is refused before
 // a device exists, and a packet larger than a report never reaches the

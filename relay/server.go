@@ -205,14 +205,18 @@ func (s *Server) shutdown() {
 }
 
 // allowed reports whether uid may use the relay, reading the users file.
-func (s *Server) allowed(uid int) (bool, error) {
+// A line is a uid, or a user name resolved as os/user does: the release
+// binary has no cgo, so only /etc/passwd is read, and a user that only
+// NSS knows (LDAP, sssd, systemd-homed) must be listed by uid (setup
+// writes uids). Names that do not resolve are returned in unresolved.
+func (s *Server) allowed(uid int) (ok bool, unresolved []string, err error) {
 	names := append([]string(nil), s.cfg.Allow...)
 	if s.cfg.UsersFile != "" {
 		f, err := os.Open(s.cfg.UsersFile)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
-			return false, err
+			return false, nil, err
 		default:
 			sc := bufio.NewScanner(f)
 			for sc.Scan() {
@@ -223,22 +227,27 @@ func (s *Server) allowed(uid int) (bool, error) {
 			}
 			f.Close()
 			if err := sc.Err(); err != nil {
-				return false, err
+				return false, nil, err
 			}
 		}
 	}
 	for _, n := range names {
 		if id, err := strconv.Atoi(n); err == nil {
 			if id == uid {
-				return true, nil
+				return true, nil, nil
 			}
 			continue
 		}
-		if u, err := user.Lookup(n); err == nil && u.Uid == strconv.Itoa(uid) {
-			return true, nil
+		u, err := user.Lookup(n)
+		if err != nil {
+			unresolved = append(unresolved, n)
+			continue
+		}
+		if u.Uid == strconv.Itoa(uid) {
+			return true, nil, nil
 		}
 	}
-	return false, nil
+	return false, unresolved, nil
 }
 
 func reply(c *net.UnixConn, msg string) {
@@ -273,7 +282,7 @@ func (s *Server) handle(c *net.UnixConn) {
 		reply(c, "refused unknown hello (this relay speaks tpm-fido-relay/1)")
 		return
 	}
-	ok, err := s.allowed(uid)
+	ok, unresolved, err := s.allowed(uid)
 	if err != nil {
 		s.log.Error("relay: reading the allowed users", "file", s.cfg.UsersFile, "err", err)
 		reply(c, "refused the relay cannot read its list of users: "+err.Error())
@@ -281,6 +290,10 @@ func (s *Server) handle(c *net.UnixConn) {
 	}
 	if !ok {
 		s.log.Warn("relay: refused a daemon of a user that is not allowed", "uid", uid, "pid", pid)
+		if len(unresolved) > 0 {
+			s.log.Warn("relay: the list names users this relay cannot resolve (it reads only /etc/passwd); list them by uid (tpm-fido setup --allow-user writes uids)",
+				"file", s.cfg.UsersFile, "names", unresolved)
+		}
 		reply(c, fmt.Sprintf("refused uid %d may not use the relay; an administrator adds the user to %s (sudo tpm-fido setup --allow-user NAME)", uid, s.cfg.UsersFile))
 		return
 	}

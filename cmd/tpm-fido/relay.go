@@ -30,7 +30,7 @@ func runRelay(args []string, stdout, stderr io.Writer) int {
 			"`sudo tpm-fido setup` as tpm-fido-relay.service, run as the system user\n"+
 			"tpm-fido-relay.")
 	socket := fl.String("socket", relay.DefaultSocket, "`PATH` of the socket the users' daemons connect to")
-	users := fl.String("users-file", relay.DefaultUsersFile, "`FILE` naming the users whose daemons are served, one name or uid per line (read at every connection)")
+	users := fl.String("users-file", relay.DefaultUsersFile, "`FILE` naming the users whose daemons are served, one uid (or user name, from /etc/passwd only) per line (read at every connection)")
 	var allow stringList
 	fl.Var(&allow, "allow-user", "also serve this `USER` (a name or uid; repeatable)")
 	level := fl.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")

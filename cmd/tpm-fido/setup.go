@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 
@@ -47,7 +49,7 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 	user := fl.Bool("user", false, "install only the user unit, into $XDG_CONFIG_HOME/systemd/user (no root needed)")
 	binary := fl.String("binary", "", "`PATH` of the installed tpm-fido binary for ExecStart (default: this executable)")
 	var allow stringList
-	fl.Var(&allow, "allow-user", "a `USER` whose daemon the relay serves, added to "+relay.DefaultUsersFile+" (repeatable; default: the user who ran sudo)")
+	fl.Var(&allow, "allow-user", "a `USER` (name or uid) whose daemon the relay serves, added to "+relay.DefaultUsersFile+" as its uid (repeatable; default: the user who ran sudo)")
 	if code, ok := fl.parse(args, 0, 0, stdout, stderr); !ok {
 		return code
 	}
@@ -66,9 +68,27 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 	if !filepath.IsAbs(bin) {
 		return fl.usageError(stderr, "--binary %q must be an absolute path", bin)
 	}
+	var add []relayUser
+	for _, a := range allow {
+		u, err := lookupRelayUser(a)
+		if err != nil {
+			fmt.Fprintf(stderr, "tpm-fido setup: --allow-user %s: %v\n", a, err)
+			return exitFail
+		}
+		add = append(add, u)
+	}
 	if len(allow) == 0 {
 		if u := os.Getenv("SUDO_USER"); u != "" && u != "root" {
-			allow = stringList{u}
+			// sudo says the uid too: no lookup, so a user only NSS
+			// knows (LDAP, sssd, systemd-homed) is named right.
+			if id := os.Getenv("SUDO_UID"); isUID(id) {
+				add = []relayUser{{uid: id, name: u}}
+			} else if ru, err := lookupRelayUser(u); err == nil {
+				add = []relayUser{ru}
+			} else {
+				fmt.Fprintf(stderr, "tpm-fido setup: the user who ran sudo, %s: %v\n", u, err)
+				return exitFail
+			}
 		}
 	}
 
@@ -88,7 +108,7 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 		files = []setupFile{{filepath.Join(cfg, "systemd", "user", systemd.UnitName), systemd.Unit(bin)}}
 	} else {
 		var usersFile []byte
-		usersFile, users = relayUsers(usersPath, allow)
+		usersFile, users = relayUsers(usersPath, add)
 		files = []setupFile{
 			{filepath.Join(*root, "etc", "udev", "rules.d", udev.RulesName), udev.Rules},
 			{filepath.Join(*root, "etc", "modules-load.d", udev.ModulesLoadName), udev.ModulesLoad},
@@ -177,24 +197,117 @@ func runSetup(args []string, stdout, stderr io.Writer) int {
 
 // relayUsersHeader starts the relay's list of users.
 const relayUsersHeader = `# The users whose tpm-fido daemon the relay (tpm-fido-relay.service)
-# serves: one user name or uid per line. Read at every connection, so a
-# change needs no restart. Written by ` + "`tpm-fido setup --allow-user NAME`" + `.
+# serves: one uid (or user name) per line, '#' starts a comment. Read at
+# every connection, so a change needs no restart. Written by
+# ` + "`tpm-fido setup --allow-user NAME`" + `, as the uid with the name as a comment:
+# the relay resolves names from /etc/passwd only, so a user that only
+# LDAP, sssd or systemd-homed knows must be listed by uid.
 `
 
-// relayUsers returns the users file with every name in add present
+// relayUser is a user the relay serves: the uid is what goes in the
+// file (the relay checks the peer's uid), the name only as a comment.
+type relayUser struct {
+	uid  string // decimal
+	name string // "" when unknown
+}
+
+func (u relayUser) String() string {
+	if u.name == "" {
+		return "uid " + u.uid
+	}
+	return u.name + " (uid " + u.uid + ")"
+}
+
+// line is the users-file line for u.
+func (u relayUser) line() string {
+	if u.name == "" {
+		return u.uid
+	}
+	return u.uid + " # " + u.name
+}
+
+func isUID(s string) bool {
+	if s == "" || len(s) > 10 {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// lookupRelayUser resolves a user name or uid for the relay's list. The
+// release binary has no cgo, so os/user reads /etc/passwd alone; users
+// from LDAP, sssd or systemd-homed come through NSS, which getent asks.
+// A variable, so that tests can name users this machine does not have.
+var lookupRelayUser = func(nameOrUID string) (relayUser, error) {
+	if isUID(nameOrUID) {
+		u := relayUser{uid: nameOrUID}
+		if pw, err := user.LookupId(nameOrUID); err == nil {
+			u.name = pw.Username
+		} else if f, err := getentPasswd(nameOrUID); err == nil {
+			u.name = f[0]
+		}
+		return u, nil
+	}
+	if pw, err := user.Lookup(nameOrUID); err == nil {
+		return relayUser{uid: pw.Uid, name: pw.Username}, nil
+	}
+	f, err := getentPasswd(nameOrUID)
+	if err != nil {
+		return relayUser{}, fmt.Errorf("no such user (%v); give the numeric uid instead: --allow-user UID", err)
+	}
+	return relayUser{uid: f[2], name: f[0]}, nil
+}
+
+// getentPasswd asks NSS for a passwd entry (`getent passwd KEY`) and
+// returns its fields.
+func getentPasswd(key string) ([]string, error) {
+	out, err := exec.Command("getent", "passwd", key).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 2 {
+			return nil, fmt.Errorf("getent passwd %s: not found", key)
+		}
+		return nil, fmt.Errorf("getent passwd %s: %w", key, err)
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	f := strings.Split(line, ":")
+	if len(f) < 7 || !isUID(f[2]) {
+		return nil, fmt.Errorf("getent passwd %s: unexpected answer %q", key, line)
+	}
+	return f, nil
+}
+
+// relayUsers returns the users file with every user in add present
 // (lines already there are kept as they are), and the users it names.
-func relayUsers(path string, add []string) ([]byte, []string) {
+// A user counts as present when a line names its uid, or a name the
+// relay itself resolves to it (from /etc/passwd); else its uid is
+// added, with the name as a comment.
+func relayUsers(path string, add []relayUser) ([]byte, []string) {
 	old, err := os.ReadFile(path)
 	if err != nil {
 		old = []byte(relayUsersHeader)
 	}
 	var users []string
-	have := map[string]bool{}
+	have := map[string]bool{} // uids, and the names as written
 	for _, l := range strings.Split(string(old), "\n") {
-		l, _, _ = strings.Cut(l, "#")
-		if l = strings.TrimSpace(l); l != "" && !have[l] {
-			have[l] = true
+		l, comment, _ := strings.Cut(l, "#")
+		l = strings.TrimSpace(l)
+		if l == "" || have[l] {
+			continue
+		}
+		have[l] = true
+		switch {
+		case isUID(l):
+			users = append(users, relayUser{uid: l, name: strings.TrimSpace(comment)}.String())
+		default:
 			users = append(users, l)
+			if pw, err := user.Lookup(l); err == nil {
+				have[pw.Uid] = true
+			}
 		}
 	}
 	out := old
@@ -202,10 +315,10 @@ func relayUsers(path string, add []string) ([]byte, []string) {
 		out = append(out, '\n')
 	}
 	for _, u := range add {
-		if u = strings.TrimSpace(u); u != "" && !have[u] {
-			have[u] = true
-			users = append(users, u)
-			out = append(out, u+"\n"...)
+		if !have[u.uid] {
+			have[u.uid] = true
+			users = append(users, u.String())
+			out = append(out, u.line()+"\n"...)
 		}
 	}
 	return out, users

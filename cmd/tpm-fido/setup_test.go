@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -42,7 +43,25 @@ func readTree(t *testing.T, dir string) map[string]string {
 	return files
 }
 
+// fakeUsers makes setup resolve the given names to uids (users this
+// machine does not have); other names are not found.
+func fakeUsers(t *testing.T, uids map[string]string) {
+	t.Helper()
+	old := lookupRelayUser
+	lookupRelayUser = func(n string) (relayUser, error) {
+		if id, ok := uids[n]; ok {
+			return relayUser{uid: id, name: n}, nil
+		}
+		if isUID(n) {
+			return relayUser{uid: n}, nil
+		}
+		return relayUser{}, fmt.Errorf("no such user %q", n)
+	}
+	t.Cleanup(func() { lookupRelayUser = old })
+}
+
 func TestSetupGolden(t *testing.T) {
+	fakeUsers(t, map[string]string{"alice": "1001"})
 	root := t.TempDir()
 	out, errOut, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "alice")
 	if rc != 0 {
@@ -210,23 +229,33 @@ func TestSetupUser(t *testing.T) {
 // what is there; the user who ran sudo is the default; members an older
 // install put in group uhid are told to leave it; nobody is put in it.
 func TestSetupRelayUsers(t *testing.T) {
+	fakeUsers(t, map[string]string{"bob": "1002", "carol": "1003", "dave": "1004"})
 	root := t.TempDir()
 	users := filepath.Join(root, "etc/tpm-fido/relay-users")
 	os.MkdirAll(filepath.Dir(users), 0o755)
-	os.WriteFile(users, []byte("# ours\nbob   # the laptop's owner\n"), 0o644)
+	os.WriteFile(users, []byte("# ours\nbob   # the laptop's owner\n1004 # dave\n"), 0o644)
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\ntss:x:107:bob\nuhid:x:998:bob,tpm-fido-relay\n"), 0o644)
 	t.Setenv("SUDO_USER", "carol")
+	t.Setenv("SUDO_UID", "")
 	out, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido")
 	if rc != 0 {
 		t.Fatal(e)
 	}
 	b, _ := os.ReadFile(users)
-	if string(b) != "# ours\nbob   # the laptop's owner\ncarol\n" {
+	if string(b) != "# ours\nbob   # the laptop's owner\n1004 # dave\n1003 # carol\n" {
 		t.Errorf("users file:\n%s", b)
 	}
-	if !strings.Contains(out, "the relay serves the daemons of: bob, carol") {
+	if !strings.Contains(out, "the relay serves the daemons of: bob, dave (uid 1004), carol (uid 1003)") {
 		t.Errorf("output does not name the users:\n%s", out)
+	}
+	// dave and carol are listed by uid already.
+	if out, _, _ := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "dave", "--allow-user", "1003"); !strings.Contains(out, "unchanged:  "+users) {
+		t.Errorf("users listed by uid changed the file:\n%s", out)
+	}
+	// A user setup cannot resolve is refused, and nothing is written.
+	if _, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "nosuchuser"); rc == 0 || !strings.Contains(e, "give the numeric uid instead") && !strings.Contains(e, "no such user") {
+		t.Errorf("an unknown user: rc %d %q", rc, e)
 	}
 	if !strings.Contains(out, "sudo gpasswd -d bob uhid") || strings.Contains(out, "gpasswd -d tpm-fido-relay") {
 		t.Errorf("output does not take bob (only) out of group uhid:\n%s", out)
@@ -234,9 +263,13 @@ func TestSetupRelayUsers(t *testing.T) {
 	if strings.Contains(out, "usermod -aG uhid") || strings.Contains(out, "uhid,tss") {
 		t.Errorf("setup still puts users in group uhid:\n%s", out)
 	}
-	out, _, _ = runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "bob")
-	if !strings.Contains(out, "unchanged:  "+users) {
-		t.Errorf("a user already listed changed the file:\n%s", out)
+	// bob is listed by a name the relay cannot resolve (it reads only
+	// /etc/passwd, which does not have him): his uid is added.
+	if _, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "bob"); rc != 0 {
+		t.Fatal(e)
+	}
+	if b, _ := os.ReadFile(users); !strings.HasSuffix(string(b), "1003 # carol\n1002 # bob\n") {
+		t.Errorf("bob, listed by a name the relay cannot resolve: users file\n%s", b)
 	}
 	// No user at all: setup says how to name one.
 	t.Setenv("SUDO_USER", "")
@@ -244,5 +277,46 @@ func TestSetupRelayUsers(t *testing.T) {
 	out, _, rc = runCmd(t, "setup", "--root", root2, "--binary", "/usr/bin/tpm-fido")
 	if rc != 0 || !strings.Contains(out, `sudo tpm-fido setup --allow-user "$USER"`) {
 		t.Errorf("no user named: rc %d\n%s", rc, out)
+	}
+}
+
+// TestSetupUserOnlyNSSKnows: the release binary has no cgo, so os/user
+// reads only /etc/passwd. A user that only NSS knows (LDAP, sssd,
+// systemd-homed) is still written as a uid: from sudo's SUDO_UID, or
+// from getent (here a stand-in getent first on PATH that knows one
+// such user, as NSS would); the names /etc/passwd has resolve as
+// before, and a uid is taken as it is.
+func TestSetupUserOnlyNSSKnows(t *testing.T) {
+	bin := t.TempDir()
+	getent := "#!/bin/sh\n[ \"$1\" = passwd ] || exit 1\ncase \"$2\" in\n" +
+		"ldapuser|70001) echo 'ldapuser:*:70001:70001:LDAP User:/home/ldapuser:/bin/bash' ;;\n" +
+		"*) exit 2 ;;\nesac\n"
+	if err := os.WriteFile(filepath.Join(bin, "getent"), []byte(getent), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	for in, want := range map[string]string{"root": "0 # root", "0": "0 # root", "ldapuser": "70001 # ldapuser", "70001": "70001 # ldapuser", "123456": "123456"} {
+		u, err := lookupRelayUser(in)
+		if err != nil || u.line() != want {
+			t.Errorf("lookupRelayUser(%q) = %q, %v; want %q", in, u.line(), err, want)
+		}
+	}
+	if _, err := lookupRelayUser("nosuchuser-tpm-fido"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("unknown user: %v", err)
+	}
+	root := t.TempDir()
+	users := filepath.Join(root, "etc/tpm-fido/relay-users")
+	if out, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido", "--allow-user", "ldapuser"); rc != 0 || !strings.Contains(out, "the relay serves the daemons of: ldapuser (uid 70001)") {
+		t.Fatalf("--allow-user ldapuser: rc %d %s %s", rc, out, e)
+	}
+	// sudo names the uid: no lookup at all.
+	t.Setenv("SUDO_USER", "homeduser")
+	t.Setenv("SUDO_UID", "60513")
+	if _, e, rc := runCmd(t, "setup", "--root", root, "--binary", "/usr/bin/tpm-fido"); rc != 0 {
+		t.Fatal(e)
+	}
+	b, _ := os.ReadFile(users)
+	if !strings.HasSuffix(string(b), "\n70001 # ldapuser\n60513 # homeduser\n") {
+		t.Errorf("users file:\n%s", b)
 	}
 }

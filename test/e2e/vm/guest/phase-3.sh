@@ -53,7 +53,7 @@ s_udev_setup() {
 		/etc/systemd/system/tpm-fido-relay.service /etc/systemd/user/tpm-fido.service; do
 		[ -f "$f" ] || fail "setup installed no $f"
 	done
-	grep -qx user /etc/tpm-fido/relay-users || fail "the relay's list does not name user: $(cat /etc/tpm-fido/relay-users)"
+	grep -qx "$(id -u user) # user" /etc/tpm-fido/relay-users || fail "the relay's list does not name user by uid: $(cat /etc/tpm-fido/relay-users)"
 	echo "$out" | grep -q 'sudo systemd-sysusers' || fail "setup does not say to run systemd-sysusers"
 	echo "$out" | grep -q 'usermod -aG uhid' && fail "setup still puts the user in group uhid"
 	again=$(t tpm-fido setup --root / --allow-user user 2>&1)
