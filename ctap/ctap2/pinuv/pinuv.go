@@ -9,7 +9,11 @@
 // first time within InitialUsageLimit (30 s) of being issued, or it
 // expires unused; once used it stays valid until MaxUsagePeriod
 // (10 minutes) after issue. Issuing a new token, Regenerate and ResetToken
-// end the old one at once.
+// end the old one at once. A token that expires is also wiped when it
+// expires, not only when it is next looked at: one timer runs while a
+// token lives (none while none does), so the token and the PIN hash kept
+// with it do not stay in memory past their lifetime while the daemon is
+// idle.
 package pinuv
 
 import (
@@ -128,13 +132,26 @@ func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %w: %s", ctap.StatusInvalidParameter, ErrMalformed, fmt.Sprintf(format, args...))
 }
 
+// AfterFunc arms a one-shot timer that calls f after d and returns the
+// function that disarms it (time.AfterFunc's Timer.Stop). Tests inject
+// their own with NewStateTimer.
+type AfterFunc func(d time.Duration, f func()) (stop func() bool)
+
+func timeAfterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+
 // State is the authenticator's PIN/UV state: one key-agreement key pair
 // (shared by both protocols) and the current pinUvAuthToken. Safe for
 // concurrent use.
 type State struct {
-	mu   sync.Mutex
-	rand io.Reader
-	now  func() time.Time
+	mu        sync.Mutex
+	rand      io.Reader
+	now       func() time.Time
+	afterFunc AfterFunc
+	// disarm stops the expiry timer; nil while none is armed (no token).
+	disarm func() bool
+	// gen numbers the tokens, so that a timer of an ended token, which
+	// may fire after it was disarmed, does nothing.
+	gen uint64
 
 	key *ecdh.PrivateKey
 
@@ -150,16 +167,25 @@ type State struct {
 	uvSecret []byte
 }
 
-// NewState generates the key-agreement key and an initial token.
+// NewState generates the key-agreement key; no token is in use.
 // rand defaults to crypto/rand.Reader and now to time.Now.
 func NewState(rnd io.Reader, now func() time.Time) (*State, error) {
+	return NewStateTimer(rnd, now, nil)
+}
+
+// NewStateTimer is NewState with the timer that wipes a token when it
+// expires (time.AfterFunc when nil), for tests with a fake clock.
+func NewStateTimer(rnd io.Reader, now func() time.Time, afterFunc AfterFunc) (*State, error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
 	if now == nil {
 		now = time.Now
 	}
-	s := &State{rand: rnd, now: now}
+	if afterFunc == nil {
+		afterFunc = timeAfterFunc
+	}
+	s := &State{rand: rnd, now: now, afterFunc: afterFunc}
 	if err := s.Regenerate(); err != nil {
 		return nil, err
 	}
@@ -213,6 +239,10 @@ func (s *State) ResetToken() {
 }
 
 func (s *State) stopLocked() {
+	if s.disarm != nil {
+		s.disarm()
+		s.disarm = nil
+	}
 	clear(s.token)
 	s.token = nil
 	clear(s.uvSecret)
@@ -249,7 +279,44 @@ func (s *State) IssueTokenWithSecret(perms Permission, rpID string, secret []byt
 	s.rpID = rpID
 	s.issued = s.now()
 	s.uvSecret = append([]byte(nil), secret...)
+	s.gen++
+	s.armLocked()
 	return append([]byte(nil), tok...)
+}
+
+// deadlineLocked is when the current token expires: InitialUsageLimit
+// after issue until it is first used, then MaxUsagePeriod.
+func (s *State) deadlineLocked() time.Time {
+	if s.used {
+		return s.issued.Add(MaxUsagePeriod)
+	}
+	return s.issued.Add(InitialUsageLimit)
+}
+
+// armLocked arms the one expiry timer for the current token.
+func (s *State) armLocked() {
+	gen := s.gen
+	d := s.deadlineLocked().Sub(s.now())
+	s.disarm = s.afterFunc(d, func() { s.expire(gen) })
+}
+
+// expire runs when the timer of token gen fires: it wipes the token (and
+// the secret kept with it) if that token is still the current one and
+// its deadline has passed, or re-arms for the later deadline of a token
+// used meanwhile.
+func (s *State) expire(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen || s.token == nil {
+		return // ended, or replaced, before its timer ran
+	}
+	s.disarm = nil // this timer has fired
+	now := s.now()
+	if now.Before(s.issued) || !now.Before(s.deadlineLocked()) {
+		s.stopLocked()
+		return
+	}
+	s.armLocked()
 }
 
 // UVSecret returns a copy of the secret given with the current token, if

@@ -483,3 +483,167 @@ func TestPINHash(t *testing.T) {
 		t.Fatalf("PINHash(1234) = %x, want %x", h, want)
 	}
 }
+
+// fakeTimers records the timers a State arms; the test fires them.
+type fakeTimers struct {
+	mu     sync.Mutex
+	armed  []*fakeTimer
+	active int // armed and neither fired nor stopped
+}
+
+type fakeTimer struct {
+	d       time.Duration
+	f       func()
+	stopped bool
+	fired   bool
+}
+
+func (ft *fakeTimers) afterFunc(d time.Duration, f func()) func() bool {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	t := &fakeTimer{d: d, f: f}
+	ft.armed = append(ft.armed, t)
+	ft.active++
+	return func() bool {
+		ft.mu.Lock()
+		defer ft.mu.Unlock()
+		if t.stopped || t.fired {
+			return false
+		}
+		t.stopped = true
+		ft.active--
+		return true
+	}
+}
+
+// fire runs the last timer armed, as the runtime would when it is due.
+func (ft *fakeTimers) fire(t *testing.T) {
+	t.Helper()
+	ft.mu.Lock()
+	if len(ft.armed) == 0 {
+		ft.mu.Unlock()
+		t.Fatal("no timer was armed")
+	}
+	tm := ft.armed[len(ft.armed)-1]
+	if tm.stopped || tm.fired {
+		ft.mu.Unlock()
+		t.Fatal("the last timer was stopped or has fired")
+	}
+	tm.fired = true
+	ft.active--
+	ft.mu.Unlock()
+	tm.f()
+}
+
+func (ft *fakeTimers) state() (n, active int, last time.Duration) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	if len(ft.armed) > 0 {
+		last = ft.armed[len(ft.armed)-1].d
+	}
+	return len(ft.armed), ft.active, last
+}
+
+func zeroed(b []byte) bool { return len(b) > 0 && bytes.Count(b, []byte{0}) == len(b) }
+
+// TestTokenWipedAtExpiry: the token and the PIN hash kept with it are
+// zeroed in memory when the token expires, with no request coming in to
+// look at it; one timer is armed while a token lives and none while
+// none does.
+func TestTokenWipedAtExpiry(t *testing.T) {
+	clk := ctap2test.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	ft := &fakeTimers{}
+	s, err := NewStateTimer(nil, clk.Now, ft.afterFunc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := ft.state(); n != 0 {
+		t.Fatalf("%d timers armed with no token (an idle daemon arms none)", n)
+	}
+	secret := bytes.Repeat([]byte{0xA5}, 16)
+
+	// Never used: wiped InitialUsageLimit after issue.
+	s.IssueTokenWithSecret(PermGetAssertion, "", secret)
+	tok, sec := s.token, s.uvSecret // the State's own memory
+	if n, active, d := ft.state(); n != 1 || active != 1 || d != InitialUsageLimit {
+		t.Fatalf("after issue: %d timers, %d active, last %s; want 1, 1, %s", n, active, d, InitialUsageLimit)
+	}
+	clk.Advance(InitialUsageLimit)
+	ft.fire(t)
+	if !zeroed(tok) || !zeroed(sec) || s.token != nil || s.uvSecret != nil {
+		t.Fatalf("after expiry, with no request: token %x, secret %x still in memory", tok, sec)
+	}
+	if _, active, _ := ft.state(); active != 0 {
+		t.Fatalf("%d timers still armed after the token ended", active)
+	}
+
+	// Used: lives until MaxUsagePeriod after issue; the first timer
+	// re-arms for the rest.
+	tokB := s.IssueTokenWithSecret(PermGetAssertion, "", secret)
+	tok, sec = s.token, s.uvSecret
+	msg := []byte("message")
+	if err := s.VerifyParam(2, msg, protocolTwo{}.Authenticate(tokB, msg)); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(InitialUsageLimit + time.Second)
+	ft.fire(t)
+	if zeroed(tok) || zeroed(sec) {
+		t.Fatal("a used token was wiped at the initial usage limit")
+	}
+	if n, active, d := ft.state(); n != 3 || active != 1 || d != MaxUsagePeriod-InitialUsageLimit-time.Second {
+		t.Fatalf("after the first deadline of a used token: %d timers, %d active, last %s", n, active, d)
+	}
+	clk.Advance(MaxUsagePeriod - InitialUsageLimit - time.Second)
+	ft.fire(t)
+	if !zeroed(tok) || !zeroed(sec) || s.token != nil {
+		t.Fatalf("after MaxUsagePeriod: token %x, secret %x still in memory", tok, sec)
+	}
+
+	// A token ended early disarms its timer; a late run of an old
+	// timer leaves the next token alone.
+	s.IssueTokenWithSecret(PermGetAssertion, "", secret)
+	ft.mu.Lock()
+	old := ft.armed[len(ft.armed)-1]
+	ft.mu.Unlock()
+	s.IssueTokenWithSecret(PermGetAssertion, "", secret)
+	tok = s.token
+	if !old.stopped {
+		t.Fatal("a new token left the old token's timer armed")
+	}
+	clk.Advance(time.Second)
+	old.f() // fired although stopped (it was already running)
+	if zeroed(tok) || s.token == nil {
+		t.Fatal("an old token's timer wiped the current token")
+	}
+	s.ResetToken()
+	if _, active, _ := ft.state(); active != 0 || !zeroed(tok) {
+		t.Fatalf("ResetToken: %d timers still armed, token zeroed %v", active, zeroed(tok))
+	}
+}
+
+// TestTokenWipedByRealTimer: the default timer (time.AfterFunc) wipes
+// an expired token too. The token's issue time is moved back by its
+// initial usage limit and its timer re-armed, so it is due at once.
+func TestTokenWipedByRealTimer(t *testing.T) {
+	s, _ := newTestState(t)
+	s.IssueTokenWithSecret(PermGetAssertion, "", []byte("0123456789abcdef"))
+	s.mu.Lock()
+	sec := s.uvSecret
+	s.issued = s.issued.Add(-InitialUsageLimit)
+	s.disarm()
+	s.armLocked()
+	s.mu.Unlock()
+	for range 200 {
+		s.mu.Lock()
+		done := s.token == nil
+		s.mu.Unlock()
+		if done {
+			if !zeroed(sec) {
+				t.Fatalf("token ended but the secret %x is still in memory", sec)
+			}
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("the real timer did not wipe the expired token within 1 s")
+}
