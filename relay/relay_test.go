@@ -230,6 +230,56 @@ func TestRelayUsersByUID(t *testing.T) {
 	c.Close()
 }
 
+// TestRelayWarnsOtherSeatUser: when logind's record names another user
+// as active at a seat, the relay serves the daemon but logs that the
+// key's node goes to that user; when the served user is the seat's, or
+// there is no logind record, it says nothing of it.
+func TestRelayWarnsOtherSeatUser(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		seats map[string]string // file → content; nil: no seats directory
+		warn  bool
+	}{
+		{"other user at the seat", map[string]string{"seat0": "IS_SEAT0=1\nCAN_GRAPHICAL=1\nACTIVE=c2\nACTIVE_UID=70001\nSESSIONS=c2 c1\nUIDS=70001 1000\n"}, true},
+		{"served user at the seat", map[string]string{"seat0": fmt.Sprintf("IS_SEAT0=1\nACTIVE=c1\nACTIVE_UID=%d\n", os.Getuid()), "seat1": "ACTIVE_UID=70001\n"}, false},
+		{"nobody at the seat", map[string]string{"seat0": "IS_SEAT0=1\nCAN_GRAPHICAL=1\n"}, false},
+		{"no logind", nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			seats := filepath.Join(dir, "seats")
+			if c.seats != nil {
+				os.Mkdir(seats, 0o755)
+				for n, content := range c.seats {
+					if err := os.WriteFile(filepath.Join(seats, n), []byte(content), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			sock := filepath.Join(dir, "relay.sock")
+			var logs logbuf.Buffer
+			srv, err := relay.Listen(relay.Config{Socket: sock, Allow: []string{strconv.Itoa(os.Getuid())}, SeatsDir: seats,
+				OpenDevice: newDevices().open, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctaphidtest.Serve(t, srv)
+			conn, err := relay.Dial(sock)
+			if err != nil {
+				t.Fatalf("the daemon is not served: %v", err)
+			}
+			conn.Close()
+			l := logs.String()
+			if got := strings.Contains(l, "the user active at the seat is not the user whose daemon is served"); got != c.warn {
+				t.Fatalf("warning logged: %v, want %v:\n%s", got, c.warn, l)
+			}
+			if c.warn && !strings.Contains(l, "seat0: uid 70001") {
+				t.Fatalf("the warning does not name the seat's user:\n%s", l)
+			}
+		})
+	}
+}
+
 // TestRelayTakesNoDeviceFromClient: the relay never takes a device
 // description from its client: anything but the hello is refused before
 // a device exists, and a packet larger than a report never reaches the

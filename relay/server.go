@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +37,11 @@ type Config struct {
 	Allow     []string // more users or uids, from the command line
 	// OpenDevice creates the device. The relay alone decides what it is.
 	OpenDevice func() (Device, error)
-	Logger     *slog.Logger
+	// SeatsDir holds logind's records of the seats (DefaultSeatsDir when
+	// empty): the relay reads who is active at each seat, to warn when
+	// the key's node goes to someone else than the user it serves.
+	SeatsDir string
+	Logger   *slog.Logger
 }
 
 // Server is the relay's listening side.
@@ -334,12 +339,52 @@ func (s *Server) handle(c *net.UnixConn) {
 	}
 	sess.dev = dev
 	s.log.Info("relay: device created for a daemon", "uid", uid, "pid", pid)
+	s.warnOtherSeatUser(uid)
 	reply(c, "ok device created")
 	s.pump(sess)
 	if err := dev.Close(); err != nil {
 		s.log.Warn("relay: destroying the device", "err", err)
 	}
 	s.log.Info("relay: daemon gone, device destroyed", "uid", uid, "pid", pid)
+}
+
+// DefaultSeatsDir is where systemd-logind records each seat's state.
+const DefaultSeatsDir = "/run/systemd/seats"
+
+// warnOtherSeatUser logs a warning when logind names an active user at
+// a seat and none of them is uid. The key's hidraw node is tagged
+// uaccess, so logind gives it to the user active at the seat, whoever
+// the daemon behind it serves: then that user's programs can use the
+// key, and the served user's cannot. The relay reads logind's files
+// (ACTIVE_UID= in /run/systemd/seats/SEAT), without D-Bus; it looks at
+// connect time only, not at later seat switches.
+func (s *Server) warnOtherSeatUser(uid int) {
+	dir := cmp.Or(s.cfg.SeatsDir, DefaultSeatsDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return // no logind: no seat, no uaccess
+	}
+	var others []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			v, ok := strings.CutPrefix(l, "ACTIVE_UID=")
+			if !ok {
+				continue
+			}
+			if v == strconv.Itoa(uid) {
+				return
+			}
+			others = append(others, e.Name()+": uid "+v)
+		}
+	}
+	if len(others) > 0 {
+		s.log.Warn("relay: the user active at the seat is not the user whose daemon is served; the key's hidraw node goes (uaccess) to the seat's user, so that user's programs can use this key and the served user's cannot",
+			"uid", uid, "seats", strings.Join(others, ", "))
+	}
 }
 
 // pump moves reports until either side ends: the client's packets become
