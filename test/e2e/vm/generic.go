@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -48,20 +47,23 @@ func FetchGenericKernel(ctx context.Context, cacheDir string, logw io.Writer) (*
 	if k, err := loadModuleKernel(pkg, dir); err == nil {
 		return k, nil
 	}
-	fmt.Fprintf(logw, "e2e: fetching %s into %s\n", pkg, dir)
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return nil, err
-	}
-	deb, cleanup, err := downloadDeb(ctx, pkg)
+	err = fillCache(ctx, cacheDir, dir, logw, pkg, []string{pkg}, func(debs []string, x, flat string) error {
+		return keepModuleKernel(ctx, pkg, debs[0], x, flat)
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer cleanup()
+	return loadModuleKernel(pkg, dir)
+}
 
+// keepModuleKernel extracts the kernel image and RootShareModules with
+// what they depend on from the kernel package's .deb into x, and leaves
+// them in flat with modules.order, the modules in load order.
+func keepModuleKernel(ctx context.Context, pkg, deb, x, flat string) error {
 	// Where every module of the package lives, by module name.
 	out, err := run(ctx, "", "dpkg-deb", "-c", deb)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	where := map[string]string{}
 	for _, line := range strings.Split(string(out), "\n") {
@@ -75,13 +77,8 @@ func FetchGenericKernel(ctx context.Context, cacheDir string, logw io.Writer) (*
 		}
 	}
 
-	tmp, err := os.MkdirTemp(cacheDir, ".extract-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	if err := extractDeb(ctx, deb, tmp, "./boot/vmlinuz-*"); err != nil {
-		return nil, err
+	if err := extractDeb(ctx, deb, x, vmlinuzPattern); err != nil {
+		return err
 	}
 	// Extract the wanted modules, read what they depend on, extract those,
 	// until nothing is missing.
@@ -92,23 +89,23 @@ func FetchGenericKernel(ctx context.Context, cacheDir string, logw io.Writer) (*
 		for _, m := range want {
 			p, ok := where[modName(m)]
 			if !ok {
-				return nil, fmt.Errorf("%s has no module %s", pkg, m)
+				return fmt.Errorf("%s has no module %s", pkg, m)
 			}
 			paths = append(paths, p)
 		}
-		if err := extractDeb(ctx, deb, tmp, paths...); err != nil {
-			return nil, err
+		if err := extractDeb(ctx, deb, x, paths...); err != nil {
+			return err
 		}
 		var next []string
 		for _, m := range want {
-			d, err := moduleDepends(filepath.Join(tmp, where[modName(m)]))
+			d, err := moduleDepends(filepath.Join(x, where[modName(m)]))
 			if err != nil {
-				return nil, err
+				return err
 			}
 			deps[modName(m)] = d
-			for _, x := range d {
-				if _, seen := deps[x]; !seen && !slices.Contains(next, x) {
-					next = append(next, x)
+			for _, dep := range d {
+				if _, seen := deps[dep]; !seen && !slices.Contains(next, dep) {
+					next = append(next, dep)
 				}
 			}
 		}
@@ -116,35 +113,20 @@ func FetchGenericKernel(ctx context.Context, cacheDir string, logw io.Writer) (*
 	}
 	order, err := loadOrder(deps)
 	if err != nil {
-		return nil, err
+		return err
 	}
 
-	flat := filepath.Join(tmp, "flat")
-	if err := os.Mkdir(flat, 0o755); err != nil {
-		return nil, err
-	}
-	vmlinuz, _ := filepath.Glob(filepath.Join(tmp, "boot", "vmlinuz-*"))
-	if len(vmlinuz) != 1 {
-		return nil, fmt.Errorf("%s holds no single vmlinuz", pkg)
-	}
-	if err := copyFile(vmlinuz[0], filepath.Join(flat, "vmlinuz"), 0o644); err != nil {
-		return nil, err
+	if err := keepVmlinuz(pkg, x, flat); err != nil {
+		return err
 	}
 	var list bytes.Buffer
 	for _, m := range order {
-		if err := copyFile(filepath.Join(tmp, where[m]), filepath.Join(flat, m+".ko"), 0o644); err != nil {
-			return nil, err
+		if err := copyFile(filepath.Join(x, where[m]), filepath.Join(flat, m+".ko"), 0o644); err != nil {
+			return err
 		}
 		fmt.Fprintln(&list, m)
 	}
-	if err := os.WriteFile(filepath.Join(flat, "modules.order"), list.Bytes(), 0o644); err != nil {
-		return nil, err
-	}
-	_ = os.RemoveAll(dir)
-	if err := os.Rename(flat, dir); err != nil {
-		return nil, err
-	}
-	return loadModuleKernel(pkg, dir)
+	return os.WriteFile(filepath.Join(flat, "modules.order"), list.Bytes(), 0o644)
 }
 
 func loadModuleKernel(pkg, dir string) (*ModuleKernel, error) {
@@ -169,56 +151,6 @@ func loadModuleKernel(pkg, dir string) (*ModuleKernel, error) {
 		}
 	}
 	return k, nil
-}
-
-// kernelPackage asks apt which kernel package meta depends on.
-func kernelPackage(ctx context.Context, meta string) (string, error) {
-	out, err := run(ctx, "", "apt-cache", "depends", meta)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 && f[0] == "Depends:" && strings.HasPrefix(f[1], "linux-image-") {
-			return f[1], nil
-		}
-	}
-	return "", fmt.Errorf("%w: apt-cache names no kernel for %s (run apt-get update; Debian apt sources are needed)", ErrUnavailable, meta)
-}
-
-// downloadDeb fetches one package with apt-get download into a temporary
-// directory and returns the .deb's path and a function that removes it.
-func downloadDeb(ctx context.Context, pkg string) (string, func(), error) {
-	// apt's sandbox user must be able to write where it downloads.
-	dl, err := os.MkdirTemp("", "tpm-fido-deb-")
-	if err != nil {
-		return "", nil, err
-	}
-	cleanup := func() { os.RemoveAll(dl) }
-	if err := os.Chmod(dl, 0o777); err != nil {
-		cleanup()
-		return "", nil, err
-	}
-	if _, err := run(ctx, dl, "apt-get", "download", "-q", pkg); err != nil {
-		cleanup()
-		return "", nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	debs, _ := filepath.Glob(filepath.Join(dl, pkg+"_*.deb"))
-	if len(debs) != 1 {
-		cleanup()
-		return "", nil, fmt.Errorf("%w: apt-get download left no %s .deb", ErrUnavailable, pkg)
-	}
-	return debs[0], cleanup, nil
-}
-
-// extractDeb extracts the members matching patterns from a .deb into dir.
-func extractDeb(ctx context.Context, deb, dir string, patterns ...string) error {
-	script := `deb=$1 dir=$2; shift 2; dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards "$@"`
-	cmd := exec.CommandContext(ctx, "sh", append([]string{"-c", script, "sh", deb, dir}, patterns...)...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("extracting %s from %s: %w: %s", strings.Join(patterns, " "), deb, err, b)
-	}
-	return nil
 }
 
 // modName is a module's name as the kernel spells it in depends= lists:

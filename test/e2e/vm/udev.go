@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -68,66 +67,40 @@ func FetchUdev(ctx context.Context, cacheDir string, logw io.Writer) (*Udev, err
 	if loadUdev(u, dir) == nil {
 		return u, nil
 	}
-	fmt.Fprintf(logw, "e2e: fetching udev %s and tpm-udev into %s\n", version, dir)
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return nil, err
-	}
-	dl, err := os.MkdirTemp("", "tpm-fido-udev-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dl)
-	if err := os.Chmod(dl, 0o777); err != nil {
-		return nil, err
-	}
-	if _, err := run(ctx, dl, "apt-get", "download", "-q", "udev="+version, "tpm-udev"); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	tmp, err := os.MkdirTemp(cacheDir, ".extract-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	for _, pkg := range UdevPackages {
-		debs, _ := filepath.Glob(filepath.Join(dl, pkg+"_*.deb"))
-		if len(debs) != 1 {
-			return nil, fmt.Errorf("%w: apt-get download left no %s .deb", ErrUnavailable, pkg)
-		}
-		cmd := exec.CommandContext(ctx, "sh", "-c", `dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2"`, "sh", debs[0], tmp)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("extracting %s: %w: %s", debs[0], err, b)
-		}
-	}
-	var extracted []string
-	err = filepath.WalkDir(tmp, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			extracted = append(extracted, p)
-		}
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	flat := filepath.Join(tmp, "flat")
-	if err := os.Mkdir(flat, 0o755); err != nil {
-		return nil, err
-	}
-	for _, f := range udevFiles {
-		src := ""
-		for _, p := range extracted {
-			if strings.HasSuffix(p, f.suffix) {
-				src = p
+	specs := []string{"udev=" + version, "tpm-udev"}
+	err = fillCache(ctx, cacheDir, dir, logw, "udev "+version+" and tpm-udev", specs, func(debs []string, x, flat string) error {
+		for _, deb := range debs {
+			if err := extractDeb(ctx, deb, x); err != nil {
+				return err
 			}
 		}
-		if src == "" {
-			return nil, fmt.Errorf("the udev %s and tpm-udev packages hold no *%s", version, f.suffix)
+		var extracted []string
+		err := filepath.WalkDir(x, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				extracted = append(extracted, p)
+			}
+			return err
+		})
+		if err != nil {
+			return err
 		}
-		if err := copyFile(src, filepath.Join(flat, path.Base(f.suffix)), 0o755); err != nil {
-			return nil, err
+		for _, f := range udevFiles {
+			src := ""
+			for _, p := range extracted {
+				if strings.HasSuffix(p, f.suffix) {
+					src = p
+				}
+			}
+			if src == "" {
+				return fmt.Errorf("the udev %s and tpm-udev packages hold no *%s", version, f.suffix)
+			}
+			if err := copyFile(src, filepath.Join(flat, path.Base(f.suffix)), 0o755); err != nil {
+				return err
+			}
 		}
-	}
-	_ = os.RemoveAll(dir)
-	if err := os.Rename(flat, dir); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	if err := loadUdev(u, dir); err != nil {

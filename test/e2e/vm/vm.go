@@ -152,11 +152,18 @@ func BuildDaemon(ctx context.Context, root, out string) error {
 	if prebuilt := os.Getenv(DaemonEnv); prebuilt != "" {
 		return copyFile(prebuilt, out, 0o755)
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/tpm-fido")
+	return BuildStatic(ctx, root, "./cmd/tpm-fido", out)
+}
+
+// BuildStatic builds the package pkg of the module at root (a path
+// relative to root, such as ./cmd/tpm-fido) without cgo, as a static
+// binary at out that runs in the guest.
+func BuildStatic(ctx context.Context, root, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the daemon: %w: %s", err, lastLines(string(b), 20))
+		return fmt.Errorf("building %s: %w: %s", pkg, err, lastLines(string(b), 20))
 	}
 	return nil
 }
