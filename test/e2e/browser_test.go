@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,13 +35,7 @@ func TestBrowsers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the browser test boots a VM and two browsers; skipped in -short mode")
 	}
-	tools, err := vm.LookTools()
-	if errors.Is(err, vm.ErrUnavailable) {
-		skipUnlessRequired(t, "cannot run the VM here: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	tools := lookTools(t)
 	isBrowser := map[string]bool{}
 	for _, ps := range browser.Programs {
 		for _, p := range ps {
@@ -85,20 +77,9 @@ func TestBrowsers(t *testing.T) {
 		return
 	}
 
-	ctx := context.Background()
-	if d, ok := t.Deadline(); ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, d.Add(-10*time.Second))
-		defer cancel()
-	}
+	ctx := vmContext(t)
 	start := time.Now()
-	kernel, err := vm.FetchGenericKernel(ctx, vm.DefaultCacheDir(), testWriter{t})
-	if errors.Is(err, vm.ErrUnavailable) {
-		skipUnlessRequired(t, "cannot get the guest kernel: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	kernel := fetch(ctx, t, "the guest kernel", vm.FetchGenericKernel)
 	t.Logf("kernel %s with %d modules ready in %s", kernel.Package, len(kernel.Modules), time.Since(start).Round(time.Millisecond))
 
 	root, err := vm.ModuleRoot(ctx, ".")
@@ -121,11 +102,8 @@ func TestBrowsers(t *testing.T) {
 	if err := vm.BuildDaemon(ctx, root, filepath.Join(work, "tpm-fido")); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(work, "browsers-guest"), "./test/e2e/cmd/browsers-guest")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the guest driver: %v: %s", err, b)
+	if err := vm.BuildStatic(ctx, root, "./test/e2e/cmd/browsers-guest", filepath.Join(work, "browsers-guest")); err != nil {
+		t.Fatal(err)
 	}
 	cfg := browser.Config{Daemon: "/e2e/tpm-fido", Browsers: runnable, Fault: os.Getenv(faultEnv),
 		OutDir: "/e2e/out", PIN: browserPIN, Port: 8080}
@@ -144,38 +122,16 @@ func TestBrowsers(t *testing.T) {
 		t.Logf("%s=%s: the daemon is broken on purpose; the flows must fail", faultEnv, cfg.Fault)
 	}
 
-	step = time.Now()
-	log, bootErr := vm.Boot(ctx, vm.BootConfig{
+	log, rep := boot(ctx, t, vm.BootConfig{
 		Tools: tools, Vmlinuz: kernel.Vmlinuz, Initrd: initrd,
 		TPMDir: filepath.Join(work, "tpm"), Phase: "browsers",
 		MemoryMB: 3072, Shares: vm.RootShares(work),
 		Timeout: 12 * time.Minute,
-	})
-	t.Logf("boot took %s", time.Since(step).Round(time.Millisecond))
-	saveLog(t, "browsers", log)
+	}, 60)
 	keepOut(t, out)
-	if bootErr != nil {
-		t.Errorf("boot: %v", bootErr)
-	}
-	rep := vm.Parse(log)
 	for _, b := range runnable {
 		for _, fl := range browser.Flows {
-			t.Run(b+"/"+fl, func(t *testing.T) {
-				res, ok := rep.Results[b+"-"+fl]
-				switch {
-				case !ok:
-					t.Fatalf("flow %s-%s reported nothing on the guest console", b, fl)
-				case res.Skip:
-					t.Skipf("guest: %s", res.Detail)
-				case !res.Pass:
-					t.Errorf("guest: %s", res.Detail)
-				default:
-					t.Logf("guest: %s", res.Detail)
-				}
-				for _, l := range res.Log {
-					t.Log(strings.TrimPrefix(l, b+"-"+fl+": "))
-				}
-			})
+			t.Run(b+"/"+fl, func(t *testing.T) { guestVerdict(t, rep, "flow", b+"-"+fl, true) })
 		}
 	}
 	var timeline []string
@@ -185,9 +141,6 @@ func TestBrowsers(t *testing.T) {
 		}
 	}
 	t.Logf("guest timeline:\n%s", strings.Join(timeline, "\n"))
-	if t.Failed() {
-		t.Logf("guest console (last 60 lines):\n%s", vm.Trim(log, 60))
-	}
 	t.Logf("browser stage took %s in all", time.Since(start).Round(time.Millisecond))
 }
 

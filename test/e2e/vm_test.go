@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"context"
-	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -43,50 +40,16 @@ var phases = []struct {
 		"udev-setup", "user-daemon", "udev-hidraw", "fido-id", "user-ssh-keygen", "doctor"}},
 }
 
-// skipUnlessRequired skips the test, or fails it when $TPM_FIDO_E2E is
-// "require" (as `make e2e` sets it): there a VM test that cannot run is a
-// missing package, not a machine without the means.
-func skipUnlessRequired(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("TPM_FIDO_E2E") == "require" {
-		t.Fatalf(format+" (TPM_FIDO_E2E=require)", args...)
-	}
-	t.Skipf(format, args...)
-}
-
 func TestVM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the VM test boots qemu three times; skipped in -short mode")
 	}
-	tools, err := vm.LookTools()
-	if errors.Is(err, vm.ErrUnavailable) {
-		skipUnlessRequired(t, "cannot run the VM here: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if d, ok := t.Deadline(); ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, d.Add(-10*time.Second))
-		defer cancel()
-	}
+	tools := lookTools(t)
+	ctx := vmContext(t)
 	start := time.Now()
-	kernel, err := vm.FetchKernel(ctx, vm.DefaultCacheDir(), testWriter{t})
-	if errors.Is(err, vm.ErrUnavailable) {
-		skipUnlessRequired(t, "cannot get the guest kernel: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	kernel := fetch(ctx, t, "the guest kernel", vm.FetchKernel)
 	t.Logf("kernel %s ready in %s", kernel.Package, time.Since(start).Round(time.Millisecond))
-	udev, err := vm.FetchUdev(ctx, vm.DefaultCacheDir(), testWriter{t})
-	if errors.Is(err, vm.ErrUnavailable) {
-		skipUnlessRequired(t, "cannot get udev for the guest: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	udev := fetch(ctx, t, "udev for the guest", vm.FetchUdev)
 	t.Logf("udev %s ready", udev.Version)
 
 	root, err := vm.ModuleRoot(ctx, ".")
@@ -114,42 +77,19 @@ func TestVM(t *testing.T) {
 	var attestation *vm.Report
 	for _, ph := range phases {
 		t.Run("boot"+ph.name, func(t *testing.T) {
-			step := time.Now()
-			log, bootErr := vm.Boot(ctx, vm.BootConfig{
+			_, rep := boot(ctx, t, vm.BootConfig{
 				Tools: tools, Kernel: kernel, Initrd: initrd,
 				TPMDir: filepath.Join(work, ph.tpm), StateDisk: disk,
 				Phase: ph.name, Timeout: 4 * time.Minute,
-			})
-			t.Logf("boot %s took %s", ph.name, time.Since(step).Round(time.Millisecond))
-			saveLog(t, ph.name, log)
-			if bootErr != nil {
-				t.Errorf("boot %s: %v", ph.name, bootErr)
-			}
-			rep := vm.Parse(log)
+			}, 120)
 			for _, name := range ph.scenarios {
-				t.Run(name, func(t *testing.T) {
-					res, ok := rep.Results[name]
-					switch {
-					case !ok:
-						t.Fatalf("scenario %s reported nothing on the guest console", name)
-					case !res.Pass:
-						t.Errorf("guest: %s", res.Detail)
-						for _, l := range res.Log {
-							t.Log(l)
-						}
-					default:
-						t.Logf("guest: %s", res.Detail)
-					}
-				})
+				t.Run(name, func(t *testing.T) { guestVerdict(t, rep, "scenario", name, false) })
 			}
 			if ph.name == "1" {
 				attestation = rep
 				t.Run("write-attestation-verify", func(t *testing.T) {
 					verifyAttestation(t, attestation)
 				})
-			}
-			if t.Failed() {
-				t.Logf("guest console (last 120 lines):\n%s", vm.Trim(log, 120))
 			}
 		})
 	}
@@ -164,27 +104,4 @@ func verifyAttestation(t *testing.T, rep *vm.Report) {
 	if err := vm.VerifySSHAttestation(att, chal, string(pub)); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// saveLog keeps the console log in $TPM_FIDO_E2E_LOGDIR when set.
-func saveLog(t *testing.T, phase string, log []byte) {
-	dir := os.Getenv("TPM_FIDO_E2E_LOGDIR")
-	if dir == "" {
-		return
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Log(err)
-		return
-	}
-	p := filepath.Join(dir, "boot"+phase+".log")
-	if err := os.WriteFile(p, log, 0o644); err != nil {
-		t.Log(err)
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
