@@ -17,16 +17,21 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tpm-fido/tpm-fido/presence/presencetest"
 )
 
 // Desktop is the graphical session of the guest user: an X server (Xvfb,
-// no window manager), a D-Bus session bus with the notification server,
-// and the environment every program of the session gets.
+// no window manager), a D-Bus session bus with a desktop notification
+// server, and the environment every program of the session gets. The
+// notification server stands in for the user in front of the screen: the
+// daemon's presence backend "notification" shows its prompt with
+// Allow/Deny actions, and the server presses the button the flow chose.
 type Desktop struct {
 	Env      []string
 	Display  string
 	Bus      string
-	Notifier *Notifier
+	Notifier *presencetest.Notifier
 	OutDir   string
 	fbDir    string
 	procs    []*Proc
@@ -152,7 +157,8 @@ func StartDesktop(ctx context.Context, home, runtime, outDir string, logf func(s
 	}); err != nil {
 		return nil, err
 	}
-	n, err := StartNotifier(d.Bus)
+	// A person takes a moment to read the prompt.
+	n, err := presencetest.StartNotifier(d.Bus, "allow", 300*time.Millisecond)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/webauthn"
+
+	"github.com/tpm-fido/tpm-fido/presence/presencetest"
 )
 
 // Config is what the host hands the guest driver (as JSON in the work
@@ -240,7 +242,7 @@ type ceremony struct {
 type outcome struct {
 	cred    *webauthn.Credential
 	ui      *UI
-	prompts []Prompt
+	prompts []presencetest.Prompt
 }
 
 func (s *session) do(ctx context.Context, f *flow, user *User, c ceremony) (outcome, error) {
@@ -463,3 +465,16 @@ func Main(configPath string, stdout io.Writer) int {
 //
 //go:embed guest.sh
 var GuestScript []byte
+
+// describePrompts is a one-line account of the presence prompts the
+// desktop's notification server answered, for the test output.
+func describePrompts(ps []presencetest.Prompt) string {
+	if len(ps) == 0 {
+		return "no presence prompt"
+	}
+	var s []string
+	for _, p := range ps {
+		s = append(s, fmt.Sprintf("notification %q -> %s", p.Summary, p.Answer))
+	}
+	return strings.Join(s, ", ")
+}
