@@ -29,6 +29,30 @@ func kernelPackage(ctx context.Context, meta string) (string, error) {
 	return "", fmt.Errorf("%w: apt-cache names no kernel for %s (run apt-get update; Debian apt sources are needed)", ErrUnavailable, meta)
 }
 
+// fetchKernel returns the kernel package that meta depends on, as load
+// reads it from cacheDir/PACKAGE. On first use keep fills that directory
+// from the package's .deb (see fillCache).
+func fetchKernel[K any](ctx context.Context, cacheDir string, logw io.Writer, meta string,
+	load func(pkg, dir string) (K, error), keep func(ctx context.Context, pkg, deb, x, flat string) error) (K, error) {
+	pkg, err := kernelPackage(ctx, meta)
+	if err != nil {
+		var none K
+		return none, err
+	}
+	dir := filepath.Join(cacheDir, pkg)
+	if k, err := load(pkg, dir); err == nil {
+		return k, nil
+	}
+	err = fillCache(ctx, cacheDir, dir, logw, pkg, []string{pkg}, func(debs []string, x, flat string) error {
+		return keep(ctx, pkg, debs[0], x, flat)
+	})
+	if err != nil {
+		var none K
+		return none, err
+	}
+	return load(pkg, dir)
+}
+
 // fillCache fills the cache directory dir from Debian packages: it logs
 // that it fetches what, downloads the packages (specs as apt-get download
 // takes them: NAME or NAME=VERSION) and calls fill with their .debs, in

@@ -39,21 +39,7 @@ type ModuleKernel struct {
 // is installed on the host. Errors that mean the kernel cannot be had wrap
 // ErrUnavailable.
 func FetchGenericKernel(ctx context.Context, cacheDir string, logw io.Writer) (*ModuleKernel, error) {
-	pkg, err := kernelPackage(ctx, GenericKernelMetaPackage)
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Join(cacheDir, pkg)
-	if k, err := loadModuleKernel(pkg, dir); err == nil {
-		return k, nil
-	}
-	err = fillCache(ctx, cacheDir, dir, logw, pkg, []string{pkg}, func(debs []string, x, flat string) error {
-		return keepModuleKernel(ctx, pkg, debs[0], x, flat)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return loadModuleKernel(pkg, dir)
+	return fetchKernel(ctx, cacheDir, logw, GenericKernelMetaPackage, loadModuleKernel, keepModuleKernel)
 }
 
 // keepModuleKernel extracts the kernel image and RootShareModules with

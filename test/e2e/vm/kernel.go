@@ -43,40 +43,32 @@ func DefaultCacheDir() string {
 // goes to logw. Errors that mean the kernel cannot be had wrap
 // ErrUnavailable.
 func FetchKernel(ctx context.Context, cacheDir string, logw io.Writer) (*Kernel, error) {
-	pkg, err := kernelPackage(ctx, KernelMetaPackage)
-	if err != nil {
-		return nil, err
+	return fetchKernel(ctx, cacheDir, logw, KernelMetaPackage, loadKernel, keepKernel)
+}
+
+// keepKernel extracts the kernel image and the Modules from the kernel
+// package's .deb into x and leaves them in flat.
+func keepKernel(ctx context.Context, pkg, deb, x, flat string) error {
+	patterns := []string{vmlinuzPattern}
+	for _, m := range Modules {
+		patterns = append(patterns, "./lib/modules/*/kernel/drivers/hid/"+m+".ko")
 	}
-	dir := filepath.Join(cacheDir, pkg)
-	if k, err := loadKernel(pkg, dir); err == nil {
-		return k, nil
+	if err := extractDeb(ctx, deb, x, patterns...); err != nil {
+		return err
 	}
-	err = fillCache(ctx, cacheDir, dir, logw, pkg, []string{pkg}, func(debs []string, x, flat string) error {
-		patterns := []string{vmlinuzPattern}
-		for _, m := range Modules {
-			patterns = append(patterns, "./lib/modules/*/kernel/drivers/hid/"+m+".ko")
+	if err := keepVmlinuz(pkg, x, flat); err != nil {
+		return err
+	}
+	for _, m := range Modules {
+		ko, _ := filepath.Glob(filepath.Join(x, "lib", "modules", "*", "kernel", "drivers", "hid", m+".ko"))
+		if len(ko) != 1 {
+			return fmt.Errorf("%s holds no %s.ko", pkg, m)
 		}
-		if err := extractDeb(ctx, debs[0], x, patterns...); err != nil {
+		if err := copyFile(ko[0], filepath.Join(flat, m+".ko"), 0o644); err != nil {
 			return err
 		}
-		if err := keepVmlinuz(pkg, x, flat); err != nil {
-			return err
-		}
-		for _, m := range Modules {
-			ko, _ := filepath.Glob(filepath.Join(x, "lib", "modules", "*", "kernel", "drivers", "hid", m+".ko"))
-			if len(ko) != 1 {
-				return fmt.Errorf("%s holds no %s.ko", pkg, m)
-			}
-			if err := copyFile(ko[0], filepath.Join(flat, m+".ko"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	return loadKernel(pkg, dir)
+	return nil
 }
 
 func loadKernel(pkg, dir string) (*Kernel, error) {
