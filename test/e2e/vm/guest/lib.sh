@@ -185,6 +185,26 @@ newkey() {
 	t ssh-keygen -q -t ecdsa-sk -N '' -C "e2e-$(basename "$f")" -f "$f" "$@" </dev/null
 }
 
+# recover_keys DIR [WHEN]: ssh-keygen -K in a new $LOGDIR/DIR, which
+# stays the current directory; WHEN ends the failure message.
+recover_keys() {
+	rm -rf "$LOGDIR/$1" && mkdir -p "$LOGDIR/$1" && cd "$LOGDIR/$1" || return 1
+	t ssh-keygen -K -N '' </dev/null || fail "ssh-keygen -K failed$2"
+	ls -l
+}
+
+# expect_recovered WHEN KEY...: the keys recover_keys wrote include each
+# saved $KEYS/KEY.pub; WHEN ends the failure message.
+expect_recovered() {
+	when=$1
+	shift
+	for k in "$@"; do
+		want=$(cut -d' ' -f2 "$KEYS/$k.pub")
+		[ -n "$want" ] || fail "no saved public key $k"
+		cat ./*.pub | grep -q "$want" || fail "ssh-keygen -K does not list $k$when"
+	done
+}
+
 # counter CREDID_B64: one fido2-assert -G on the credential, prints the
 # signature counter from the authenticator data.
 counter() {

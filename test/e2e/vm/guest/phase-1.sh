@@ -116,9 +116,7 @@ s_resident() {
 	authorize "$KEYS/id_res.pub"
 	want=$(cut -d' ' -f2 "$KEYS/id_res.pub")
 	rm -f "$KEYS/id_res" "$KEYS/id_res.pub"
-	rm -rf "$LOGDIR/rk" && mkdir -p "$LOGDIR/rk" && cd "$LOGDIR/rk" || return 1
-	t ssh-keygen -K -N '' </dev/null || fail "ssh-keygen -K failed"
-	ls -l
+	recover_keys rk || return 1
 	got=""
 	for p in id_*_rk*.pub; do
 		[ "$(cut -d' ' -f2 "$p")" = "$want" ] && got=${p%.pub}
@@ -170,14 +168,8 @@ s_application() {
 	authorize "$KEYS/id_work.pub"
 	login "$KEYS/id_work" || fail "login with the ssh:work key failed"
 	login "$KEYS/id_res" || fail "login with the default-application resident key failed"
-	rm -rf "$LOGDIR/rk2" && mkdir -p "$LOGDIR/rk2" && cd "$LOGDIR/rk2" || return 1
-	t ssh-keygen -K -N '' </dev/null || fail "ssh-keygen -K failed"
-	ls
-	for k in id_work id_res; do
-		want=$(cut -d' ' -f2 "$KEYS/$k.pub")
-		[ -n "$want" ] || fail "no saved public key $k"
-		cat ./*.pub | grep -q "$want" || fail "ssh-keygen -K does not list $k"
-	done
+	recover_keys rk2 || return 1
+	expect_recovered "" id_work id_res
 	ls ./*_rk_work* >/dev/null 2>&1 || fail "no key recovered for application ssh:work"
 	return 0
 }

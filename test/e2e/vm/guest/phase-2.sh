@@ -55,13 +55,8 @@ s_reboot_counter() {
 }
 
 s_reboot_resident_list() {
-	rm -rf "$LOGDIR/rk" && mkdir -p "$LOGDIR/rk" && cd "$LOGDIR/rk" || return 1
-	t ssh-keygen -K -N '' </dev/null || fail "ssh-keygen -K failed after the reboot"
-	for k in id_res id_work; do
-		want=$(cut -d' ' -f2 "$KEYS/$k.pub")
-		[ -n "$want" ] || fail "no saved public key $k"
-		cat ./*.pub | grep -q "$want" || fail "resident key $k not listed after the reboot"
-	done
+	recover_keys rk " after the reboot" || return 1
+	expect_recovered " after the reboot" id_res id_work
 	return 0
 }
 
