@@ -259,20 +259,24 @@ func TestDAStatusHelpers(t *testing.T) {
 	}
 }
 
-// failBeforeUnseal is another program that fails its own DA-protected
-// authorisation once, right between the store's look at the DA counter
-// and its PIN check.
-type failBeforeUnseal struct {
+// failsBeforeUnseal is another program that fails its own DA-protected
+// authorisation times times, right between the store's look at the DA
+// counter and its PIN check (the one window the guard cannot close), at
+// the store's first TPM2_Unseal after done is cleared.
+type failsBeforeUnseal struct {
 	transport.TPM
-	t    *testing.T
-	by   *bystander
-	done bool
+	t     *testing.T
+	by    *bystander
+	times int
+	done  bool
 }
 
-func (f *failBeforeUnseal) Send(b []byte) ([]byte, error) {
+func (f *failsBeforeUnseal) Send(b []byte) ([]byte, error) {
 	if !f.done && len(b) >= 10 && tpm2.TPMCC(binary.BigEndian.Uint32(b[6:10])) == tpm2.TPMCCUnseal {
 		f.done = true
-		f.by.unsealWith(f.t, "not the bystander's password")
+		for range f.times {
+			f.by.unsealWith(f.t, "not the bystander's password")
+		}
 	}
 	return f.TPM.Send(b)
 }
@@ -335,7 +339,7 @@ func TestDAGuardLimits(t *testing.T) {
 	t.Run("other-program-in-between", func(t *testing.T) {
 		tpm := openSimulatorDefault(t)
 		by := newBystander(t, tpm)
-		f := &failBeforeUnseal{TPM: tpm, t: t, by: by, done: true}
+		f := &failsBeforeUnseal{TPM: tpm, t: t, by: by, times: 1, done: true}
 		s := openStore(t, f, t.TempDir())
 		if err := s.SetPIN(pinHash("1234")); err != nil {
 			t.Fatal(err)
