@@ -18,28 +18,15 @@ import (
 // recoveryTime seconds, lockoutRecovery seconds after a failed
 // lockoutAuth. (go-tpm's direct API has no wrapper for the command.)
 func SetDAParameters(tpm transport.TPM, maxTries, recoveryTime, lockoutRecovery uint32) error {
-	var b []byte
-	b = binary.BigEndian.AppendUint16(b, 0x8002) // TPM_ST_SESSIONS
-	b = binary.BigEndian.AppendUint32(b, 0)      // size, patched below
-	b = binary.BigEndian.AppendUint32(b, 0x13A)  // TPM_CC_DictionaryAttackParameters
-	b = binary.BigEndian.AppendUint32(b, 0x4000000A)
-	b = binary.BigEndian.AppendUint32(b, 9)          // authorization size
-	b = binary.BigEndian.AppendUint32(b, 0x40000009) // TPM_RS_PW
-	b = binary.BigEndian.AppendUint16(b, 0)          // nonce
-	b = append(b, 0)                                 // session attributes
-	b = binary.BigEndian.AppendUint16(b, 0)          // empty password
-	b = binary.BigEndian.AppendUint32(b, maxTries)
-	b = binary.BigEndian.AppendUint32(b, recoveryTime)
-	b = binary.BigEndian.AppendUint32(b, lockoutRecovery)
-	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
-	rsp, err := tpm.Send(b)
+	var params []byte
+	params = binary.BigEndian.AppendUint32(params, maxTries)
+	params = binary.BigEndian.AppendUint32(params, recoveryTime)
+	params = binary.BigEndian.AppendUint32(params, lockoutRecovery)
+	rc, err := sendLockout(tpm, 0x13A, "TPM2_DictionaryAttackParameters", nil, params) // TPM_CC_DictionaryAttackParameters
 	if err != nil {
 		return err
 	}
-	if len(rsp) < 10 {
-		return fmt.Errorf("tpmtest: TPM2_DictionaryAttackParameters: short response % x", rsp)
-	}
-	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
+	if rc != 0 {
 		return fmt.Errorf("tpmtest: TPM2_DictionaryAttackParameters: TPM response code 0x%x", rc)
 	}
 	return nil
@@ -51,10 +38,24 @@ func SetDAParameters(tpm transport.TPM, maxTries, recoveryTime, lockoutRecovery 
 // comes back as a tpm2.TPMRC. (go-tpm's direct API has no wrapper for
 // the command.)
 func DALockReset(tpm transport.TPM, lockoutAuth []byte) error {
+	rc, err := sendLockout(tpm, 0x139, "TPM2_DictionaryAttackLockReset", lockoutAuth, nil) // TPM_CC_DictionaryAttackLockReset
+	if err != nil {
+		return err
+	}
+	if rc != 0 {
+		return tpm2.TPMRC(rc)
+	}
+	return nil
+}
+
+// sendLockout sends the command cc (called name in errors) on
+// TPM_RH_LOCKOUT, authorised with the password lockoutAuth, with params
+// after the authorisation area, and returns the TPM's response code.
+func sendLockout(tpm transport.TPM, cc uint32, name string, lockoutAuth, params []byte) (uint32, error) {
 	var b []byte
 	b = binary.BigEndian.AppendUint16(b, 0x8002)     // TPM_ST_SESSIONS
 	b = binary.BigEndian.AppendUint32(b, 0)          // size, patched below
-	b = binary.BigEndian.AppendUint32(b, 0x139)      // TPM_CC_DictionaryAttackLockReset
+	b = binary.BigEndian.AppendUint32(b, cc)         // command code
 	b = binary.BigEndian.AppendUint32(b, 0x4000000A) // TPM_RH_LOCKOUT
 	b = binary.BigEndian.AppendUint32(b, uint32(9+len(lockoutAuth)))
 	b = binary.BigEndian.AppendUint32(b, 0x40000009) // TPM_RS_PW
@@ -62,16 +63,14 @@ func DALockReset(tpm transport.TPM, lockoutAuth []byte) error {
 	b = append(b, 0)                                 // session attributes
 	b = binary.BigEndian.AppendUint16(b, uint16(len(lockoutAuth)))
 	b = append(b, lockoutAuth...)
+	b = append(b, params...)
 	binary.BigEndian.PutUint32(b[2:], uint32(len(b)))
 	rsp, err := tpm.Send(b)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if len(rsp) < 10 {
-		return fmt.Errorf("tpmtest: TPM2_DictionaryAttackLockReset: short response % x", rsp)
+		return 0, fmt.Errorf("tpmtest: %s: short response % x", name, rsp)
 	}
-	if rc := binary.BigEndian.Uint32(rsp[6:10]); rc != 0 {
-		return tpm2.TPMRC(rc)
-	}
-	return nil
+	return binary.BigEndian.Uint32(rsp[6:10]), nil
 }
