@@ -22,23 +22,9 @@ import (
 // for an ordinary process of that uid (the control, so the test can fail).
 // When the test runs as root, both run as uid 65534.
 func TestNotDumpable(t *testing.T) {
-	bin := daemonBinary(t)
-	dir, err := os.MkdirTemp("", "tpm-fido-dumpable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exe := filepath.Join(dir, "tpm-fido")
-	if err := os.WriteFile(exe, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	// The relay, run as the other user, makes its socket next to it.
+	exe := otheruser.Executable(t, daemonBinary(t), 0o777)
+	dir := filepath.Dir(exe)
 	attr := &syscall.SysProcAttr{}
 	if os.Getuid() == 0 {
 		attr = otheruser.SysProcAttr()
@@ -79,7 +65,7 @@ func TestNotDumpable(t *testing.T) {
 	if err := readEnviron(control.Process.Pid); err != nil {
 		t.Fatalf("control: a process of the same uid cannot read an ordinary process's /proc/PID/environ either (%v); the check shows nothing here", err)
 	}
-	err = readEnviron(daemon.Process.Pid)
+	err := readEnviron(daemon.Process.Pid)
 	if err == nil || !strings.Contains(err.Error(), "Permission denied") {
 		t.Fatalf("reading the tpm-fido process's /proc/%d/environ as its own uid: %v, want permission denied", daemon.Process.Pid, err)
 	}

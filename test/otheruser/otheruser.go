@@ -36,7 +36,18 @@ func Copy(t testing.TB) *Test {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin, err := os.ReadFile(exe)
+	c := &Test{exe: Executable(t, exe, 0o755)}
+	c.dir = filepath.Dir(c.exe)
+	return c
+}
+
+// Executable copies the program at src into a new directory with mode
+// dirMode, outside the private build directory, where UID may run it,
+// and returns the copy's path. The directory is removed when the test
+// ends.
+func Executable(t testing.TB, src string, dirMode os.FileMode) string {
+	t.Helper()
+	bin, err := os.ReadFile(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,14 +56,14 @@ func Copy(t testing.TB) *Test {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
+	if err := os.Chmod(dir, dirMode); err != nil {
 		t.Fatal(err)
 	}
-	c := &Test{exe: filepath.Join(dir, filepath.Base(exe)), dir: dir}
-	if err := os.WriteFile(c.exe, bin, 0o755); err != nil {
+	exe := filepath.Join(dir, filepath.Base(src))
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return exe
 }
 
 // Run runs the test function named test of the copy as UID, verbosely,
