@@ -99,18 +99,11 @@ func measureInProcess(ctx context.Context, res *backendResult, spec, dir string,
 		return err
 	}
 	defer st.Close()
-	sock := filepath.Join(dir, "run", "hid.sock")
-	dev, err := hidtransport.ListenUnix(sock, log)
+	ch, stop, err := serveUnix(ctx, st, filepath.Join(dir, "run", "hid.sock"), 30*time.Second, log)
 	if err != nil {
 		return err
 	}
-	stop := st.Serve(ctx, dev)
 	defer stop()
-	ch, err := ctaphidtest.DialChannel(sock, 30*time.Second)
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
 	m := &meter{ct: st.Counting, n: o.N}
 	cdh := sha256.Sum256([]byte("bench"))
 	const rp = "bench.example"
@@ -275,4 +268,22 @@ func bareSign(tpm transport.TPM, n int) (opResult, error) {
 		_, err := sign.Execute(ct)
 		return err
 	})
+}
+
+// serveUnix serves the in-process stack st on a new unix socket at sock
+// (the daemon's unix: transport) until ctx ends, and opens a client
+// channel to it whose replies may take up to timeout. stop closes the
+// channel, then stops the server.
+func serveUnix(ctx context.Context, st *inproc.Stack, sock string, timeout time.Duration, log *slog.Logger) (ch *ctaphidtest.Channel, stop func(), err error) {
+	dev, err := hidtransport.ListenUnix(sock, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	stopServer := st.Serve(ctx, dev)
+	ch, err = ctaphidtest.DialChannel(sock, timeout)
+	if err != nil {
+		stopServer()
+		return nil, nil, err
+	}
+	return ch, func() { ch.Close(); stopServer() }, nil
 }

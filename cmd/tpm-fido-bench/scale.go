@@ -23,7 +23,6 @@ import (
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
 	"github.com/tpm-fido/tpm-fido/tpmstore"
-	hidtransport "github.com/tpm-fido/tpm-fido/transport"
 )
 
 // scaleResult is one (credentials, RPs) configuration.
@@ -242,18 +241,11 @@ func measureScaleOps(ctx context.Context, spec, dir, stateDir string, r *scaleRe
 		return err
 	}
 	defer st.Close()
-	sock := filepath.Join(dir, "ops.sock")
-	dev, err := hidtransport.ListenUnix(sock, log)
+	ch, stop, err := serveUnix(ctx, st, filepath.Join(dir, "ops.sock"), 60*time.Second, log)
 	if err != nil {
 		return err
 	}
-	stop := st.Serve(ctx, dev)
 	defer stop()
-	ch, err := ctaphidtest.DialChannel(sock, 60*time.Second)
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
 	c := &scaleClient{ch: ch, cdh: sha256.New().Sum([]byte("scale"))[:32]}
 	ct := st.Counting
 	// sample times f n times after one warm-up; f returns the time of

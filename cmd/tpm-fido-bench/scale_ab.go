@@ -15,7 +15,6 @@ import (
 	"github.com/tpm-fido/tpm-fido/ctap/ctaphid/ctaphidtest"
 	"github.com/tpm-fido/tpm-fido/presence"
 	"github.com/tpm-fido/tpm-fido/test/load/inproc"
-	hidtransport "github.com/tpm-fido/tpm-fido/transport"
 )
 
 func medianInt(v []int) int {
@@ -86,19 +85,12 @@ func openABSide(ctx context.Context, dir string, n, rps int, log *slog.Logger) (
 		return nil, err
 	}
 	s.close = append(s.close, func() { s.st.Close() })
-	sock := filepath.Join(dir, "ab.sock")
-	dev, err := hidtransport.ListenUnix(sock, log)
+	ch, stop, err := serveUnix(ctx, s.st, filepath.Join(dir, "ab.sock"), 60*time.Second, log)
 	if err != nil {
 		s.shut()
 		return nil, err
 	}
-	s.close = append(s.close, s.st.Serve(ctx, dev))
-	ch, err := ctaphidtest.DialChannel(sock, 60*time.Second)
-	if err != nil {
-		s.shut()
-		return nil, err
-	}
-	s.close = append(s.close, func() { ch.Close() })
+	s.close = append(s.close, stop)
 	s.c = &scaleClient{ch: ch, cdh: sha256.New().Sum([]byte("ab"))[:32]}
 	return s, nil
 }
