@@ -3,7 +3,6 @@
 package main
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,14 +83,7 @@ func TestDoctorDAPolicy(t *testing.T) {
 	openTPM = func(spec string) (transport.TPMCloser, error) { return tpmstore.OpenTPM(spec) }
 	t.Cleanup(func() { openTPM = old })
 	startSwtpm := func(t *testing.T) (doctorEnv, *inproc.Swtpm) {
-		sw, err := inproc.StartSwtpm(t.TempDir())
-		if errors.Is(err, inproc.ErrNoSwtpm) {
-			t.Skip(err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(sw.Stop)
+		sw := inproc.SwtpmOrSkip(t)
 		env := fakeSys(t, "G:uaccess\n")
 		env.tpm = sw.Spec()
 		env.tpmTimeout = 30e9

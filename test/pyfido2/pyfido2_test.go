@@ -9,7 +9,6 @@ package pyfido2
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,14 +55,7 @@ func TestMain(m *testing.M) {
 // PIN try that could put the machine's TPM into lockout.
 func tpmSpec(t *testing.T) string {
 	t.Helper()
-	sw, err := inproc.StartSwtpm(t.TempDir())
-	if errors.Is(err, inproc.ErrNoSwtpm) {
-		t.Skipf("swtpm is not installed (apt install swtpm): %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sw.Stop)
+	sw := inproc.SwtpmOrSkip(t)
 	tpm, err := tpmstore.OpenTPM(sw.Spec())
 	if err != nil {
 		t.Fatal(err)

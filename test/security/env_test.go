@@ -2,7 +2,6 @@ package security_test
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"testing"
@@ -79,15 +78,7 @@ var windowsDA = &[3]uint32{32, 600, 86400}
 func openTPM(t *testing.T, swtpm bool) transport.TPMCloser {
 	t.Helper()
 	if swtpm {
-		sw, err := inproc.StartSwtpm(t.TempDir())
-		if errors.Is(err, inproc.ErrNoSwtpm) {
-			t.Skipf("swtpm: %v", err)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(sw.Stop)
-		tpm, err := inproc.OpenTPM(sw.Spec())
+		tpm, err := inproc.OpenTPM(inproc.SwtpmOrSkip(t).Spec())
 		if err != nil {
 			t.Fatal(err)
 		}

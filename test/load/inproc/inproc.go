@@ -13,6 +13,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -64,6 +65,22 @@ func StartSwtpm(dir string) (*Swtpm, error) {
 	}
 	s.Stop()
 	return nil, errors.New("inproc: swtpm socket did not appear within 2 s")
+}
+
+// SwtpmOrSkip starts a swtpm for the test t, with its state in a
+// temporary directory of t, stopped when the test ends. Without swtpm the
+// test skips.
+func SwtpmOrSkip(t testing.TB) *Swtpm {
+	t.Helper()
+	sw, err := StartSwtpm(t.TempDir())
+	if errors.Is(err, ErrNoSwtpm) {
+		t.Skipf("swtpm is not installed (apt install swtpm): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sw.Stop)
+	return sw
 }
 
 // Spec is the --tpm value naming this swtpm.
