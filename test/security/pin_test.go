@@ -236,26 +236,34 @@ func fullFlow(t *testing.T, e *env) secrets {
 	if err := ch.SetPIN(pin); err != nil {
 		t.Fatalf("setPIN: %v", err)
 	}
-	s, err := ch.KeyAgreement()
-	if err != nil {
-		t.Fatal(err)
+	// agree runs a key agreement and keeps its shared secret as use's.
+	agree := func(use string) *ctaphidtest.Session {
+		t.Helper()
+		s, err := ch.KeyAgreement()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec["shared secret ("+use+")"] = s.Shared
+		return s
 	}
-	sec["shared secret (token)"] = s.Shared
-	tok, err := ch.TokenWith(s, pin, 0x01|0x02, "a.example")
-	if err != nil {
-		t.Fatalf("token: %v", err)
+	// token gets a PIN token with perms for rpID over a key agreement of
+	// its own, and keeps both secrets as use's.
+	token := func(use string, perms uint8, rpID string) []byte {
+		t.Helper()
+		tok, err := ch.TokenWith(agree(use), pin, perms, rpID)
+		if err != nil {
+			t.Fatalf("token (%s): %v", use, err)
+		}
+		sec["token ("+use+")"] = tok
+		return tok
 	}
-	sec["token mc/ga"] = tok
+	tok := token("mc/ga", 0x01|0x02, "a.example")
 	params := ctaphidtest.MakeCredentialParams("a.example", []byte("alice-user-id"), cdh("mc"), true, true, tok)
 	ad, err := ch.MakeCredential(params)
 	if err != nil {
 		t.Fatalf("makeCredential rk hmac-secret: %v", err)
 	}
-	hs, err := ch.KeyAgreement()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec["shared secret (hmac-secret)"] = hs.Shared
+	hs := agree("hmac-secret")
 	salt := []byte("salt-0123456789-abcdefghijklmnop")
 	sec["salt"] = salt
 	ga := ctaphidtest.GetAssertionParams("a.example", cdh("ga"), true, ad.CredID)
@@ -274,32 +282,14 @@ func fullFlow(t *testing.T, e *env) secrets {
 	// verify-required: a credProtect-3 credential, whose TPM key signs
 	// only in a policy session given the PIN hash the daemon holds with
 	// the token.
-	us, err := ch.KeyAgreement()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec["shared secret (verify-required)"] = us.Shared
-	mcTok, err := ch.TokenWith(us, pin, 0x01, "a.example")
-	if err != nil {
-		t.Fatalf("token: %v", err)
-	}
-	sec["token mc (verify-required)"] = mcTok
+	mcTok := token("mc, verify-required", 0x01, "a.example")
 	vr := ctaphidtest.MakeCredentialParams("a.example", []byte("bob-user-id"), cdh("mc-uv"), false, false, mcTok)
 	vr[6] = map[string]any{"credProtect": 3}
 	vad, err := ch.MakeCredential(vr)
 	if err != nil {
 		t.Fatalf("makeCredential credProtect 3: %v", err)
 	}
-	gs, err := ch.KeyAgreement()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec["shared secret (verify-required ga)"] = gs.Shared
-	gaTok, err := ch.TokenWith(gs, pin, 0x02, "a.example")
-	if err != nil {
-		t.Fatalf("token: %v", err)
-	}
-	sec["token ga (verify-required)"] = gaTok
+	gaTok := token("ga, verify-required", 0x02, "a.example")
 	vga := ctaphidtest.GetAssertionParams("a.example", cdh("ga-uv"), true, vad.CredID)
 	vga[6] = ctaphidtest.Authenticate(2, gaTok, cdh("ga-uv"))
 	vga[7] = 2
@@ -310,16 +300,7 @@ func fullFlow(t *testing.T, e *env) secrets {
 	if vas.AuthData.Flags&0x04 == 0 {
 		t.Fatalf("the credProtect-3 assertion lacks UV: flags 0x%02x", vas.AuthData.Flags)
 	}
-	cm, err := ch.KeyAgreement()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec["shared secret (credMgmt)"] = cm.Shared
-	cmTok, err := ch.TokenWith(cm, pin, 0x04, "")
-	if err != nil {
-		t.Fatalf("credMgmt token: %v", err)
-	}
-	sec["token credMgmt"] = cmTok
+	cmTok := token("credMgmt", 0x04, "")
 	for _, sub := range []byte{0x01, 0x02} {
 		st, _, err := ch.Call(ctaphidtest.CmdCredMgmt, map[int]any{1: sub, 3: 2, 4: ctaphidtest.Authenticate(2, cmTok, []byte{sub})})
 		if err != nil || st != ctap.StatusOK {
