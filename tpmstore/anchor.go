@@ -2,7 +2,9 @@ package tpmstore
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,9 +21,10 @@ import (
 //   - the anchor key: a keyed-hash HMAC key made persistent with
 //     TPM2_EvictControl, whose blob is never written anywhere. The
 //     credential-ID wrapping key and hmac-secret's CredRandom are HMACs
-//     with it. Reset replaces it (same handle, new key, new random
-//     authValue), so a state.db from before a reset can no longer derive
-//     its wrapping key: its credential IDs are dead for good.
+//     with it. Reset replaces it (new key, new random authValue, at the
+//     same handle unless another object took it), so a state.db from
+//     before a reset can no longer derive its wrapping key: its
+//     credential IDs are dead for good.
 //   - the counter index: a TPM_NT_COUNTER NV index. The signature counter
 //     is handed out in blocks of counterReserve values, one
 //     TPM2_NV_Increment per block, and the next block always starts above
@@ -33,6 +36,10 @@ import (
 // so a wrong guess never counts against the TPM's dictionary-attack
 // protection. Creating them needs the owner hierarchy's authorisation,
 // which must be empty, as for the storage primary key.
+//
+// The store removes such an object only when it proves to be its own
+// (provenAnchor, undefineCounter): another user's store on the same TPM
+// has objects of the very same templates.
 
 // Handle ranges (TCG "Registry of Reserved TPM 2.0 Handles and
 // Localities": owner persistent objects 0x81000000-0x817FFFFF with
@@ -131,21 +138,38 @@ func (s *Store) freeHandle(first, last tpm2.TPMHandle) (tpm2.TPMHandle, error) {
 }
 
 // anchorTemplate is the persistent anchor key: HMAC-SHA256, noDA, used
-// with its authValue.
-func anchorTemplate() tpm2.TPMTPublic { return hmacKeyTemplate() }
+// with its authValue. Its authPolicy is the store's mark (anchorMark):
+// no policy session can reach that value, so the key is used with its
+// authValue only, and the mark says which store made it.
+func anchorTemplate(mark []byte) tpm2.TPMTPublic {
+	t := hmacKeyTemplate()
+	t.AuthPolicy = tpm2.TPM2BDigest{Buffer: mark}
+	return t
+}
 
-// newAnchorKey creates an anchor key with a fresh authValue under the
-// SRK and leaves it loaded as a transient object (not in the slot
-// cache; the caller persists or flushes it).
-func (s *Store) newAnchorKey() (tpmObject, tpm2.NamedHandle, error) {
-	auth, err := s.randomAuth()
-	if err != nil {
-		return tpmObject{}, tpm2.NamedHandle{}, err
-	}
+// anchorMark is the authPolicy of every anchor key a store makes:
+// HMAC-SHA256 keyed with the counter index's authValue, which a store
+// keeps across resets. It lets a copy of the state made before a reset
+// recognise the store's later anchor key at its handle (and remove it
+// when it is reset), while another store's anchor, whose counter index
+// has another authValue, never matches. It is not a policy anyone can
+// satisfy (it is no policy digest's preimage chain), so it adds no way
+// to use the key; and it reveals nothing of the counter's authValue.
+func anchorMark(counterAuth []byte) []byte {
+	m := hmac.New(sha256.New, counterAuth)
+	m.Write([]byte("tpm-fido anchor key of the key store with this counter index"))
+	return m.Sum(nil)
+}
+
+// newAnchorKey creates an anchor key with the authValue auth (fresh
+// random bytes) and the store's mark under the SRK and leaves it loaded
+// as a transient object (not in the slot cache; the caller persists or
+// flushes it).
+func (s *Store) newAnchorKey(auth, mark []byte) (tpmObject, tpm2.NamedHandle, error) {
 	var obj createdObject
-	err = s.withReload(func() error {
+	err := s.withReload(func() error {
 		var err error
-		obj, err = s.createLoaded(anchorTemplate(), &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}})
+		obj, err = s.createLoaded(anchorTemplate(mark), &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: auth}})
 		return err
 	})
 	if err != nil {
@@ -168,9 +192,18 @@ func (s *Store) persistAnchor(t tpm2.NamedHandle, h tpm2.TPMHandle) error {
 }
 
 // ownedAnchorAt reads the public area at persistent handle h and reports
-// whether an object is there and whether it is a tpm-fido anchor key
-// (the template matches). Another program's object is never evicted.
-func (s *Store) ownedAnchorAt(h tpm2.TPMHandle) (present, ours bool, name []byte, err error) {
+// whether an object is there and whether it has the template of a
+// tpm-fido anchor key, and its name. The template alone does not say
+// whose anchor it is (provenAnchor does).
+func (s *Store) ownedAnchorAt(h tpm2.TPMHandle) (present, tmpl bool, name []byte, err error) {
+	present, tmpl, name, _, err = s.readAnchorAt(h)
+	return present, tmpl, name, err
+}
+
+// readAnchorAt is ownedAnchorAt that also returns the key's authPolicy,
+// the mark of the store that made it (empty for anchor keys made before
+// marks).
+func (s *Store) readAnchorAt(h tpm2.TPMHandle) (present, tmpl bool, name, mark []byte, err error) {
 	var rsp *tpm2.ReadPublicResponse
 	err = s.retryObjectMemory(func() error {
 		var err error
@@ -178,38 +211,95 @@ func (s *Store) ownedAnchorAt(h tpm2.TPMHandle) (present, ours bool, name []byte
 		return err
 	})
 	if errors.Is(err, tpm2.TPMRCHandle) {
-		return false, false, nil, nil
+		return false, false, nil, nil, nil
 	}
 	if err != nil {
-		return false, false, nil, fmt.Errorf("tpmstore: read the object at 0x%08x: %w", uint32(h), err)
+		return false, false, nil, nil, fmt.Errorf("tpmstore: read the object at 0x%08x: %w", uint32(h), err)
 	}
 	pub, err := rsp.OutPublic.Contents()
 	if err != nil {
-		return true, false, nil, nil
+		return true, false, nil, nil, nil
 	}
-	// Everything but the unique field (the key's own) must be ours.
-	want := anchorTemplate()
+	// Everything but the unique field (the key's own) and the authPolicy
+	// (the store's mark) must be the template's.
+	want := anchorTemplate(nil)
 	got := *pub
 	got.Unique = want.Unique
-	ours = bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want))
-	return true, ours, rsp.Name.Buffer, nil
+	got.AuthPolicy = want.AuthPolicy
+	tmpl = bytes.Equal(tpm2.Marshal(got), tpm2.Marshal(want))
+	return true, tmpl, rsp.Name.Buffer, pub.AuthPolicy.Buffer, nil
 }
 
-// evictAnchorAt removes the anchor key at h, if there is one and it is
-// a tpm-fido anchor key.
-func (s *Store) evictAnchorAt(h tpm2.TPMHandle) error {
-	present, ours, name, err := s.ownedAnchorAt(h)
-	if err != nil || !present {
+// ownershipProbe is what the store asks a persistent anchor key to
+// HMAC to prove that it takes the store's authValue.
+var ownershipProbe = []byte("tpm-fido: is this key ours?")
+
+// provenAnchor reports whether the object at o.handle is present and is
+// an anchor key of this store, and its name. The template is checked
+// first (a foreign object is never used, so a wrong authValue can never
+// count against the TPM's dictionary-attack protection: the anchor
+// template has noDA); then the object must have o's name, when o
+// records one; or carry the store's mark, when mark is not nil (a later
+// anchor key of the store, which a copy of the state from before a
+// reset does not know by name); or else take o's authValue (one
+// TPM2_HMAC). A key of the anchor's template alone proves nothing:
+// another user's store uses the same.
+func (s *Store) provenAnchor(o tpmObject, mark []byte) (present, ours bool, name []byte, err error) {
+	present, tmpl, name, got, err := s.readAnchorAt(o.handle)
+	if err != nil || !present || !tmpl {
+		return present, false, name, err
+	}
+	if o.name != nil && bytes.Equal(name, o.name) {
+		return true, true, name, nil
+	}
+	if len(mark) > 0 && hmac.Equal(got, mark) {
+		return true, true, name, nil
+	}
+	if o.name != nil || o.auth == nil {
+		return true, false, name, nil
+	}
+	_, err = s.anchorHMAC(tpmObject{handle: o.handle, name: name, auth: o.auth}, ownershipProbe)
+	switch {
+	case err == nil:
+		return true, true, name, nil
+	case isGone(err):
+		return true, false, name, nil
+	}
+	return true, false, name, err
+}
+
+// errNotOurs says that the object at a recorded handle is not the one
+// the store recorded there; it was left alone.
+var errNotOurs = errors.New("not this key store's; left alone")
+
+// evictAnchor removes the anchor key o stands for, if it is at its
+// handle and proves to be it (provenAnchor, by name or authValue);
+// another object there is left alone (errNotOurs).
+func (s *Store) evictAnchor(o tpmObject) error {
+	present, ours, name, err := s.provenAnchor(o, nil)
+	switch {
+	case err != nil || !present:
 		return err
+	case !ours:
+		return fmt.Errorf("tpmstore: the persistent object at 0x%08x: %w", uint32(o.handle), errNotOurs)
 	}
-	if !ours {
-		return fmt.Errorf("tpmstore: the persistent object at 0x%08x is not a tpm-fido key; left alone", uint32(h))
-	}
-	_, err = tpm2.EvictControl{
-		Auth:             ownerAuth(),
-		ObjectHandle:     tpm2.NamedHandle{Handle: h, Name: tpm2.TPM2BName{Buffer: name}},
-		PersistentHandle: h,
-	}.Execute(s.tpm)
+	return s.evictAt(o.handle, name)
+}
+
+// evictAt removes the persistent object at h, whose name is name: only
+// for an object provenAnchor has just proven to be the store's.
+// The TPM loads the object into a free transient slot for the command,
+// so a TPM without a resource manager still holding a dead process's
+// objects is cleaned up once (retryObjectMemory).
+func (s *Store) evictAt(h tpm2.TPMHandle, name []byte) error {
+	err := s.retryObjectMemory(func() error {
+		_, err := tpm2.EvictControl{
+			Auth:             ownerAuth(),
+			ObjectHandle:     tpm2.NamedHandle{Handle: h, Name: tpm2.TPM2BName{Buffer: name}},
+			PersistentHandle: h,
+		}.Execute(s.tpm)
+		return err
+	})
 	if err != nil {
 		return ownerErr(fmt.Sprintf("remove the anchor key at 0x%08x", uint32(h)), err)
 	}
@@ -241,15 +331,11 @@ func counterName(h tpm2.TPMHandle) ([]byte, error) {
 	return n.Buffer, nil
 }
 
-// newCounterIndex defines the counter index at h with a fresh authValue
-// and increments it once (an NV counter can be read only once written).
-// It returns the index and its first value.
-func (s *Store) newCounterIndex(h tpm2.TPMHandle) (tpmObject, uint64, error) {
-	auth, err := s.randomAuth()
-	if err != nil {
-		return tpmObject{}, 0, err
-	}
-	_, err = tpm2.NVDefineSpace{
+// newCounterIndex defines the counter index at h with the authValue
+// auth (fresh random bytes) and increments it once (an NV counter can be
+// read only once written). It returns the index and its first value.
+func (s *Store) newCounterIndex(h tpm2.TPMHandle, auth []byte) (tpmObject, uint64, error) {
+	_, err := tpm2.NVDefineSpace{
 		AuthHandle: ownerAuth(),
 		Auth:       tpm2.TPM2BAuth{Buffer: auth},
 		PublicInfo: tpm2.New2B(counterPublic(h, false)),
@@ -276,30 +362,60 @@ func (s *Store) newCounterIndex(h tpm2.TPMHandle) (tpmObject, uint64, error) {
 	return o, v, nil
 }
 
-// undefineCounterAt removes the NV index at h if it is a tpm-fido
-// counter index (the public area matches).
-func (s *Store) undefineCounterAt(h tpm2.TPMHandle) error {
-	rsp, err := tpm2.NVReadPublic{NVIndex: h}.Execute(s.tpm)
+// undefineCounter removes the counter index o stands for, if it is at
+// its handle and proves to be it: the public area is a tpm-fido counter
+// index's (so it is noDA, and a wrong authValue counts nowhere) and it
+// takes o's authValue (TPM2_NV_Read, or TPM2_NV_Increment while it was
+// never written, as after an interrupted first start). Another index
+// there is left alone (errNotOurs).
+func (s *Store) undefineCounter(o tpmObject) error {
+	rsp, err := tpm2.NVReadPublic{NVIndex: o.handle}.Execute(s.tpm)
 	if errors.Is(err, tpm2.TPMRCHandle) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("tpmstore: read NV index 0x%08x: %w", uint32(h), err)
+		return fmt.Errorf("tpmstore: read NV index 0x%08x: %w", uint32(o.handle), err)
 	}
 	pub, err := rsp.NVPublic.Contents()
 	if err != nil {
 		return err
 	}
+	written := -1
 	for _, w := range []bool{false, true} {
-		if bytes.Equal(tpm2.Marshal(*pub), tpm2.Marshal(counterPublic(h, w))) {
-			_, err := tpm2.NVUndefineSpace{AuthHandle: ownerAuth(), NVIndex: tpm2.NamedHandle{Handle: h, Name: rsp.NVName}}.Execute(s.tpm)
-			if err != nil {
-				return ownerErr(fmt.Sprintf("remove the NV index 0x%08x", uint32(h)), err)
+		if bytes.Equal(tpm2.Marshal(*pub), tpm2.Marshal(counterPublic(o.handle, w))) {
+			written = 0
+			if w {
+				written = 1
 			}
-			return nil
 		}
 	}
-	return fmt.Errorf("tpmstore: the NV index at 0x%08x is not a tpm-fido counter; left alone", uint32(h))
+	notOurs := fmt.Errorf("tpmstore: the NV index at 0x%08x: %w", uint32(o.handle), errNotOurs)
+	if written < 0 || o.auth == nil {
+		return notOurs
+	}
+	probe := tpmObject{handle: o.handle, name: rsp.NVName.Buffer, auth: o.auth}
+	if written == 1 {
+		_, err = s.nvRead(probe)
+	} else {
+		err = s.nvIncrement(probe)
+	}
+	switch {
+	case isGone(err):
+		return notOurs
+	case err != nil:
+		return err
+	}
+	if written == 0 {
+		rsp, err = tpm2.NVReadPublic{NVIndex: o.handle}.Execute(s.tpm) // its name changed with TPMA_NV_WRITTEN
+		if err != nil {
+			return fmt.Errorf("tpmstore: read NV index 0x%08x: %w", uint32(o.handle), err)
+		}
+	}
+	_, err = tpm2.NVUndefineSpace{AuthHandle: ownerAuth(), NVIndex: tpm2.NamedHandle{Handle: o.handle, Name: rsp.NVName}}.Execute(s.tpm)
+	if err != nil {
+		return ownerErr(fmt.Sprintf("remove the NV index 0x%08x", uint32(o.handle)), err)
+	}
+	return nil
 }
 
 func (s *Store) nvIncrement(o tpmObject) error {

@@ -647,18 +647,11 @@ func releaseTPMObjects(cfg Config) string {
 	}
 	s := &Store{tpm: cfg.TPM, log: cfg.Logger}
 	var left []string
-	if present, ours, name, err := s.ownedAnchorAt(anchor.handle); err == nil && present && ours && bytes.Equal(name, anchor.name) {
-		if err := s.evictAnchorAt(anchor.handle); err != nil {
-			left = append(left, fmt.Sprintf("the anchor key at 0x%08x (%v)", uint32(anchor.handle), err))
-		}
+	if err := s.evictAnchor(anchor); err != nil && !errors.Is(err, errNotOurs) {
+		left = append(left, fmt.Sprintf("the anchor key at 0x%08x (%v)", uint32(anchor.handle), err))
 	}
-	if n, err := counterName(counter.handle); err == nil {
-		counter.name = n
-		if _, err := s.nvRead(counter); err == nil {
-			if err := s.undefineCounterAt(counter.handle); err != nil {
-				left = append(left, fmt.Sprintf("the counter index at 0x%08x (%v)", uint32(counter.handle), err))
-			}
-		}
+	if err := s.undefineCounter(counter); err != nil && !errors.Is(err, errNotOurs) {
+		left = append(left, fmt.Sprintf("the counter index at 0x%08x (%v)", uint32(counter.handle), err))
 	}
 	if len(left) > 0 {
 		return "could not remove " + strings.Join(left, " and ") + " from the TPM"

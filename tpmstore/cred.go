@@ -472,13 +472,15 @@ func (s *Store) NextCounter() (uint32, error) {
 }
 
 // Reset deletes every resident credential and the PIN, and replaces the
-// TPM anchor key (same persistent handle, new key and authValue), so
-// every earlier credential ID is rejected for good, also by a copy of
-// state.db taken before. The signature counter keeps increasing.
+// TPM anchor key (new key and authValue, at the same persistent handle
+// when the old key is still there or the handle is free), so every
+// earlier credential ID is rejected for good, also by a copy of state.db
+// taken before. The signature counter keeps increasing.
 //
-// The new state is committed before the new key takes the old one's
-// place in the TPM: if the process dies in between, the next Open says
-// the state is stale and RecoverStale (tpm-fido reset) finishes the job.
+// The old key is removed first, then the new state is committed, then
+// the new key is made persistent: if the process dies in between, the
+// next Open says the state is stale and RecoverStale (tpm-fido reset)
+// finishes the job, with no key left behind.
 func (s *Store) Reset() error {
 	if err := s.lock(); err != nil {
 		return err
@@ -491,7 +493,12 @@ func (s *Store) Reset() error {
 // with ErrStaleState (a copy of state.db older than the last reset was
 // put back, or the TPM anchor was removed): the same as Reset, keeping
 // the counter index when it is still there. Nothing of the stale
-// state's credentials survives.
+// state's credentials survives. The object at the stale state's anchor
+// handle is removed only if it is the key that state recorded (its
+// name); anything else there — another program's object, another user's
+// key store's anchor, or this store's own later anchor key, which a
+// copy of the state made before it cannot tell from another store's —
+// is left alone, and the new anchor key goes to a new handle.
 func RecoverStale(cfg Config) error {
 	s, err := open(cfg, true)
 	if err != nil {
@@ -503,10 +510,39 @@ func RecoverStale(cfg Config) error {
 	return s.reset()
 }
 
+// anchorTarget decides where reset puts the new anchor key: at the
+// store's handle when it is free or holds the store's recorded anchor
+// key (then evictOld), else at a new free handle.
+// oldName is the name of the old key to evict.
+func (s *Store) anchorTarget() (h tpm2.TPMHandle, evictOld bool, oldName []byte, err error) {
+	present, ours, name, err := s.provenAnchor(s.anchor, anchorMark(s.counterIdx.auth))
+	switch {
+	case err != nil:
+		return 0, false, nil, err
+	case !present:
+		return s.anchor.handle, false, nil, nil
+	case ours:
+		return s.anchor.handle, true, name, nil
+	}
+	h, err = s.freeHandle(anchorHandleFirst, anchorHandleLast)
+	if err != nil {
+		return 0, false, nil, err
+	}
+	old := fmt.Sprintf("0x%08x", uint32(s.anchor.handle))
+	s.log.Warn("reset: the persistent object at the store's anchor handle is not this key store's, so it is left alone and the new anchor key goes to a new handle. "+
+		"It is another program's or another user's key store's (or, if an older copy of a state made before tpm-fido marked its anchor keys was put back, this store's own later anchor key: only then remove it, tpm2_evictcontrol -C o -c "+old+")",
+		"handle", old, "new_handle", fmt.Sprintf("0x%08x", uint32(h)))
+	return h, false, nil, nil
+}
+
 func (s *Store) reset() error {
 	salt := make([]byte, 32)
 	if _, err := io.ReadFull(s.rand, salt); err != nil {
 		return fmt.Errorf("tpmstore: random: %w", err)
+	}
+	auth, err := s.randomAuth()
+	if err != nil {
+		return err
 	}
 	// Keys of the old credentials (and a version-1 HMAC key) are useless
 	// now; free their slots, which also makes room for the new key.
@@ -515,21 +551,6 @@ func (s *Store) reset() error {
 		if err := s.flush(e.handle.Handle); err != nil {
 			s.log.Warn("flush after reset", "err", err)
 		}
-	}
-	anchor, t, err := s.newAnchorKey()
-	if err != nil {
-		return err
-	}
-	// Until it is persistent, the new key is a transient object outside
-	// the slot cache: making room for the old anchor key (a persistent
-	// object the TPM loads into a free slot) must not flush it.
-	s.held = t.Handle
-	defer func() { s.held = 0 }()
-	anchor.handle = s.anchor.handle
-	key, err := s.anchorHMAC(tpmObject{handle: t.Handle, name: t.Name.Buffer, auth: anchor.auth}, wrapKeyInput(salt))
-	if err != nil {
-		s.flushQuiet(t.Handle)
-		return err
 	}
 	counterIdx, base, n0, block := s.counterIdx, s.ctrBase, s.ctrN0, s.ctrBlock
 	newCounter := false
@@ -543,17 +564,52 @@ func (s *Store) reset() error {
 			// new after a reset, so no earlier value matters.
 			h, err := s.freeHandle(counterIndexFirst, counterIndexLast)
 			if err != nil {
-				s.flushQuiet(t.Handle)
 				return err
 			}
-			if counterIdx, n0, err = s.newCounterIndex(h); err != nil {
-				s.flushQuiet(t.Handle)
+			cauth, err := s.randomAuth()
+			if err != nil {
+				return err
+			}
+			if counterIdx, n0, err = s.newCounterIndex(h, cauth); err != nil {
 				return err
 			}
 			base, block, newCounter = 0, n0, true
 		default:
-			s.flushQuiet(t.Handle)
 			return err
+		}
+	}
+	fail := func(err error) error {
+		if newCounter {
+			s.removeTPMObjects([]tpmObject{counterIdx})
+		}
+		return err
+	}
+	target, evictOld, oldName, err := s.anchorTarget()
+	if err != nil {
+		return fail(err)
+	}
+	anchor, t, err := s.newAnchorKey(auth, anchorMark(counterIdx.auth))
+	if err != nil {
+		return fail(err)
+	}
+	// Until it is persistent, the new key is a transient object outside
+	// the slot cache: making room for the old anchor key (a persistent
+	// object the TPM loads into a free slot) must not flush it.
+	s.held = t.Handle
+	defer func() { s.held = 0 }()
+	anchor.handle = target
+	key, err := s.anchorHMAC(tpmObject{handle: t.Handle, name: t.Name.Buffer, auth: anchor.auth}, wrapKeyInput(salt))
+	if err != nil {
+		s.flushQuiet(t.Handle)
+		return fail(err)
+	}
+	// The old key goes first: from here on the state's credentials are
+	// dead whatever happens next, and a process that dies before the new
+	// key is in place leaves a stale state (RecoverStale), not a key.
+	if evictOld {
+		if err := s.evictAt(s.anchor.handle, oldName); err != nil {
+			s.flushQuiet(t.Handle)
+			return fail(fmt.Errorf("tpmstore: reset: the old TPM anchor key could not be removed; nothing was deleted: %w", err))
 		}
 	}
 	err = s.update(func(tx *bolt.Tx) error {
@@ -576,18 +632,16 @@ func (s *Store) reset() error {
 	})
 	if err != nil {
 		s.flushQuiet(t.Handle)
-		if newCounter {
-			s.removeTPMObjects([]tpm2.TPMHandle{counterIdx.handle})
+		err = fail(err)
+		if evictOld {
+			s.stale = true // the state names a key that is gone
+			return fmt.Errorf("tpmstore: reset: the old TPM anchor key is removed, so no earlier credential can be used any more, but the state could not be written; run the reset again: %w", err)
 		}
 		return err
 	}
-	// The state names the new key from here on; put it in the TPM at the
-	// store's handle, in place of the old one.
-	if err := s.evictAnchorAt(anchor.handle); err != nil {
-		s.flushQuiet(t.Handle)
-		return fmt.Errorf("tpmstore: reset: the credentials are deleted but the old TPM anchor key could not be removed; run the reset again: %w", err)
-	}
+	// The state names the new key from here on; put it in the TPM.
 	if err := s.persistAnchor(t, anchor.handle); err != nil {
+		s.stale = true
 		return fmt.Errorf("tpmstore: reset: the credentials are deleted but the new TPM anchor key could not be stored; run the reset again: %w", err)
 	}
 	clear(s.wrapKey)

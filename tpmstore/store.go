@@ -83,9 +83,16 @@ var (
 	keyCtrAuth      = []byte("counter.auth")  // 32 bytes
 	keyCtrBase      = []byte("counter.base")  // 4 bytes
 	keyCtrN0        = []byte("counter.n0")    // 8 bytes
-	// keyPending lists TPM handles (4 bytes each) being provisioned: if
-	// the process dies before the state records them, the next Open
-	// removes them instead of leaving them behind in the TPM.
+	// keyPendingAuth lists the TPM objects being provisioned, each its
+	// handle (4 bytes) and the authValue (32 bytes) it is created with:
+	// if the process dies before the state records them, the next Open
+	// removes those that take that authValue (so never another store's
+	// object that took a free handle meanwhile) instead of leaving them
+	// behind in the TPM.
+	keyPendingAuth = []byte("tpm.pending.auth")
+	// keyPending is the older record, handles only (4 bytes each). Its
+	// objects cannot be proven to be this store's, so they are left in
+	// the TPM (and logged).
 	keyPending = []byte("tpm.pending")
 )
 
@@ -334,7 +341,7 @@ type persisted struct {
 	wrapV1     []byte
 	ctrBase    uint32
 	ctrN0      uint64
-	pending    []tpm2.TPMHandle
+	pending    []tpmObject // keyPendingAuth, and keyPending's handles (no auth)
 }
 
 func (s *Store) readMeta() (persisted, error) {
@@ -352,7 +359,7 @@ func (s *Store) readMeta() (persisted, error) {
 			p.fresh = true
 			return nil
 		}
-		pending, err := parseHandles(m.Get(keyPending))
+		pending, err := parsePending(m.Get(keyPendingAuth), m.Get(keyPending))
 		if err != nil {
 			return err
 		}
@@ -471,18 +478,26 @@ func (s *Store) readMeta() (persisted, error) {
 	return p, err
 }
 
-func parseHandles(b []byte) ([]tpm2.TPMHandle, error) {
-	if b == nil {
+// parsePending reads the pending-objects records: withAuth (handle ‖
+// authValue entries) and legacy (handles only). nil when there are none.
+func parsePending(withAuth, legacy []byte) ([]tpmObject, error) {
+	if withAuth == nil && legacy == nil {
 		return nil, nil
 	}
-	if len(b)%4 != 0 {
+	if len(withAuth)%36 != 0 {
+		return nil, fmt.Errorf("%w: meta %q malformed", ErrCorruptState, keyPendingAuth)
+	}
+	if len(legacy)%4 != 0 {
 		return nil, fmt.Errorf("%w: meta %q malformed", ErrCorruptState, keyPending)
 	}
-	hs := []tpm2.TPMHandle{}
-	for i := 0; i < len(b); i += 4 {
-		hs = append(hs, tpm2.TPMHandle(binary.BigEndian.Uint32(b[i:])))
+	objs := []tpmObject{}
+	for i := 0; i < len(withAuth); i += 36 {
+		objs = append(objs, tpmObject{handle: tpm2.TPMHandle(binary.BigEndian.Uint32(withAuth[i:])), auth: bytes.Clone(withAuth[i+4 : i+36])})
 	}
-	return hs, nil
+	for i := 0; i < len(legacy); i += 4 {
+		objs = append(objs, tpmObject{handle: tpm2.TPMHandle(binary.BigEndian.Uint32(legacy[i:]))})
+	}
+	return objs, nil
 }
 
 // madeByThisTPM reports whether the state's TPM objects belong to this
@@ -586,10 +601,20 @@ func (s *Store) openAnchored(p persisted, allowStale bool) error {
 }
 
 // provision creates the anchor key and the counter index at free
-// handles, recording the handles as pending first (in a transaction
-// that also creates the meta bucket) so that a process that dies before
-// the state records them does not leave them behind.
+// handles, recording their handles and authValues as pending first (in
+// a transaction that also creates the meta bucket) so that a process
+// that dies before the state records them does not leave them behind,
+// and the next start can prove which objects at those handles are its
+// own.
 func (s *Store) provision() (anchor, counterIdx tpmObject, n0 uint64, err error) {
+	authA, err := s.randomAuth()
+	if err != nil {
+		return anchor, counterIdx, 0, err
+	}
+	authC, err := s.randomAuth()
+	if err != nil {
+		return anchor, counterIdx, 0, err
+	}
 	ha, err := s.freeHandle(anchorHandleFirst, anchorHandleLast)
 	if err != nil {
 		return anchor, counterIdx, 0, err
@@ -603,12 +628,13 @@ func (s *Store) provision() (anchor, counterIdx tpmObject, n0 uint64, err error)
 		if err != nil {
 			return err
 		}
-		return m.Put(keyPending, append(be32(uint32(ha)), be32(uint32(hc))...))
+		rec := append(append(be32(uint32(ha)), authA...), append(be32(uint32(hc)), authC...)...)
+		return m.Put(keyPendingAuth, rec)
 	})
 	if err != nil {
 		return anchor, counterIdx, 0, err
 	}
-	anchor, t, err := s.newAnchorKey()
+	anchor, t, err := s.newAnchorKey(authA, anchorMark(authC))
 	if err != nil {
 		return anchor, counterIdx, 0, err
 	}
@@ -616,30 +642,46 @@ func (s *Store) provision() (anchor, counterIdx tpmObject, n0 uint64, err error)
 		return anchor, counterIdx, 0, err
 	}
 	anchor.handle = ha
-	counterIdx, n0, err = s.newCounterIndex(hc)
+	counterIdx, n0, err = s.newCounterIndex(hc, authC)
 	if err != nil {
-		s.removeTPMObjects([]tpm2.TPMHandle{ha})
+		s.removeTPMObjects([]tpmObject{anchor})
 		return anchor, counterIdx, 0, err
 	}
 	return anchor, counterIdx, n0, nil
 }
 
-// removeTPMObjects removes tpm-fido's persistent objects and NV indices
-// at the handles (best effort, logged): a provisioning that did not
-// complete.
-func (s *Store) removeTPMObjects(hs []tpm2.TPMHandle) {
-	for _, h := range hs {
+// removeTPMObjects removes the store's persistent objects and NV indices
+// objs stand for (best effort, logged): a provisioning that did not
+// complete. Each must prove to be the store's (evictAnchor,
+// undefineCounter); an object that does not, or one recorded without
+// its authValue, is left in the TPM.
+func (s *Store) removeTPMObjects(objs []tpmObject) {
+	for _, o := range objs {
+		h := fmt.Sprintf("0x%08x", uint32(o.handle))
 		var err error
-		switch tpm2.TPMHT(h >> 24) {
+		switch tpm2.TPMHT(o.handle >> 24) {
 		case tpm2.TPMHTPersistent:
-			err = s.evictAnchorAt(h)
+			if o.auth == nil && o.name == nil {
+				s.log.Warn("an unfinished setup of an older tpm-fido recorded a persistent handle but not its key's authValue, so whatever is there cannot be proven to be ours and is left in the TPM; if no other program or user uses it: tpm2_evictcontrol -C o -c "+h, "handle", h)
+				continue
+			}
+			err = s.evictAnchor(o)
 		case tpm2.TPMHTNVIndex:
-			err = s.undefineCounterAt(h)
+			if o.auth == nil {
+				s.log.Warn("an unfinished setup of an older tpm-fido recorded an NV index but not its authValue, so whatever is there cannot be proven to be ours and is left in the TPM; if no other program or user uses it: tpm2_nvundefine -C o "+h, "handle", h)
+				continue
+			}
+			err = s.undefineCounter(o)
+		default:
+			continue
 		}
-		if err != nil {
-			s.log.Warn("removing a TPM object of an unfinished setup", "handle", fmt.Sprintf("0x%08x", uint32(h)), "err", err)
-		} else {
-			s.log.Info("removed a TPM object of an unfinished setup", "handle", fmt.Sprintf("0x%08x", uint32(h)))
+		switch {
+		case errors.Is(err, errNotOurs):
+			s.log.Info("a handle an unfinished setup had picked now holds another key store's or program's object; left alone", "handle", h)
+		case err != nil:
+			s.log.Warn("removing a TPM object of an unfinished setup", "handle", h, "err", err)
+		default:
+			s.log.Info("removed a TPM object of an unfinished setup (if it was there)", "handle", h)
 		}
 	}
 }
@@ -684,7 +726,7 @@ func (s *Store) upgradeToAnchor(p persisted) error {
 	}
 	key, err := s.anchorHMAC(anchor, wrapKeyInput(p.wrapSalt))
 	if err != nil {
-		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
+		s.removeTPMObjects([]tpmObject{anchor, counterIdx})
 		return err
 	}
 	sealed, err := sealWrapV1(s.rand, key, keyV1)
@@ -700,10 +742,10 @@ func (s *Store) upgradeToAnchor(p persisted) error {
 		if err := m.Delete(keyCounter); err != nil {
 			return err
 		}
-		return m.Delete(keyPending)
+		return deletePending(m)
 	})
 	if err != nil {
-		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
+		s.removeTPMObjects([]tpmObject{anchor, counterIdx})
 		return err
 	}
 	s.anchor, s.counterIdx = anchor, counterIdx
@@ -750,7 +792,7 @@ func (s *Store) upgrade(p persisted) error {
 
 // initialise creates the anchor key, the counter index and the wrapping
 // salt on first run.
-func (s *Store) initialise(srkFingerprint []byte, pending []tpm2.TPMHandle) error {
+func (s *Store) initialise(srkFingerprint []byte, pending []tpmObject) error {
 	if len(pending) > 0 {
 		s.removeTPMObjects(pending)
 	}
@@ -764,7 +806,7 @@ func (s *Store) initialise(srkFingerprint []byte, pending []tpm2.TPMHandle) erro
 	}
 	key, err := s.anchorHMAC(anchor, wrapKeyInput(salt))
 	if err != nil {
-		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
+		s.removeTPMObjects([]tpmObject{anchor, counterIdx})
 		return err
 	}
 	err = s.update(func(tx *bolt.Tx) error {
@@ -781,7 +823,7 @@ func (s *Store) initialise(srkFingerprint []byte, pending []tpm2.TPMHandle) erro
 		if err := putAll(m, anchorMeta(anchor, counterIdx, 0, n0, wrapCheck(key))...); err != nil {
 			return err
 		}
-		if err := m.Delete(keyPending); err != nil {
+		if err := deletePending(m); err != nil {
 			return err
 		}
 		return putAll(m,
@@ -792,7 +834,7 @@ func (s *Store) initialise(srkFingerprint []byte, pending []tpm2.TPMHandle) erro
 		)
 	})
 	if err != nil {
-		s.removeTPMObjects([]tpm2.TPMHandle{anchor.handle, counterIdx.handle})
+		s.removeTPMObjects([]tpmObject{anchor, counterIdx})
 		return err
 	}
 	s.anchor, s.counterIdx = anchor, counterIdx
@@ -803,6 +845,14 @@ func (s *Store) initialise(srkFingerprint []byte, pending []tpm2.TPMHandle) erro
 	s.log.Info("created new TPM key store", "dir", filepath.Dir(s.db.Path()),
 		"anchor_key", fmt.Sprintf("0x%08x", uint32(anchor.handle)), "counter_index", fmt.Sprintf("0x%08x", uint32(counterIdx.handle)))
 	return nil
+}
+
+// deletePending removes both pending-objects records.
+func deletePending(m *bolt.Bucket) error {
+	if err := m.Delete(keyPendingAuth); err != nil {
+		return err
+	}
+	return m.Delete(keyPending)
 }
 
 func putAll(b *bolt.Bucket, kv ...[]byte) error {

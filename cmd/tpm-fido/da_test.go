@@ -3,6 +3,8 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,6 +259,60 @@ func TestResetStaleState(t *testing.T) {
 	out, e, rc := runCmd(t, "reset", sd)
 	if rc != 0 || !strings.Contains(out, "stale state was reset") {
 		t.Fatalf("reset of the stale copy: rc %d %q %q", rc, out, e)
+	}
+	if out, _, rc := runCmd(t, "list", sd); rc != 0 || !strings.Contains(out, "no resident credentials") {
+		t.Fatalf("list after: rc %d %q", rc, out)
+	}
+}
+
+// TestResetStaleLeavesOtherKey: when another program removed the store's
+// TPM anchor key and its handle now holds someone else's key, the state
+// is stale; `tpm-fido reset` resets it without touching that key (a new
+// handle for the new anchor key) and says so.
+func TestResetStaleLeavesOtherKey(t *testing.T) {
+	dir, tpm := withSimulator(t)
+	sd := "--state-dir=" + dir
+	s, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addResident(t, s, "ssh:", "openssh")
+	s.Close()
+	// The store's anchor key is the one persistent object in its range.
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: 0x817F0000, PropertyCount: 1}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := rsp.CapabilityData.Data.Handles()
+	if err != nil || len(hs.Handle) != 1 {
+		t.Fatalf("anchor handle: %v %v", hs, err)
+	}
+	h := hs.Handle[0]
+	pub, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+	if _, err := (tpm2.EvictControl{Auth: owner, ObjectHandle: tpm2.NamedHandle{Handle: h, Name: pub.Name}, PersistentHandle: h}).Execute(tpm); err != nil {
+		t.Fatal(err)
+	}
+	other, err := tpm2.CreatePrimary{PrimaryHandle: owner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{Auth: owner, ObjectHandle: tpm2.NamedHandle{Handle: other.ObjectHandle, Name: other.Name}, PersistentHandle: h}).Execute(tpm); err != nil {
+		t.Fatal(err)
+	}
+	tpm2.FlushContext{FlushHandle: other.ObjectHandle}.Execute(tpm)
+
+	withStdin(t, "YES\n")
+	out, e, rc := runCmd(t, "reset", sd)
+	t.Logf("reset: %s%s", out, e)
+	if rc != 0 || !strings.Contains(out, "stale state was reset") || !strings.Contains(e, "left alone") || !strings.Contains(e, fmt.Sprintf("0x%08x", uint32(h))) {
+		t.Fatalf("reset with another key at the anchor handle: rc %d %q %q", rc, out, e)
+	}
+	if got, err := (tpm2.ReadPublic{ObjectHandle: h}).Execute(tpm); err != nil || !bytes.Equal(got.Name.Buffer, other.Name.Buffer) {
+		t.Fatalf("the other key at 0x%08x: %v", uint32(h), err)
 	}
 	if out, _, rc := runCmd(t, "list", sd); rc != 0 || !strings.Contains(out, "no resident credentials") {
 		t.Fatalf("list after: rc %d %q", rc, out)

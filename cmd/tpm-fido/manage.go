@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -294,7 +295,10 @@ func runReset(args []string, stdout, stderr io.Writer) int {
 			return fail(stderr, "reset", terr)
 		}
 		defer tpm.Close()
-		if err := tpmstore.RecoverStale(tpmstore.Config{TPM: tpm, Dir: sf.stateDir}); err != nil {
+		// Warnings (an object of someone else's left at the store's
+		// anchor handle) are the user's to read.
+		warn := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		if err := tpmstore.RecoverStale(tpmstore.Config{TPM: tpm, Dir: sf.stateDir, Logger: warn}); err != nil {
 			return fail(stderr, "reset", err)
 		}
 		fmt.Fprintln(stdout, "reset: the stale state was reset; every credential and the PIN are gone")
