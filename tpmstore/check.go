@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/bits"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -68,6 +69,7 @@ type StateStatus struct {
 	// Warning is set when the database is usable but not intact: one of
 	// its two header pages is damaged and the other one is used.
 	Warning string
+	txid    uint64 // the transaction whose pages were checked
 }
 
 // CheckState examines the state in dir without the TPM and without
@@ -80,18 +82,35 @@ type StateStatus struct {
 //
 // bbolt maps the database file into memory and trusts it: a database
 // truncated below its recorded size makes the process die of SIGBUS on
-// first access, and a wild page reference of SIGSEGV. Open runs this
-// check first, so such a file is reported instead. It reads only the
-// pages in use, once; CheckStateDeep does more.
-func CheckState(dir string) (StateStatus, error) { return checkState(dir, false) }
+// first access, and a wild page reference of SIGSEGV. Open runs the same
+// check first (all of it before it returns, or with
+// Config.CheckInBackground the part it reads at once before and the rest
+// while the TPM starts), so such a file is reported instead. It reads
+// only the pages in use, once; CheckStateDeep does more.
+func CheckState(dir string) (StateStatus, error) { return checkState(dir, scopeFull) }
 
 // CheckStateDeep is CheckState plus bbolt's own consistency check (key
 // order, the free-page list, unreachable pages) and a decoding of every
 // resident credential record. It costs about a public key parse per
 // credential, so Open does not run it; doctor does.
-func CheckStateDeep(dir string) (StateStatus, error) { return checkState(dir, true) }
+func CheckStateDeep(dir string) (StateStatus, error) { return checkState(dir, scopeDeep) }
 
-func checkState(dir string, deep bool) (StateStatus, error) {
+// checkScope is how much of the state a check examines.
+type checkScope int
+
+const (
+	// scopeStart: the file itself, the header pages, the free-page list,
+	// the root bucket's pages and the meta bucket's: what Open reads
+	// before the full check has ended. Its cost does not grow with the
+	// number of credentials.
+	scopeStart checkScope = iota
+	// scopeFull: CheckState; every page in use and the meta record.
+	scopeFull
+	// scopeDeep: CheckStateDeep.
+	scopeDeep
+)
+
+func checkState(dir string, scope checkScope) (StateStatus, error) {
 	path := StatePath(dir)
 	st := StateStatus{Path: path}
 	fi, err := os.Stat(dir)
@@ -144,26 +163,35 @@ func checkState(dir string, deep bool) (StateStatus, error) {
 		}
 		return st, damaged(path, "cannot be locked: "+err.Error(), err)
 	}
-	data, release, err := mapInUse(f, fi.Size())
-	if err != nil {
-		if errors.Is(err, syscall.EIO) {
-			return st, damaged(path, "cannot be read (I/O error): "+err.Error(), err)
-		}
-		return st, damaged(path, "cannot be read: "+err.Error(), err)
-	}
-	warn, err := guardedLayout(data, fi.Size())
-	release()
+	m, warn, err := checkFile(f, fi.Size(), scope)
 	if err != nil {
 		return st, damaged(path, err.Error(), err)
 	}
-	st.Warning = warn
-	if err := checkWithBolt(path, deep); err != nil {
+	st.Warning, st.txid = warn, m.txid
+	if scope == scopeStart {
+		return st, nil
+	}
+	if err := checkWithBolt(path, scope == scopeDeep); err != nil {
 		se := damaged(path, err.Error(), err)
 		var re *recordError
 		se.readable = errors.As(err, &re)
 		return st, se
 	}
 	return st, nil
+}
+
+// checkFile maps the pages in use of the open database file f and checks
+// their layout to the scope.
+func checkFile(f *os.File, size int64, scope checkScope) (boltMeta, string, error) {
+	data, release, err := mapInUse(f, size)
+	if err != nil {
+		if errors.Is(err, syscall.EIO) {
+			return boltMeta{}, "", fmt.Errorf("cannot be read (I/O error): %w", err)
+		}
+		return boltMeta{}, "", fmt.Errorf("cannot be read: %w", err)
+	}
+	defer release()
+	return guardedLayout(data, size, scope)
 }
 
 // recordError: the structure is whole but a record does not decode.
@@ -248,11 +276,20 @@ func rawTxid(data []byte, off int) uint64 {
 // pages below the high-water mark its header pages record, never beyond
 // the file's end (the file itself may be longer, bbolt grows it ahead).
 // When the headers say nothing usable, the whole file, for checkLayout to
-// report on. Mapping, not reading, keeps a 10,000-credential check cheap.
+// report on. Mapping, not reading, keeps a 10,000-credential check cheap,
+// and the start check touches only the few pages it examines.
 func mapInUse(f *os.File, size int64) (data []byte, release func(), err error) {
-	head := make([]byte, min(size, 1<<17))
-	if _, err := f.ReadAt(head, 0); err != nil && !errors.Is(err, io.EOF) {
+	// Both header pages at the usual page size; more only when the first
+	// one says the pages are larger, or is not valid (checkLayout then
+	// looks for the second at every possible page size).
+	head, err := readHead(f, min(size, 2*4096))
+	if err != nil {
 		return nil, nil, err
+	}
+	if m0, err := parseMeta(head, 0); (err != nil || m0.pageSize > 4096) && size > int64(len(head)) {
+		if head, err = readHead(f, min(size, 1<<17)); err != nil {
+			return nil, nil, err
+		}
 	}
 	want := size
 	if m0, err := parseMeta(head, 0); err == nil {
@@ -272,10 +309,18 @@ func mapInUse(f *os.File, size int64) (data []byte, release func(), err error) {
 	return m, func() { unix.Munmap(m) }, nil
 }
 
+func readHead(f *os.File, n int64) ([]byte, error) {
+	head := make([]byte, n)
+	if _, err := f.ReadAt(head, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return head, nil
+}
+
 // guardedLayout is checkLayout on a mapped file: should the file shrink
 // under it (someone truncating it now), the fault is an error, not a
 // crash.
-func guardedLayout(data []byte, size int64) (warning string, err error) {
+func guardedLayout(data []byte, size int64, scope checkScope) (m boltMeta, warning string, err error) {
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
 	defer func() {
@@ -283,15 +328,12 @@ func guardedLayout(data []byte, size int64) (warning string, err error) {
 			err = fmt.Errorf("the file changed while it was checked (%v)", r)
 		}
 	}()
-	return checkLayout(data, size)
+	return checkLayout(data, size, scope)
 }
 
-// checkLayout checks the database image: its header pages, that the
-// file holds every page they count, and that the tree of pages from the
-// root is a tree whose every page, element, key and value lies inside
-// the file. After it, bbolt cannot read outside the file. It returns a
-// warning when only one header page is valid.
-func checkLayout(data []byte, fileSize int64) (warning string, err error) {
+// checkHeaders picks the header page bbolt would use and checks it
+// against the file: page size, page count, the file's length.
+func checkHeaders(data []byte, fileSize int64) (m boltMeta, warning string, err error) {
 	size := uint64(fileSize)
 	m0, err0 := parseMeta(data, 0)
 	var m1 boltMeta
@@ -307,10 +349,9 @@ func checkLayout(data []byte, fileSize int64) (warning string, err error) {
 			}
 		}
 	}
-	var m boltMeta
 	switch {
 	case err0 != nil && err1 != nil:
-		return "", fmt.Errorf("neither header page is valid (first: %v; second: %v): this is not an intact tpm-fido database", err0, err1)
+		return m, "", fmt.Errorf("neither header page is valid (first: %v; second: %v): this is not an intact tpm-fido database", err0, err1)
 	case err0 == nil && err1 == nil:
 		m = m0
 		if m1.txid > m0.txid {
@@ -319,50 +360,96 @@ func checkLayout(data []byte, fileSize int64) (warning string, err error) {
 	case err0 == nil:
 		m = m0
 		if rawTxid(data, int(m0.pageSize)) > m0.txid {
-			return "", fmt.Errorf("its newer header page (the second) is damaged (%v): the last committed change cannot be read, and the older header page would show the state as it was before it", err1)
+			return m, "", fmt.Errorf("its newer header page (the second) is damaged (%v): the last committed change cannot be read, and the older header page would show the state as it was before it", err1)
 		}
 		warning = fmt.Sprintf("its older header page (the second) is damaged (%v); the newer one is intact and used", err1)
 	default:
 		m = m1
 		if rawTxid(data, 0) > m1.txid {
-			return "", fmt.Errorf("its newer header page (the first) is damaged (%v): the last committed change cannot be read, and the older header page would show the state as it was before it", err0)
+			return m, "", fmt.Errorf("its newer header page (the first) is damaged (%v): the last committed change cannot be read, and the older header page would show the state as it was before it", err0)
 		}
 		warning = fmt.Sprintf("its older header page (the first) is damaged (%v); the newer one is intact and used", err0)
 	}
 	ps := uint64(m.pageSize)
 	if ps < 1024 || ps > 1<<16 || ps&(ps-1) != 0 {
-		return "", fmt.Errorf("implausible page size %d", ps)
+		return m, "", fmt.Errorf("implausible page size %d", ps)
 	}
 	if m.pgid < 4 || m.pgid > size/ps {
 		if m.pgid > size/ps {
-			return "", fmt.Errorf("truncated: %d bytes, but its header counts %d pages of %d bytes (%d bytes)", size, m.pgid, ps, m.pgid*ps)
+			return m, "", fmt.Errorf("truncated: %d bytes, but its header counts %d pages of %d bytes (%d bytes)", size, m.pgid, ps, m.pgid*ps)
 		}
-		return "", fmt.Errorf("implausible page count %d", m.pgid)
+		return m, "", fmt.Errorf("implausible page count %d", m.pgid)
 	}
 	if uint64(len(data)) < m.pgid*ps {
-		return "", fmt.Errorf("read only %d of the %d bytes in use", len(data), m.pgid*ps)
+		return m, "", fmt.Errorf("read only %d of the %d bytes in use", len(data), m.pgid*ps)
 	}
-	w := &layoutWalk{data: data, ps: ps, pgid: m.pgid, seen: map[uint64]bool{0: true, 1: true}, free: map[uint64]bool{}}
+	return m, warning, nil
+}
+
+// checkLayout checks the database image: its header pages, that the
+// file holds every page they count, and that the tree of pages from the
+// root is a tree whose every page, element, key and value lies inside
+// the file, with no page both in it and free. After it, bbolt cannot
+// read outside the file, nor hand out a page in use. It returns the
+// header page used, and a warning when only one header page is valid.
+//
+// scopeFull and scopeDeep walk the whole tree; scopeStart only what Open
+// reads before the full check has ended: the header pages, the free-page
+// list (bbolt loads it whole when it opens the file), the pages of the
+// root bucket and those of the meta bucket. It touches a few pages
+// whatever the number of credentials; the full walk every page in use.
+func checkLayout(data []byte, fileSize int64, scope checkScope) (m boltMeta, warning string, err error) {
+	m, warning, err = checkHeaders(data, fileSize)
+	if err != nil {
+		return m, "", err
+	}
+	w := &layoutWalk{data: data, ps: uint64(m.pageSize), pgid: m.pgid, seen: newPageSet(m.pgid), free: newPageSet(m.pgid)}
+	w.seen.add(0)
+	w.seen.add(1)
+	if scope == scopeStart {
+		w.descend = func(name []byte) bool { return bytes.Equal(name, bucketMeta) }
+	}
 	if m.freelist != noFreelist {
 		if err := w.freelist(m.freelist); err != nil {
-			return "", err
+			return m, "", err
 		}
 	}
-	if err := w.page(m.root, 0); err != nil {
-		return "", err
+	if err := w.page(m.root, 0, true); err != nil {
+		return m, "", err
 	}
-	if err := w.freeNotInUse(); err != nil {
-		return "", err
+	if scope != scopeStart {
+		// Only a walk of the whole tree knows every page in use.
+		if err := w.freeNotInUse(); err != nil {
+			return m, "", err
+		}
 	}
-	return warning, nil
+	return m, warning, nil
+}
+
+// pageSet is a set of page ids below the high-water mark: one bit each.
+type pageSet []uint64
+
+func newPageSet(pgid uint64) pageSet { return make(pageSet, (pgid+63)/64) }
+func (s pageSet) has(id uint64) bool { return s[id/64]&(1<<(id%64)) != 0 }
+func (s pageSet) add(id uint64)      { s[id/64] |= 1 << (id % 64) }
+func (s pageSet) overlaps(o pageSet) (uint64, bool) {
+	for i := range s {
+		if both := s[i] & o[i]; both != 0 {
+			return uint64(i)*64 + uint64(bits.TrailingZeros64(both)), true
+		}
+	}
+	return 0, false
 }
 
 type layoutWalk struct {
 	data []byte
 	ps   uint64
 	pgid uint64
-	seen map[uint64]bool // pages of the tree and the free-page list
-	free map[uint64]bool // pages the free-page list names
+	seen pageSet // pages of the tree and the free-page list
+	free pageSet // pages the free-page list names
+	// descend, when set, limits the walk to the buckets of the root
+	// bucket it names (the start check); nil walks every bucket.
+	descend func(name []byte) bool
 }
 
 // span claims page id and its overflow pages and returns their bytes.
@@ -383,10 +470,10 @@ func (w *layoutWalk) span(id uint64, want uint16) ([]byte, error) {
 		return nil, fmt.Errorf("page %d runs past the %d pages in use", id, w.pgid)
 	}
 	for i := id; i <= id+overflow; i++ {
-		if w.seen[i] {
+		if w.seen.has(i) {
 			return nil, fmt.Errorf("page %d is referred to twice", i)
 		}
-		w.seen[i] = true
+		w.seen.add(i)
 	}
 	return w.data[id*w.ps : (id+1+overflow)*w.ps], nil
 }
@@ -408,10 +495,10 @@ func (w *layoutWalk) freelist(id uint64) error {
 		if free < 2 || free >= w.pgid {
 			return fmt.Errorf("free-page list names page %d, outside the %d pages in use", free, w.pgid)
 		}
-		if w.free[free] {
+		if w.free.has(free) {
 			return fmt.Errorf("free-page list names page %d twice", free)
 		}
-		w.free[free] = true
+		w.free.add(free)
 	}
 	return nil
 }
@@ -419,16 +506,15 @@ func (w *layoutWalk) freelist(id uint64) error {
 // freeNotInUse: a page both free and in the tree would be handed out
 // while in use by the next write (bbolt panics, or overwrites data).
 func (w *layoutWalk) freeNotInUse() error {
-	for id := range w.free {
-		if w.seen[id] {
-			return fmt.Errorf("page %d is both free and in use", id)
-		}
+	if id, ok := w.free.overlaps(w.seen); ok {
+		return fmt.Errorf("page %d is both free and in use", id)
 	}
 	return nil
 }
 
-// page checks a branch or leaf page and, through it, its subtree.
-func (w *layoutWalk) page(id uint64, depth int) error {
+// page checks a branch or leaf page and, through it, its subtree. top:
+// the page belongs to the root bucket's tree.
+func (w *layoutWalk) page(id uint64, depth int, top bool) error {
 	if depth > maxTreeDepth {
 		return fmt.Errorf("the tree is more than %d levels deep at page %d", maxTreeDepth, id)
 	}
@@ -436,24 +522,26 @@ func (w *layoutWalk) page(id uint64, depth int) error {
 	if err != nil {
 		return err
 	}
-	return w.elements(p, fmt.Sprintf("page %d", id), depth)
+	return w.elements(p, id, "", depth, top)
 }
 
-// elements checks the elements of the page image p (a page of the file,
-// or an inline bucket's page inside a value).
-func (w *layoutWalk) elements(p []byte, where string, depth int) error {
+// elements checks the elements of the page image p: page id of the file,
+// or an inline bucket's page inside a value of page id (inline says
+// which, for the error; it is built only for inline buckets).
+func (w *layoutWalk) elements(p []byte, id uint64, inline string, depth int, top bool) error {
+	where := func() string { return fmt.Sprintf("page %d%s", id, inline) }
 	if len(p) < pageHeaderSize {
-		return fmt.Errorf("%s is shorter than a page header", where)
+		return fmt.Errorf("%s is shorter than a page header", where())
 	}
 	flags, n := ne.Uint16(p[8:]), uint64(ne.Uint16(p[10:]))
 	if flags != branchPageFlag && flags != leafPageFlag {
-		return fmt.Errorf("%s has type 0x%02x, neither branch nor leaf", where, flags)
+		return fmt.Errorf("%s has type 0x%02x, neither branch nor leaf", where(), flags)
 	}
 	if uint64(len(p)) < pageHeaderSize+n*elementSize {
-		return fmt.Errorf("%s claims %d elements, more than it holds", where, n)
+		return fmt.Errorf("%s claims %d elements, more than it holds", where(), n)
 	}
 	if flags == branchPageFlag && n == 0 {
-		return fmt.Errorf("%s is an empty branch", where)
+		return fmt.Errorf("%s is an empty branch", where())
 	}
 	for i := uint64(0); i < n; i++ {
 		eoff := pageHeaderSize + i*elementSize
@@ -461,9 +549,9 @@ func (w *layoutWalk) elements(p []byte, where string, depth int) error {
 		if flags == branchPageFlag {
 			pos, ksize, child := uint64(ne.Uint32(e[0:])), uint64(ne.Uint32(e[4:])), ne.Uint64(e[8:])
 			if eoff+pos+ksize > uint64(len(p)) {
-				return fmt.Errorf("%s: key %d lies outside the page", where, i)
+				return fmt.Errorf("%s: key %d lies outside the page", where(), i)
 			}
-			if err := w.page(child, depth+1); err != nil {
+			if err := w.page(child, depth+1, top); err != nil {
 				return err
 			}
 			continue
@@ -471,27 +559,30 @@ func (w *layoutWalk) elements(p []byte, where string, depth int) error {
 		eflags, pos, ksize, vsize := ne.Uint32(e[0:]), uint64(ne.Uint32(e[4:])), uint64(ne.Uint32(e[8:])), uint64(ne.Uint32(e[12:]))
 		end := eoff + pos + ksize + vsize
 		if end > uint64(len(p)) || end < eoff {
-			return fmt.Errorf("%s: element %d lies outside the page", where, i)
+			return fmt.Errorf("%s: element %d lies outside the page", where(), i)
 		}
 		if eflags&bucketLeafFlag == 0 {
 			continue
 		}
 		v := p[eoff+pos+ksize : end]
 		if len(v) < bucketHeaderSize {
-			return fmt.Errorf("%s: bucket %d has a short header", where, i)
+			return fmt.Errorf("%s: bucket %d has a short header", where(), i)
 		}
 		if root := ne.Uint64(v); root != 0 {
-			if err := w.page(root, depth+1); err != nil {
+			if top && w.descend != nil && !w.descend(p[eoff+pos:eoff+pos+ksize]) {
+				continue // left to the full check
+			}
+			if err := w.page(root, depth+1, false); err != nil {
 				return err
 			}
 			continue
 		}
 		// An inline bucket: a leaf page image after the header.
-		inline := v[bucketHeaderSize:]
-		if len(inline) >= pageHeaderSize && ne.Uint16(inline[8:]) != leafPageFlag {
-			return fmt.Errorf("%s: inline bucket %d is not a leaf", where, i)
+		inl := v[bucketHeaderSize:]
+		if len(inl) >= pageHeaderSize && ne.Uint16(inl[8:]) != leafPageFlag {
+			return fmt.Errorf("%s: inline bucket %d is not a leaf", where(), i)
 		}
-		if err := w.elements(inline, fmt.Sprintf("%s, inline bucket %d", where, i), depth+1); err != nil {
+		if err := w.elements(inl, id, fmt.Sprintf("%s, inline bucket %d", inline, i), depth+1, false); err != nil {
 			return err
 		}
 	}

@@ -3,7 +3,6 @@ package tpmstore
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -361,30 +360,4 @@ func TestDiscardStateTPM(t *testing.T) {
 	if err != nil || !strings.Contains(note, "stay in the TPM") {
 		t.Fatalf("truncated: %v, note %q", err, note)
 	}
-}
-
-// BenchmarkCheckState10k is CheckState (which every Open runs first) on
-// a state holding 10,000 resident credentials of 300 relying parties.
-func BenchmarkCheckState10k(b *testing.B) {
-	tpm := openSimulator(b)
-	dir := b.TempDir()
-	s, err := Open(Config{TPM: tpm, Dir: dir, MaxResidents: 10000})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var rs []Resident
-	for i := 0; i < 10000; i++ {
-		rs = append(rs, fakeResident(b, fmt.Sprintf("rp%d.example", i%300), fmt.Sprintf("u%d", i)))
-	}
-	if err := s.PutResidents(rs); err != nil {
-		b.Fatal(err)
-	}
-	s.Close()
-	for b.Loop() {
-		if _, err := CheckState(dir); err != nil {
-			b.Fatal(err)
-		}
-	}
-	fi, _ := os.Stat(filepath.Join(dir, stateFile))
-	b.ReportMetric(float64(fi.Size())/(1<<20), "MiB")
 }

@@ -207,7 +207,7 @@ func (s *Store) OpenCredential(rpIDHash [32]byte, id []byte) (*Credential, error
 	// the same RP and user) its ID must stop working too, as it would on
 	// a key that erases the private key. One database read, no TPM command.
 	var present bool
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketResID); b != nil {
 			present = b.Get(id) != nil
 		}

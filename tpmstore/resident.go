@@ -503,7 +503,7 @@ func (s *Store) viewResidents(fn func(t *resTx) error) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx *bolt.Tx) error {
 		t, err := residentTx(tx)
 		if err != nil {
 			return err

@@ -116,6 +116,16 @@ type Config struct {
 	// transient slot while a command uses it), the rest is an LRU of
 	// credential keys and the PIN object (0: DefaultMaxLoaded; at least 3).
 	MaxLoaded int
+	// CheckInBackground lets Open return before the full check of the
+	// state's structure has ended. Open always checks at once what it
+	// reads itself (the header pages, the free-page list, the root and
+	// meta buckets: a cost that does not grow with the number of
+	// credentials) and then checks every page in use; with this set, that
+	// walk runs on while the TPM starts and after Open returns, and every
+	// method that reads or writes the state waits for it (Checked) and
+	// fails with its error. For the daemon, whose start would otherwise
+	// grow with the state (docs/benchmarks.md).
+	CheckInBackground bool
 }
 
 // Store is the TPM-backed key store. All methods are safe for concurrent
@@ -164,6 +174,17 @@ type Store struct {
 	lastDAFailure time.Time
 
 	syncs int // committed write transactions (each one fsynced)
+
+	// check is the full check of the state's structure Open started
+	// (guard.go); nil when the caller checked (CheckState's own read).
+	check *stateCheck
+	// startTx is the transaction whose pages Open's start check read.
+	startTx uint64
+	// broken is set when a transaction met a fault or a damaged file:
+	// every later one fails with it. faulted: it was a panic, after which
+	// bbolt's locks may be held, so Close leaves the database alone.
+	broken  error
+	faulted bool
 }
 
 // Open opens (or, on first run, creates) the store in cfg.Dir. It costs
@@ -172,7 +193,9 @@ type Store struct {
 //
 // Errors: ErrForeignTPM when the state was made under another TPM (or the
 // TPM was cleared), ErrCorruptState when the state cannot be read; in
-// both cases nothing in cfg.Dir is modified.
+// both cases nothing in cfg.Dir is modified. With Config.CheckInBackground,
+// damage beyond the pages Open reads itself is reported by Checked, and
+// by every method that reads or writes the state, instead.
 func Open(cfg Config) (*Store, error) {
 	return open(cfg, false)
 }
@@ -218,6 +241,7 @@ func open(cfg Config, allowStale bool) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.startTx = st.txid
 	if st.Warning != "" {
 		s.log.Warn("the state database is damaged but usable", "path", st.Path, "problem", st.Warning)
 	}
@@ -248,20 +272,30 @@ func open(cfg Config, allowStale bool) (*Store, error) {
 		return nil, fmt.Errorf("tpmstore: open %s: %w", path, err)
 	}
 	s.db = db
+	// Every page in use, now that bbolt holds the file (no other process
+	// writes it) and before this one writes anything.
+	s.check = startStateCheck(path)
+	if !cfg.CheckInBackground {
+		if err := s.Checked(); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	if err := s.start(allowStale); err != nil {
 		s.flushAll()
-		db.Close()
+		s.closeDB()
 		return nil, err
 	}
 	return s, nil
 }
 
-// checkStateWait is CheckState, waiting up to timeout for another
-// process to release the database.
+// checkStateWait is Open's start check (the scope of what Open reads
+// itself), waiting up to timeout for another process to release the
+// database.
 func checkStateWait(dir string, timeout time.Duration) (StateStatus, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		st, err := CheckState(dir)
+		st, err := checkState(dir, scopeStart)
 		if err != nil || !st.InUse {
 			return st, err
 		}
@@ -344,9 +378,20 @@ type persisted struct {
 	pending    []tpmObject // keyPendingAuth, and keyPending's handles (no auth)
 }
 
+// readMeta reads the meta bucket. At Open it does not wait for the full
+// state check: Open's start check has read the same pages, unless another
+// process committed between that check and bbolt's open.
 func (s *Store) readMeta() (persisted, error) {
 	var p persisted
-	err := s.db.View(func(tx *bolt.Tx) error {
+	if err := s.broken; err != nil {
+		return p, err
+	}
+	err := s.guarded(false, func(tx *bolt.Tx) error {
+		if s.check != nil && uint64(tx.ID()) != s.startTx {
+			if err := s.Checked(); err != nil {
+				return err
+			}
+		}
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
 			// A first run that crashed before its first commit leaves an
@@ -866,9 +911,19 @@ func putAll(b *bolt.Bucket, kv ...[]byte) error {
 
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 
-// update runs fn in a write transaction; bbolt fsyncs on commit.
+// update runs fn in a write transaction, once the state is known to be
+// whole (usable) and guarded; bbolt fsyncs on commit.
 func (s *Store) update(fn func(tx *bolt.Tx) error) error {
-	if err := s.db.Update(fn); err != nil {
+	err := s.usable()
+	if err == nil {
+		err = s.guarded(true, func(tx *bolt.Tx) error {
+			if err := s.fileWhole(tx); err != nil {
+				return err
+			}
+			return fn(tx)
+		})
+	}
+	if err != nil {
 		return fmt.Errorf("tpmstore: write state: %w", err)
 	}
 	s.syncs++ // callers hold s.mu
@@ -887,6 +942,18 @@ func (s *Store) Close() error {
 	s.flushAll()
 	clear(s.wrapKey)
 	s.wrapKey = nil
+	return s.closeDB()
+}
+
+// closeDB closes the database once the state check has ended (it reads
+// the file). After a fault it leaves it open: bbolt's locks may be held,
+// and its Close would wait for them forever; the process's exit releases
+// the file.
+func (s *Store) closeDB() error {
+	s.Checked()
+	if s.faulted {
+		return nil
+	}
 	return s.db.Close()
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,7 @@ type abSide struct {
 	disc      []time.Duration
 	mk        []time.Duration
 	starts    []time.Duration
+	infos     []time.Duration // start to the first getInfo answered
 	rssIdleKB []int
 }
 
@@ -114,18 +116,41 @@ func (s *abSide) round() error {
 }
 
 // start times one start of the daemon binary on this side's state, to
-// the first INIT answered, and reads its memory once it is idle.
+// the first INIT answered and to the first getInfo answered (the first
+// answer that reads the state: its resident count), and reads its memory
+// once it is idle.
 func (s *abSide) start(bin string) error {
-	d, took, err := startDaemon(bin, s.spec, s.stateDir, filepath.Join(s.dir, "d.sock"), "--max-residents", strconv.Itoa(s.capacity))
+	sock := filepath.Join(s.dir, "d.sock")
+	d, took, err := startDaemon(bin, s.spec, s.stateDir, sock, "--max-residents", strconv.Itoa(s.capacity))
 	if err != nil {
 		return err
 	}
 	defer d.stop()
+	t1 := time.Now()
+	if err := getInfo(sock); err != nil {
+		return err
+	}
 	s.starts = append(s.starts, took)
+	s.infos = append(s.infos, took+time.Since(t1))
 	time.Sleep(200 * time.Millisecond)
 	kb, err := vmRSS(d.cmd.Process.Pid)
 	s.rssIdleKB = append(s.rssIdleKB, kb)
 	return err
+}
+
+// getInfo asks the daemon at sock for its getInfo on a new channel.
+func getInfo(sock string) error {
+	c, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ch, err := (&ctaphidtest.Client{Conn: ctaphidtest.NetConn(c, 10*time.Second)}).OpenChannel()
+	if err != nil {
+		return err
+	}
+	st, _, err := ch.Call(0x04, nil)
+	return okStatus("getInfo", st, err)
 }
 
 // measureAB compares the smallest and the largest count of each spread
@@ -141,9 +166,9 @@ func measureAB(ctx context.Context, dir string, o options, daemonBin string, out
 		return nil
 	}
 	fmt.Fprintf(out, "#### Interleaved: %d against %d credentials\n\n", hi, lo)
-	fmt.Fprintf(out, "Both stores open at once (each on its own swtpm), one discovery and one makeCredential rk on each in turn, the order swapped every round, %d rounds after one warm-up round; then the daemon started %d times on each state in turn; medians.\n\n", o.N, max(o.Starts, 2))
-	fmt.Fprintf(out, "| spread | discovery at %d / %d | ratio | makeCredential rk | ratio | daemon start to ready | ratio | RSS idle after start | ratio |\n", lo, hi)
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(out, "Both stores open at once (each on its own swtpm), one discovery and one makeCredential rk on each in turn, the order swapped every round, %d rounds after one warm-up round; then the daemon started %d times on each state in turn (to the first INIT answered, and to the first getInfo, which reads the state, on a new channel right after it); medians.\n\n", o.N, max(o.Starts, 2))
+	fmt.Fprintf(out, "| spread | discovery at %d / %d | ratio | makeCredential rk | ratio | daemon start to ready | ratio | start to first getInfo | ratio | RSS idle after start | ratio |\n", lo, hi)
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, rps := range o.ScaleRPs {
 		a, err := openABSide(ctx, filepath.Join(dir, fmt.Sprintf("ab-%d-%d", lo, rps)), lo, rps, log)
 		if err != nil {
@@ -193,11 +218,13 @@ func measureAB(ctx context.Context, dir string, o options, daemonBin string, out
 		}
 		ma, mb := median(a.disc[1:]), median(b.disc[1:])
 		ka, kb := median(a.mk[1:]), median(b.mk[1:])
-		startCols := "— | — | — | —"
+		startCols := "— | — | — | — | — | —"
 		if len(a.starts) > 0 {
 			sa, sb := median(a.starts), median(b.starts)
+			ia, ib := median(a.infos), median(b.infos)
 			ra, rb := medianInt(a.rssIdleKB), medianInt(b.rssIdleKB)
-			startCols = fmt.Sprintf("%s / %s | %.2f× | %d / %d kB | %.2f×", ms(sa), ms(sb), float64(sb)/float64(sa), ra, rb, float64(rb)/float64(ra))
+			startCols = fmt.Sprintf("%s / %s | %.2f× | %s / %s | %.2f× | %d / %d kB | %.2f×", ms(sa), ms(sb), float64(sb)/float64(sa),
+				ms(ia), ms(ib), float64(ib)/float64(ia), ra, rb, float64(rb)/float64(ra))
 		}
 		fmt.Fprintf(out, "| %d RP(s) | %s / %s | %.2f× | %s / %s | %.2f× | %s |\n", rps, ms(ma), ms(mb), float64(mb)/float64(ma), ms(ka), ms(kb), float64(kb)/float64(ka), startCols)
 	}

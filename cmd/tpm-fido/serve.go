@@ -123,11 +123,12 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	if err := transport.Preflight(cfg.Transport); err != nil {
 		return err
 	}
-	// Every start-up check (the prompt, the TPM, the state) before the
-	// transport opens: only a daemon that can answer creates the device
-	// or says it listens, and the device exists before systemd hears
-	// READY.
-	h, closeHandler, err := newHandler(cfg, log)
+	// Every start-up check (the prompt, the TPM, the state as far as Open
+	// reads it) before the transport opens: only a daemon that can answer
+	// creates the device or says it listens, and the device exists before
+	// systemd hears READY. The walk over the rest of the state ends a few
+	// milliseconds later (below).
+	h, closeHandler, checked, err := newHandler(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -149,8 +150,24 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 		log.Warn("telling systemd we are ready", "err", err)
 	}
 	log.Info("tpm-fido serving", "transport", cfg.Transport)
+	// The state's full check ends a few milliseconds after the start; a
+	// damaged state stops the daemon as it would have stopped its start.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if checked() != nil {
+			log.Error("the state is damaged; stopping")
+			stop()
+		}
+	}()
 	err = srv.Serve(ctx) // closes dev (UHID_DESTROY for uhid)
+	<-watched
 	log.Info("tpm-fido stopped")
+	if cerr := checked(); cerr != nil {
+		return cerr
+	}
 	return err
 }
 

@@ -17,8 +17,10 @@ import (
 // newHandler builds the authenticator behind the CTAPHID server: the TPM
 // connection, the key store, the presence prompter, and the CTAP2 and U2F
 // handlers routed by a ctap.Mux. The returned function releases the store
-// and the TPM in that order.
-func newHandler(cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() error, error) {
+// and the TPM in that order; checked waits for the store's check of the
+// state (which runs on after the start) and returns, explained, the
+// damage it found.
+func newHandler(cfg serveConfig, log *slog.Logger) (h ctaphid.Handler, closeAll func() error, checked func() error, err error) {
 	prompter, err := presence.New(cfg.Presence, presence.Options{
 		Timeout:          cfg.PromptTimeout,
 		InsecureTestMode: cfg.InsecureTestMode,
@@ -26,43 +28,53 @@ func newHandler(cfg serveConfig, log *slog.Logger) (ctaphid.Handler, func() erro
 		PinentryProgram:  cfg.Pinentry,
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("presence backend %q: %w", cfg.Presence, err)
+		return nil, nil, nil, fmt.Errorf("presence backend %q: %w", cfg.Presence, err)
 	}
 
 	// Damaged or unreadable state is reported by Open before any TPM
 	// command (it examines the file before bbolt maps it), so the state
-	// is checked once per start, not twice.
+	// is checked once per start, not twice. Open checks at once what it
+	// reads itself; the walk over every page in use runs on in the
+	// background (a start that does not grow with the number of
+	// credentials), every state operation waits for it, and serve stops
+	// when it finds damage.
 	sf := storeFlags{tpm: cfg.TPM, stateDir: cfg.StateDir}
 	tpm, err := openTPM(cfg.TPM)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	store, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: cfg.StateDir, Logger: log, MaxResidents: cfg.MaxResidents})
+	store, err := tpmstore.Open(tpmstore.Config{TPM: tpm, Dir: cfg.StateDir, Logger: log, MaxResidents: cfg.MaxResidents, CheckInBackground: true})
 	if err != nil {
 		tpm.Close()
 		if errors.Is(err, tpmstore.ErrForeignTPM) || errors.Is(err, tpmstore.ErrCorruptState) || errors.Is(err, tpmstore.ErrStateUnreadable) {
-			return nil, nil, sf.explain(err)
+			return nil, nil, nil, sf.explain(err)
 		}
 		if errors.Is(err, tpmstore.ErrStaleState) {
-			return nil, nil, fmt.Errorf("%w; the files were left untouched: put back the newer %s, or run `tpm-fido reset --state-dir %s` with the daemon stopped", err, tpmstore.StatePath(cfg.StateDir), cfg.StateDir)
+			return nil, nil, nil, fmt.Errorf("%w; the files were left untouched: put back the newer %s, or run `tpm-fido reset --state-dir %s` with the daemon stopped", err, tpmstore.StatePath(cfg.StateDir), cfg.StateDir)
 		}
-		return nil, nil, fmt.Errorf("opening the state in %s: %w", cfg.StateDir, err)
+		return nil, nil, nil, fmt.Errorf("opening the state in %s: %w", cfg.StateDir, err)
 	}
-	closeAll := func() error {
+	closeAll = func() error {
 		return errors.Join(store.Close(), tpm.Close())
+	}
+	checked = func() error {
+		if err := store.Checked(); err != nil {
+			return sf.explain(err)
+		}
+		return nil
 	}
 
 	auth, err := ctap2.New(ctap2.Config{Store: store, Presence: prompter, Logger: log})
 	if err != nil {
 		closeAll()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	u, err := u2f.New(u2f.Config{Store: store, Presence: prompter, Logger: log, PromptTimeout: cfg.PromptTimeout})
 	if err != nil {
 		closeAll()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return &ctap.Mux{CBOR: auth, MSG: u}, closeAll, nil
+	return &ctap.Mux{CBOR: auth, MSG: u}, closeAll, checked, nil
 }
 
 // checkTestModes refuses the settings that are only for tests unless
