@@ -398,10 +398,19 @@ func checkHeaders(data []byte, fileSize int64) (m boltMeta, warning string, err 
 // list (bbolt loads it whole when it opens the file), the pages of the
 // root bucket and those of the meta bucket. It touches a few pages
 // whatever the number of credentials; the full walk every page in use.
+// When the header page records no free-page list, bbolt's Open walks
+// every page to rebuild it, so scopeStart is the full walk then.
 func checkLayout(data []byte, fileSize int64, scope checkScope) (m boltMeta, warning string, err error) {
 	m, warning, err = checkHeaders(data, fileSize)
 	if err != nil {
 		return m, "", err
+	}
+	if scope == scopeStart && m.freelist == noFreelist {
+		// No free-page list on disk (a bbolt with NoFreelistSync wrote
+		// it): bbolt's Open rebuilds it by walking every page of the tree
+		// (DB.freepages, in a goroutine no recover reaches) and commits
+		// it, so all of the tree is what Open reads.
+		scope = scopeFull
 	}
 	w := &layoutWalk{data: data, ps: uint64(m.pageSize), pgid: m.pgid, seen: newPageSet(m.pgid), free: newPageSet(m.pgid)}
 	w.seen.add(0)

@@ -324,3 +324,71 @@ func BenchmarkCheckState(b *testing.B) {
 		}
 	}
 }
+
+// TestNoFreelistStateIsCheckedBeforeBboltOpens: a database whose header
+// page records no free-page list (written by a bbolt with
+// NoFreelistSync, such as `bbolt surgery freelist abandon`) makes
+// bbolt's Open rebuild that list by walking every page of the tree (and
+// commit it). So for such a file Open's start check must be the full
+// walk: damage deep in the tree is refused with ErrCorruptState, with
+// or without Config.CheckInBackground, instead of bbolt reading it (a
+// cycle panics in bbolt's Open, a wild page id is a SIGSEGV in a
+// goroutine of its own), and the file is left unchanged.
+func TestNoFreelistStateIsCheckedBeforeBboltOpens(t *testing.T) {
+	for _, bg := range []bool{false, true} {
+		t.Run(fmt.Sprintf("CheckInBackground=%v", bg), func(t *testing.T) {
+			s, dir, root := residentStore(t, 300)
+			tpm := s.tpm
+			s.Close()
+			path := StatePath(dir)
+			db, err := bolt.Open(path, 0o600, &bolt.Options{NoFreelistSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyPINRetries, []byte{maxPINRetries}) })
+			if cerr := db.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _, err := checkHeaders(d, int64(len(d)))
+			if err != nil || m.freelist != noFreelist {
+				t.Fatalf("the header records free-page list %d (%v), want none", m.freelist, err)
+			}
+			p := d[root*4096:]
+			if flags := binary.NativeEndian.Uint16(p[8:]); flags != branchPageFlag {
+				t.Fatalf("the index's root page %d has type 0x%02x, not a branch", root, flags)
+			}
+			for i := range uint64(binary.NativeEndian.Uint16(p[10:])) {
+				binary.NativeEndian.PutUint64(p[pageHeaderSize+i*elementSize+8:], root)
+			}
+			if err := os.WriteFile(path, d, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, err = func() (s *Store, err error) {
+				defer func() {
+					if r := recover(); r != nil {
+						err = fmt.Errorf("Open panicked: %v", r)
+					}
+				}()
+				return Open(Config{TPM: tpm, Dir: dir, CheckInBackground: bg})
+			}()
+			if err == nil {
+				err = s.Checked()
+				s.Close()
+			}
+			if !errors.Is(err, ErrCorruptState) || !strings.Contains(err.Error(), fmt.Sprintf("page %d is referred to twice", root)) {
+				t.Fatalf("Open of a state without a free-page list and with a cycle in its tree: %v", err)
+			}
+			t.Logf("%v", err)
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, d) {
+				t.Fatal("Open changed the damaged file")
+			}
+		})
+	}
+}
