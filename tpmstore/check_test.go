@@ -183,10 +183,7 @@ func TestOpenDamagedFaultInjection(t *testing.T) {
 	if testing.Short() {
 		step = 997
 	}
-	var variants [][]byte
-	for n := 0; n < len(db); n += 4096 {
-		variants = append(variants, db[:n], db[:n+1])
-	}
+	variants := truncations(db)
 	for off := 0; off < len(db); off += step {
 		d := bytes.Clone(db)
 		d[off] ^= 1 << (off % 8)
@@ -360,4 +357,13 @@ func TestDiscardStateTPM(t *testing.T) {
 	if err != nil || !strings.Contains(note, "stay in the TPM") {
 		t.Fatalf("truncated: %v, note %q", err, note)
 	}
+}
+
+// truncations are db cut at every page boundary and one byte past it.
+func truncations(db []byte) [][]byte {
+	var v [][]byte
+	for n := 0; n < len(db); n += 4096 {
+		v = append(v, db[:n], db[:n+1])
+	}
+	return v
 }

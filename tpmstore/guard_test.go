@@ -29,10 +29,7 @@ func TestOpenInBackgroundFaultInjection(t *testing.T) {
 	if testing.Short() {
 		step = 997
 	}
-	var variants [][]byte
-	for n := 0; n < len(db); n += 4096 {
-		variants = append(variants, db[:n], db[:n+1])
-	}
+	variants := truncations(db)
 	for off := 0; off < len(db); off++ {
 		// Every 97th byte, and every byte of the page headers and first
 		// elements, where a flip changes the structure.
@@ -236,13 +233,7 @@ func TestTreeCycleIsNeverRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := d[root*4096:]
-	if flags := binary.NativeEndian.Uint16(p[8:]); flags != branchPageFlag {
-		t.Fatalf("the index's root page %d has type 0x%02x, not a branch: too few credentials", root, flags)
-	}
-	for i := range uint64(binary.NativeEndian.Uint16(p[10:])) {
-		binary.NativeEndian.PutUint64(p[pageHeaderSize+i*elementSize+8:], root)
-	}
+	pointBranchAtItself(t, d, root)
 	if err := os.WriteFile(path, d, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -360,13 +351,7 @@ func TestNoFreelistStateIsCheckedBeforeBboltOpens(t *testing.T) {
 			if err != nil || m.freelist != noFreelist {
 				t.Fatalf("the header records free-page list %d (%v), want none", m.freelist, err)
 			}
-			p := d[root*4096:]
-			if flags := binary.NativeEndian.Uint16(p[8:]); flags != branchPageFlag {
-				t.Fatalf("the index's root page %d has type 0x%02x, not a branch", root, flags)
-			}
-			for i := range uint64(binary.NativeEndian.Uint16(p[10:])) {
-				binary.NativeEndian.PutUint64(p[pageHeaderSize+i*elementSize+8:], root)
-			}
+			pointBranchAtItself(t, d, root)
 			if err := os.WriteFile(path, d, 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -390,5 +375,18 @@ func TestNoFreelistStateIsCheckedBeforeBboltOpens(t *testing.T) {
 				t.Fatal("Open changed the damaged file")
 			}
 		})
+	}
+}
+
+// pointBranchAtItself makes every child of branch page root of the
+// database d be root itself: a cycle in the tree.
+func pointBranchAtItself(t *testing.T, d []byte, root uint64) {
+	t.Helper()
+	p := d[root*4096:]
+	if flags := binary.NativeEndian.Uint16(p[8:]); flags != branchPageFlag {
+		t.Fatalf("the index's root page %d has type 0x%02x, not a branch: too few credentials", root, flags)
+	}
+	for i := range uint64(binary.NativeEndian.Uint16(p[10:])) {
+		binary.NativeEndian.PutUint64(p[pageHeaderSize+i*elementSize+8:], root)
 	}
 }
