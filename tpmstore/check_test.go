@@ -179,10 +179,7 @@ func TestOpenDamagedFaultInjection(t *testing.T) {
 	_, db, tpm := realDB(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, stateFile)
-	step := 97
-	if testing.Short() {
-		step = 997
-	}
+	step := flipStep()
 	variants := truncations(db)
 	for off := 0; off < len(db); off += step {
 		d := bytes.Clone(db)
@@ -366,4 +363,13 @@ func truncations(db []byte) [][]byte {
 		v = append(v, db[:n], db[:n+1])
 	}
 	return v
+}
+
+// flipStep is how many bytes apart the fault-injection tests flip a bit:
+// every 97th, or every 997th with -short.
+func flipStep() int {
+	if testing.Short() {
+		return 997
+	}
+	return 97
 }

@@ -25,10 +25,7 @@ func TestOpenInBackgroundFaultInjection(t *testing.T) {
 	_, db, tpm := realDB(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, stateFile)
-	step := 97
-	if testing.Short() {
-		step = 997
-	}
+	step := flipStep()
 	variants := truncations(db)
 	for off := 0; off < len(db); off++ {
 		// Every 97th byte, and every byte of the page headers and first
