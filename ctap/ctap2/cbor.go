@@ -47,12 +47,14 @@ func parseParams(raw []byte) (params, error) {
 	if len(raw) == 0 {
 		return p, nil
 	}
-	if err := ctap.CheckCBOR(raw); err != nil {
-		return nil, err
-	}
 	if major(raw) != majMap {
+		if err := ctap.CheckCBOR(raw); err != nil {
+			return nil, err
+		}
 		return nil, ctap.StatusCBORUnexpectedType
 	}
+	// A map is decoded in one pass: decoding checks well-formedness
+	// first, as CheckCBOR does.
 	if err := ctap.DecodeCBOR(raw, &p); err != nil {
 		return nil, err
 	}
