@@ -336,8 +336,8 @@ func (s *State) liveLocked() bool {
 	if s.token == nil {
 		return false
 	}
-	age := s.now().Sub(s.issued)
-	if age < 0 || age > MaxUsagePeriod || (!s.used && age > InitialUsageLimit) {
+	now := s.now()
+	if now.Before(s.issued) || now.After(s.deadlineLocked()) {
 		s.stopLocked()
 		return false
 	}
