@@ -158,9 +158,6 @@ func parseDescriptors(r cbor.RawMessage) ([]descriptor, error) {
 	if err != nil {
 		return nil, err
 	}
-	if out == nil {
-		out = []descriptor{}
-	}
 	return out, nil
 }
 

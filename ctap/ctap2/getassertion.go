@@ -43,8 +43,7 @@ type hmacSecretInput struct {
 type getAssertionRequest struct {
 	rpID           string
 	clientDataHash []byte
-	allowList      []descriptor
-	hasAllowList   bool
+	allowList      []descriptor // an empty one is none (discovery)
 	options        map[string]bool
 	hmacSecret     *hmacSecretInput
 	pua            pinUvAuth
@@ -99,7 +98,6 @@ func parseGetAssertion(raw []byte) (*getAssertionRequest, error) {
 	if _, err := opt(p, gaAllowList, parseDescriptors, &r.allowList); err != nil {
 		return nil, err
 	}
-	r.hasAllowList = len(r.allowList) > 0
 	var ext map[string]cbor.RawMessage
 	if _, err := opt(p, gaExtensions, asTextMap, &ext); err != nil {
 		return nil, err
@@ -224,7 +222,7 @@ func (a *Authenticator) getAssertion(ctx context.Context, raw []byte) ([]byte, e
 		n     int
 		walk  *nextAssertion
 	)
-	if r.hasAllowList {
+	if len(r.allowList) > 0 {
 		if first, err = a.allowListCredential(r, hash, uv); err != nil {
 			return nil, err
 		}
