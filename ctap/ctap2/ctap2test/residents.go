@@ -15,7 +15,7 @@ import (
 // and user (a new one replaces the old), listings newest first by
 // insertion, RPs by ID, cursor pages that skip credentials deleted in
 // between and repeat none. Safe for concurrent use; create it with
-// NewResidents.
+// NewResidentList.
 type ResidentList struct {
 	mu   sync.Mutex
 	max  int
