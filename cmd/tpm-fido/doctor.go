@@ -460,7 +460,7 @@ func (e doctorEnv) checkStoreOpens(sf storeFlags) (check, bool) {
 	const what = "state"
 	done := make(chan error, 1)
 	go func() {
-		_, closeAll, err := sf.open()
+		_, closeAll, err := sf.openExamined()
 		if err == nil {
 			closeAll()
 		}

@@ -32,7 +32,7 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitOK
 	}
-	s, closeAll, err := sf.open()
+	s, closeAll, err := sf.openExamined()
 	if err != nil {
 		return fail(stderr, "list", err)
 	}

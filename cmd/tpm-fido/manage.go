@@ -102,12 +102,19 @@ func explainState(err error, dir, reset string) error {
 	return err
 }
 
-// open opens the TPM and the store. The returned close function closes
-// both.
+// open examines the state, then opens the TPM and the store. The
+// returned close function closes both.
 func (sf *storeFlags) open() (*tpmstore.Store, func(), error) {
 	if _, err := sf.examine(); err != nil {
 		return nil, nil, err
 	}
+	return sf.openExamined()
+}
+
+// openExamined is open right after the caller's own examine found the
+// state usable and not held by the daemon: it does not examine the state
+// again (tpmstore.Open checks it once more, before bbolt maps it).
+func (sf *storeFlags) openExamined() (*tpmstore.Store, func(), error) {
 	tpm, err := openTPM(sf.tpm)
 	if err != nil {
 		return nil, nil, err
@@ -218,7 +225,7 @@ func runDelete(args []string, stdout, stderr io.Writer) int {
 	if !exists {
 		return fail(stderr, "delete", fmt.Errorf("no state in %s: there are no credentials", sf.stateDir))
 	}
-	s, closeAll, err := sf.open()
+	s, closeAll, err := sf.openExamined()
 	if err != nil {
 		return fail(stderr, "delete", err)
 	}

@@ -118,25 +118,16 @@ func runPin(args []string, stdout, stderr io.Writer) int {
 // holds the state (doctor does, with a timeout).
 func pinStatus(sf *storeFlags, stdout, stderr io.Writer) int {
 	exists, err := sf.examine()
-	if err != nil && !errors.Is(err, errDaemonRunning) {
-		return fail(stderr, "pin", err)
+	if err == nil && exists {
+		err = printPINState(sf, stdout)
 	}
-	if !exists {
+	switch {
+	case errors.Is(err, errDaemonRunning):
+		return fail(stderr, "pin", fmt.Errorf("%w\n(`tpm-fido doctor` shows the TPM's dictionary-attack state while the daemon runs)", err))
+	case err != nil:
+		return fail(stderr, "pin", err)
+	case !exists:
 		fmt.Fprintln(stdout, "PIN: not set")
-	} else {
-		s, closeAll, err := sf.open()
-		if errors.Is(err, errDaemonRunning) {
-			return fail(stderr, "pin", fmt.Errorf("%w\n(`tpm-fido doctor` shows the TPM's dictionary-attack state while the daemon runs)", err))
-		}
-		if err != nil {
-			return fail(stderr, "pin", err)
-		}
-		if s.PINIsSet() {
-			fmt.Fprintf(stdout, "PIN: set, %d retries left\n", s.PINRetries())
-		} else {
-			fmt.Fprintln(stdout, "PIN: not set")
-		}
-		closeAll()
 	}
 	st, err := readDA(sf.tpm)
 	if err != nil {
@@ -148,6 +139,23 @@ func pinStatus(sf *storeFlags, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "note: this TPM locks out after %d failures, fewer than the %d PIN tries CTAP allows; see `tpm-fido doctor`\n", st.MaxTries, tpmstore.CTAPPINFailures)
 	}
 	return exitOK
+}
+
+// printPINState prints whether the PIN of the state pinStatus examined
+// is set, and its retries. The store is closed before pinStatus opens
+// the TPM again (a swtpm serves one connection at a time).
+func printPINState(sf *storeFlags, stdout io.Writer) error {
+	s, closeAll, err := sf.openExamined()
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	if s.PINIsSet() {
+		fmt.Fprintf(stdout, "PIN: set, %d retries left\n", s.PINRetries())
+	} else {
+		fmt.Fprintln(stdout, "PIN: not set")
+	}
+	return nil
 }
 
 // adviseLockout prints doctor's advice in one line when the TPM's
