@@ -36,7 +36,6 @@ const (
 	helloServe = "tpm-fido-relay/1 serve"
 	helloProbe = "tpm-fido-relay/1 probe"
 	maxHello   = 512
-	reportSize = 64
 )
 
 // ErrRefused: the relay answered, and refused (the error's text says why).

@@ -27,6 +27,9 @@ type Device interface {
 	Close() error
 }
 
+// reportSize is the size of a report both ways: a CTAPHID packet.
+const reportSize = ctaphid.ReportSize
+
 // Config configures Listen.
 type Config struct {
 	Socket string // DefaultSocket when empty
