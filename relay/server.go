@@ -120,42 +120,73 @@ func Listen(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	if fi, err := os.Lstat(cfg.Socket); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("relay: %s exists and is not a socket", cfg.Socket)
-		}
-		if c, err := net.DialTimeout("unixpacket", cfg.Socket, time.Second); err == nil {
-			pid := -1
-			if cred, err := PeerCred(c.(*net.UnixConn)); err == nil {
-				pid = int(cred.Pid)
-			}
-			c.Close()
-			return nil, fmt.Errorf("relay: another relay (pid %d) serves %s", pid, cfg.Socket)
-		}
-		if err := os.Remove(cfg.Socket); err != nil {
-			return nil, fmt.Errorf("relay: removing a stale socket: %w", err)
-		}
-	}
-	tmp := fmt.Sprintf("%s.%d.tmp", cfg.Socket, os.Getpid())
-	os.Remove(tmp)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
-	if err != nil {
-		return nil, fmt.Errorf("relay: listening on %s: %w", cfg.Socket, err)
-	}
-	ln.SetUnlinkOnClose(false)
 	// Bound under a temporary name, opened to everyone, then moved into
 	// place (the mode is not left to the umask).
-	err = os.Chmod(tmp, 0o666)
+	ln, pid, err := BindSocket(cfg.Socket, 0o666)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("relay: %w", err)
+	case ln == nil:
+		return nil, fmt.Errorf("relay: another relay (pid %d) serves %s", pid, cfg.Socket)
+	}
+	log.Info("relay listening", "socket", cfg.Socket, "users-file", cfg.UsersFile, "allow", cfg.Allow)
+	return &Server{cfg: cfg, ln: ln, log: log}, nil
+}
+
+// BindSocket listens (SOCK_SEQPACKET) on path, with the socket at mode.
+// A socket already at path is probed first: one that answers is someone's
+// live socket and is left alone (ln is nil, pid is its process's as
+// ServingPID returns it); one that refuses is stale and replaced. Any
+// other file at path is an error. The socket is bound under a temporary
+// name, given its mode and renamed into place, so nobody can connect
+// before it has its mode. The relay and the unix: transport both listen
+// with it.
+func BindSocket(path string, mode fs.FileMode) (ln *net.UnixListener, pid int, err error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, 0, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if pid := ServingPID(path); pid != 0 {
+			return nil, pid, nil
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, 0, fmt.Errorf("removing a stale socket: %w", err)
+		}
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	os.Remove(tmp)
+	ln, err = net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
+	if err != nil {
+		return nil, 0, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	err = os.Chmod(tmp, mode)
 	if err == nil {
-		err = os.Rename(tmp, cfg.Socket)
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		ln.Close()
 		os.Remove(tmp)
-		return nil, fmt.Errorf("relay: %w", err)
+		return nil, 0, err
 	}
-	log.Info("relay listening", "socket", cfg.Socket, "users-file", cfg.UsersFile, "allow", cfg.Allow)
-	return &Server{cfg: cfg, ln: ln, log: log}, nil
+	return ln, 0, nil
+}
+
+// ServingPID connects to the socket at path and returns the pid of the
+// process listening on it (SO_PEERCRED of a connected client is the
+// listener's), -1 if one answers but the pid is unknown, and 0 if
+// nothing answers.
+func ServingPID(path string) int {
+	c, err := net.DialTimeout("unixpacket", path, time.Second)
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	cred, err := PeerCred(c.(*net.UnixConn))
+	if err != nil || cred.Pid <= 0 {
+		return -1
+	}
+	return int(cred.Pid)
 }
 
 // Serve accepts daemons until ctx is done, then destroys the device and

@@ -81,7 +81,15 @@ func listenUnix(path string, log *slog.Logger, uid int) (*Unix, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := bindPrivate(path)
+	// Bound under a temporary name, restricted to 0600, then renamed into
+	// place: nobody else can connect in between.
+	ln, pid, err := relay.BindSocket(path, 0o600)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("transport: %w", err)
+	case ln == nil:
+		err = inUse(path, pid)
+	}
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -142,65 +150,11 @@ func lockPath(path string) (*os.File, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, inUse(path, servingPID(path))
+			return nil, inUse(path, relay.ServingPID(path))
 		}
 		return nil, fmt.Errorf("transport: locking %s.lock: %w", path, err)
 	}
 	return f, nil
-}
-
-// bindPrivate listens on path, mode 0600. A socket already at path is
-// probed first: one that answers is someone's live socket and is left
-// alone (ErrInUse); one that refuses is stale and replaced.
-func bindPrivate(path string) (*net.UnixListener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("transport: %s exists and is not a socket", path)
-		}
-		if pid := servingPID(path); pid != 0 {
-			return nil, inUse(path, pid)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("transport: removing stale socket: %w", err)
-		}
-	}
-	// Bind under a temporary name, restrict it to 0600, then rename it
-	// into place: nobody else can connect in between.
-	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-	os.Remove(tmp)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
-	if err != nil {
-		return nil, fmt.Errorf("transport: listening on %s: %w", path, err)
-	}
-	ln.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		ln.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		ln.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	return ln, nil
-}
-
-// servingPID connects to the socket at path and returns the pid of the
-// process listening on it (SO_PEERCRED of a connected client is the
-// listener's), -1 if one answers but the pid is unknown, and 0 if
-// nothing answers.
-func servingPID(path string) int {
-	c, err := net.DialTimeout("unixpacket", path, time.Second)
-	if err != nil {
-		return 0
-	}
-	defer c.Close()
-	cred, err := relay.PeerCred(c.(*net.UnixConn))
-	if err != nil || cred.Pid <= 0 {
-		return -1
-	}
-	return int(cred.Pid)
 }
 
 func inUse(path string, pid int) error {
