@@ -221,18 +221,7 @@ func measureDaemon(ctx context.Context, bin, spec, dir string, o options, log *s
 }
 
 // vmRSS reads VmRSS (kB) from /proc/PID/status.
-func vmRSS(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-		}
-	}
-	return 0, errors.New("no VmRSS line")
-}
+func vmRSS(pid int) (int, error) { return procStatusKB(pid, "VmRSS:") }
 
 type procSample struct {
 	switches map[string]int
