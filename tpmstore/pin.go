@@ -59,16 +59,10 @@ func (s *Store) ChangePIN(current, next [16]byte) error {
 	}
 	defer s.mu.Unlock()
 	var priv []byte
-	err := s.pinAttempt(func() error {
+	err := s.pinAttempt(func() ([][]byte, error) {
 		var err error
 		priv, err = s.changePINInTPM(current, next)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	err = s.update(func(tx *bolt.Tx) error {
-		return putAll(tx.Bucket(bucketMeta), keyPINPriv, priv, keyPINRetries, []byte{maxPINRetries})
+		return [][]byte{keyPINPriv, priv}, err
 	})
 	if err != nil {
 		return err
@@ -136,9 +130,11 @@ func (s *Store) VerifyPIN(pinHash [16]byte) error {
 	return s.verifyPIN(pinHash)
 }
 
-func (s *Store) setRetries(n int) error {
+// setRetries persists n PIN retries, in the same transaction as the
+// meta records kv (key, value, ...).
+func (s *Store) setRetries(n int, kv ...[]byte) error {
 	err := s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keyPINRetries, []byte{byte(n)})
+		return putAll(tx.Bucket(bucketMeta), append(kv, keyPINRetries, []byte{byte(n)})...)
 	})
 	if err != nil {
 		return err
@@ -148,12 +144,14 @@ func (s *Store) setRetries(n int) error {
 }
 
 func (s *Store) verifyPIN(pinHash [16]byte) error {
-	return s.pinAttempt(func() error { return s.checkPINInTPM(pinHash) })
+	return s.pinAttempt(func() ([][]byte, error) { return nil, s.checkPINInTPM(pinHash) })
 }
 
 // pinAttempt runs try, a TPM command authorised with a PIN, with the
-// retry accounting and the dictionary-attack guard.
-func (s *Store) pinAttempt(try func() error) error {
+// retry accounting and the dictionary-attack guard. When it succeeds,
+// the meta records it returns (key, value, ...) are written in the
+// transaction that restores the retries.
+func (s *Store) pinAttempt(try func() (kv [][]byte, err error)) error {
 	if s.pinPub == nil {
 		return ErrPINNotSet
 	}
@@ -171,11 +169,15 @@ func (s *Store) pinAttempt(try func() error) error {
 	if err := s.setRetries(before - 1); err != nil {
 		return err
 	}
-	err := s.withReload(try)
+	var kv [][]byte
+	err := s.withReload(func() (err error) {
+		kv, err = try()
+		return err
+	})
 	switch {
 	case err == nil:
 		s.pinFails = 0
-		return s.setRetries(maxPINRetries)
+		return s.setRetries(maxPINRetries, kv...)
 	case errors.Is(err, tpm2.TPMRCAuthFail), errors.Is(err, tpm2.TPMRCBadAuth):
 		s.pinFails++
 		s.lastDAFailure = s.now()
