@@ -380,21 +380,14 @@ func (s *Store) undefineCounter(o tpmObject) error {
 	if err != nil {
 		return err
 	}
-	written := -1
-	for _, w := range []bool{false, true} {
-		if bytes.Equal(tpm2.Marshal(*pub), tpm2.Marshal(counterPublic(o.handle, w))) {
-			written = 0
-			if w {
-				written = 1
-			}
-		}
-	}
+	got := tpm2.Marshal(*pub)
+	written := bytes.Equal(got, tpm2.Marshal(counterPublic(o.handle, true)))
 	notOurs := fmt.Errorf("tpmstore: the NV index at 0x%08x: %w", uint32(o.handle), errNotOurs)
-	if written < 0 || o.auth == nil {
+	if (!written && !bytes.Equal(got, tpm2.Marshal(counterPublic(o.handle, false)))) || o.auth == nil {
 		return notOurs
 	}
 	probe := tpmObject{handle: o.handle, name: rsp.NVName.Buffer, auth: o.auth}
-	if written == 1 {
+	if written {
 		_, err = s.nvRead(probe)
 	} else {
 		err = s.nvIncrement(probe)
@@ -405,13 +398,17 @@ func (s *Store) undefineCounter(o tpmObject) error {
 	case err != nil:
 		return err
 	}
-	if written == 0 {
-		rsp, err = tpm2.NVReadPublic{NVIndex: o.handle}.Execute(s.tpm) // its name changed with TPMA_NV_WRITTEN
+	name := rsp.NVName
+	if !written {
+		// The increment set TPMA_NV_WRITTEN, which changed the name: the
+		// written counter index's.
+		n, err := counterName(o.handle)
 		if err != nil {
-			return fmt.Errorf("tpmstore: read NV index 0x%08x: %w", uint32(o.handle), err)
+			return err
 		}
+		name = tpm2.TPM2BName{Buffer: n}
 	}
-	_, err = tpm2.NVUndefineSpace{AuthHandle: ownerAuth(), NVIndex: tpm2.NamedHandle{Handle: o.handle, Name: rsp.NVName}}.Execute(s.tpm)
+	_, err = tpm2.NVUndefineSpace{AuthHandle: ownerAuth(), NVIndex: tpm2.NamedHandle{Handle: o.handle, Name: name}}.Execute(s.tpm)
 	if err != nil {
 		return ownerErr(fmt.Sprintf("remove the NV index 0x%08x", uint32(o.handle)), err)
 	}
