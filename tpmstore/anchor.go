@@ -472,6 +472,10 @@ func isGone(err error) bool {
 // defined it. Values are handed out from a block only after the index
 // was incremented to it.
 
+// reserved is the last counter value the store may hand out without
+// incrementing the index: the end of the block it last reached.
+func (s *Store) reserved() uint32 { return counterBlockEnd(s.ctrBase, s.ctrN0, s.ctrBlock) }
+
 // counterBlockEnd is the last counter value of block b (capped at the
 // 32-bit maximum).
 func counterBlockEnd(base uint32, n0, b uint64) uint32 {

@@ -457,13 +457,12 @@ func (s *Store) NextCounter() (uint32, error) {
 		return 0, ErrCounterExhausted
 	}
 	next := s.counter + 1
-	if next > s.reserved {
+	if next > s.reserved() {
 		if err := s.nvIncrement(s.counterIdx); err != nil {
 			return 0, err
 		}
 		s.ctrBlock++
-		s.reserved = counterBlockEnd(s.ctrBase, s.ctrN0, s.ctrBlock)
-		if next > s.reserved {
+		if next > s.reserved() {
 			return 0, ErrCounterExhausted
 		}
 	}
@@ -650,8 +649,7 @@ func (s *Store) reset() error {
 	s.hmacPub, s.hmacPriv = nil, nil
 	s.counterIdx, s.ctrBase, s.ctrN0, s.ctrBlock = counterIdx, base, n0, block
 	if s.stale || newCounter {
-		s.counter = counterBlockEnd(base, n0, block)
-		s.reserved = s.counter
+		s.counter = s.reserved()
 	}
 	s.stale = false
 	s.pinPub, s.pinPriv = nil, nil

@@ -163,8 +163,7 @@ type Store struct {
 	// Reset may be used.
 	stale bool
 
-	counter  uint32 // last value handed out
-	reserved uint32 // last value of the current block
+	counter uint32 // last value handed out
 
 	pinPub, pinPriv []byte // nil when no PIN is set
 	pinRetries      int
@@ -640,8 +639,7 @@ func (s *Store) openAnchored(p persisted, allowStale bool) error {
 	}
 	// Every value of block n may have been handed out already.
 	s.ctrBlock = n
-	s.counter = counterBlockEnd(s.ctrBase, s.ctrN0, n)
-	s.reserved = s.counter
+	s.counter = s.reserved()
 	return nil
 }
 
@@ -796,7 +794,7 @@ func (s *Store) upgradeToAnchor(p persisted) error {
 	s.anchor, s.counterIdx = anchor, counterIdx
 	s.wrapKey, s.wrapKeyV1 = key, keyV1
 	s.ctrBase, s.ctrN0, s.ctrBlock = p.counter, n0, n0
-	s.counter, s.reserved = p.counter, counterBlockEnd(p.counter, n0, n0)
+	s.counter = p.counter
 	s.log.Info("key store upgraded: reset and the signature counter are now anchored in the TPM",
 		"anchor_key", fmt.Sprintf("0x%08x", uint32(anchor.handle)), "counter_index", fmt.Sprintf("0x%08x", uint32(counterIdx.handle)))
 	return nil
@@ -885,7 +883,7 @@ func (s *Store) initialise(srkFingerprint []byte, pending []tpmObject) error {
 	s.anchor, s.counterIdx = anchor, counterIdx
 	s.wrapKey = key
 	s.ctrBase, s.ctrN0, s.ctrBlock = 0, n0, n0
-	s.counter, s.reserved = 0, counterBlockEnd(0, n0, n0)
+	s.counter = 0
 	s.pinRetries = maxPINRetries
 	s.log.Info("created new TPM key store", "dir", filepath.Dir(s.db.Path()),
 		"anchor_key", fmt.Sprintf("0x%08x", uint32(anchor.handle)), "counter_index", fmt.Sprintf("0x%08x", uint32(counterIdx.handle)))
