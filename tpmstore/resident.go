@@ -797,16 +797,12 @@ func upgradeResidents(tx *bolt.Tx) (int, error) {
 	}
 	// Oldest first, so that a user with two credentials (which
 	// replacement never left, but were there two) keeps the newer in the
-	// user index, and the RP names come out as the live code sets them.
+	// user index (insert overwrites its entry), and the RP names come out
+	// as the live code sets them.
 	slices.SortFunc(recs, func(a, b *residentRecord) int { return cmp.Compare(a.Seq, b.Seq) })
 	for i, r := range recs {
 		if i > 0 && r.Seq == recs[i-1].Seq {
 			return 0, fmt.Errorf("%w: residents %x and %x share insertion sequence %d", ErrCorruptState, recs[i-1].ID, r.ID, r.Seq)
-		}
-		if k := t.users.Get(userKey(r.RPIDHash, r.UserID)); k != nil {
-			if err := t.users.Delete(userKey(r.RPIDHash, r.UserID)); err != nil {
-				return 0, err
-			}
 		}
 		if err := t.insert(r); err != nil {
 			return 0, err
