@@ -53,9 +53,6 @@ var (
 // residentBuckets are the buckets a version-3 state holds besides meta.
 var residentBuckets = [][]byte{bucketResIndex, bucketResID, bucketResUser, bucketResRP, bucketResRPID}
 
-// legacyResidentBuckets are those of versions 1 and 2.
-var legacyResidentBuckets = [][]byte{bucketResidents, bucketResIndex, bucketResUser, bucketResRP, bucketResRPID}
-
 const (
 	classAll   byte = 0 // every credential of the RP
 	classNoUV  byte = 1 // credProtect 1: discoverable without UV
@@ -780,12 +777,10 @@ func upgradeResidents(tx *bolt.Tx) (int, error) {
 		return 0, err
 	}
 	seq := old.Sequence()
-	// Version 1 had the records alone; version 2 indexes of IDs, which
-	// are rebuilt. A version-3 bucket cannot be there yet.
-	if err := deleteResidentBuckets(tx, legacyResidentBuckets...); err != nil {
-		return 0, err
-	}
-	if err := deleteResidentBuckets(tx, residentBuckets...); err != nil {
+	// Version 1 had the records alone; version 2 indexes of IDs, in
+	// buckets of the names version 3 uses (all rebuilt), but no
+	// resident.id, which is dropped too should one be there.
+	if err := deleteResidentBuckets(tx, append([][]byte{bucketResidents}, residentBuckets...)...); err != nil {
 		return 0, err
 	}
 	if err := createResidentBuckets(tx); err != nil {
