@@ -187,8 +187,9 @@ type Store struct {
 }
 
 // Open opens (or, on first run, creates) the store in cfg.Dir. It costs
-// three TPM commands: CreatePrimary for the storage key, Load of the HMAC
-// key and one HMAC deriving the credential-ID wrapping key.
+// three TPM commands: CreatePrimary for the storage key, one HMAC with
+// the anchor key deriving the credential-ID wrapping key, and NV_Read of
+// the counter index.
 //
 // Errors: ErrForeignTPM when the state was made under another TPM (or the
 // TPM was cleared), ErrCorruptState when the state cannot be read; in
