@@ -545,12 +545,12 @@ func (s *Store) reset() error {
 	}
 	// Keys of the old credentials (and a version-1 HMAC key) are useless
 	// now; free their slots, which also makes room for the new key.
-	for _, e := range append([]slotEntry(nil), s.slots.entries...) {
-		s.slots.remove(e.key)
+	for _, e := range s.slots.entries {
 		if err := s.flush(e.handle.Handle); err != nil {
 			s.log.Warn("flush after reset", "err", err)
 		}
 	}
+	s.slots.entries = nil
 	counterIdx, base, n0, block := s.counterIdx, s.ctrBase, s.ctrN0, s.ctrBlock
 	newCounter := false
 	if s.stale {
